@@ -1,0 +1,66 @@
+"""Shared helpers for lorakit benchmarks: thread pinning, rotated timing rounds, peak-RSS probes."""
+
+from __future__ import annotations
+
+import gc
+import os
+import statistics
+import sys
+import time
+
+# Big tensors go straight to mmap, so freed memory leaves RSS at once and peak RSS per phase is honest.
+if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None and sys.platform.startswith("linux"):
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    os.execv(sys.executable, [sys.executable, *sys.argv])
+
+import torch  # noqa: E402
+
+
+def setup(threads: int = 2, seed: int = 0) -> None:
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+
+
+def _status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class PeakRSS:
+    """Peak resident memory above the level at entry (Linux: resets VmHWM via clear_refs)."""
+
+    def __enter__(self):
+        gc.collect()
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pass
+        self.start = _status("VmRSS")
+        return self
+
+    def __exit__(self, *exc):
+        self.peak = _status("VmHWM") - self.start
+
+
+def median_ms(fn, steps: int) -> float:
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(times)
+
+
+def rotated(candidates: dict, rounds: int, steps: int) -> dict[str, float]:
+    """Median over rounds of per-round medians; the order of candidates rotates every round."""
+    names = list(candidates)
+    per = {n: [] for n in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for n in order:
+            per[n].append(median_ms(candidates[n], steps))
+    return {n: statistics.median(v) for n, v in per.items()}

@@ -1,0 +1,18 @@
+"""Adapter variants, one file each, all following the protocol in :mod:`lorakit.adapters.base`."""
+
+from .base import Adapter, BaseSpec, apply_weight, scaling, spec_for
+from .lora import LoraAdapter
+
+#: variant name -> adapter class; ``LoraConfig.variant`` selects from this table.
+VARIANTS: dict[str, type[Adapter]] = {"lora": LoraAdapter}
+
+
+def variant_class(name: str) -> type[Adapter]:
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise ValueError(f"unknown adapter variant {name!r}; expected one of {sorted(VARIANTS)}.") from None
+
+
+__all__ = ["Adapter", "BaseSpec", "LoraAdapter", "VARIANTS", "apply_weight", "scaling", "spec_for",
+           "variant_class"]

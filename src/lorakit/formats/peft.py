@@ -1,0 +1,172 @@
+"""Hugging Face PEFT's adapter directory: ``adapter_config.json`` + ``adapter_model.safetensors``.
+
+Tensor keys are ``base_model.model.<module path>.<suffix>``; the suffix comes from ``PARAM_KEYS``
+(layer kind, lorakit parameter) -> PEFT name. Config fields map through ``CONFIG_KEYS``.
+Loading checks every key and shape before anything in the model changes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import ConfigError, LoraConfig
+from ..inject import _inside_wrapper, _name_matches, inject
+from ..model import _saved_modules, delete_adapter, lora_layers
+from ._io import read_safetensors, write_json, write_safetensors
+
+PREFIX = "base_model.model."
+CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
+
+#: (layer kind, lorakit parameter name) -> PEFT key suffix
+PARAM_KEYS = {
+    ("linear", "lora_A"): "lora_A.weight", ("linear", "lora_B"): "lora_B.weight",
+    ("conv", "lora_A"): "lora_A.weight", ("conv", "lora_B"): "lora_B.weight",
+    ("embedding", "lora_A"): "lora_embedding_A", ("embedding", "lora_B"): "lora_embedding_B",
+}
+#: lorakit config field -> PEFT config field
+CONFIG_KEYS = {
+    "r": "r", "alpha": "lora_alpha", "dropout": "lora_dropout", "target_modules": "target_modules",
+    "exclude_modules": "exclude_modules", "rank_pattern": "rank_pattern", "alpha_pattern": "alpha_pattern",
+    "layers_to_transform": "layers_to_transform", "layers_pattern": "layers_pattern", "init": "init_lora_weights",
+    "use_rslora": "use_rslora", "bias": "bias", "modules_to_save": "modules_to_save",
+}
+INIT_TO_PEFT = {"kaiming": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
+#: PEFT fields lorakit cannot honour unless they hold these (default) values
+UNSUPPORTED = {"lora_bias": False, "layer_replication": None, "target_parameters": None, "use_qalora": False,
+               "trainable_token_indices": None, "alora_invocation_tokens": None, "use_bdlora": None,
+               "use_dora": False}
+
+
+def peft_key(module_path: str, kind: str, param: str) -> str:
+    """The PEFT file key for one adapter parameter; raises on a parameter lorakit cannot map."""
+    try:
+        return f"{PREFIX}{module_path}.{PARAM_KEYS[(kind, param)]}"
+    except KeyError:
+        raise ValueError(f"no PEFT key for parameter {param!r} of a {kind} layer at {module_path!r}; "
+                         f"known: {sorted(PARAM_KEYS)}") from None
+
+
+def adapter_state_dict(model: nn.Module, adapter_name: str = "default") -> dict[str, torch.Tensor]:
+    """The live tensors of one adapter under PEFT's key names (adapter factors, biases, saved copies)."""
+    configs = getattr(model, "lorakit_configs", {})
+    if adapter_name not in configs:
+        raise ValueError(f"unknown adapter {adapter_name!r}; this model has {sorted(configs)}.")
+    out: dict[str, torch.Tensor] = {}
+    for path, layer in lora_layers(model):
+        if adapter_name in layer.adapters:
+            for pname, p in layer.adapters[adapter_name].named_parameters():
+                out[peft_key(path, layer.spec.kind, pname)] = p
+            if configs[adapter_name].bias == "lora_only" and getattr(layer.base_layer, "bias", None) is not None:
+                out[f"{PREFIX}{path}.base_layer.bias"] = layer.base_layer.bias
+    if configs[adapter_name].bias == "all":
+        for pname, p in model.named_parameters():
+            if pname.endswith("bias") and ".adapters." not in pname and ".original_module." not in pname \
+                    and ".modules_to_save." not in pname:
+                out[PREFIX + pname] = p
+    for path, saved in _saved_modules(model):
+        if adapter_name in saved.modules_to_save:
+            for pname, t in saved.modules_to_save[adapter_name].state_dict(keep_vars=True).items():
+                out[f"{PREFIX}{path}.{pname}"] = t
+    return out
+
+
+def peft_config_dict(model: nn.Module, adapter_name: str = "default", base_model_name_or_path=None) -> dict:
+    cfg: LoraConfig = model.lorakit_configs[adapter_name]
+    out = {peft: getattr(cfg, ours) for ours, peft in CONFIG_KEYS.items()}
+    out["init_lora_weights"] = INIT_TO_PEFT[cfg.init]
+    out["target_modules"] = _portable_targets(model, cfg, adapter_name)
+    if base_model_name_or_path is None:
+        base_model_name_or_path = getattr(getattr(model, "config", None), "_name_or_path", None) or None
+    out.update(peft_type="LORA", task_type=None, base_model_name_or_path=base_model_name_or_path,
+               inference_mode=True, fan_in_fan_out=False, lora_bias=False, use_dora=False,
+               revision=None, auto_mapping=None, layer_replication=None, megatron_config=None,
+               megatron_core="megatron.core", loftq_config={}, created_with="lorakit")
+    return out
+
+
+def _portable_targets(model: nn.Module, cfg: LoraConfig, adapter_name: str):
+    """Keep the user's selector; resolve ``all-linear``/None to leaf names, or full paths if those overreach."""
+    if cfg.target_modules not in (None, "all-linear"):
+        return sorted(cfg.target_modules) if not isinstance(cfg.target_modules, str) else cfg.target_modules
+    chosen = {p for p, layer in lora_layers(model) if adapter_name in layer.adapters}
+    leaves = sorted({p.rsplit(".", 1)[-1] for p in chosen})
+    names = [n for n, _ in model.named_modules() if n and not _inside_wrapper(n, model)]
+    exact = {n for n in names if _name_matches(n, leaves)} == chosen
+    return leaves if exact else sorted(chosen)
+
+
+def save_adapter(model: nn.Module, directory: str | Path, adapter_name: str = "default",
+                 base_model_name_or_path: str | None = None) -> Path:
+    """Write ``adapter_name`` as a PEFT adapter directory (loadable by ``peft.PeftModel.from_pretrained``)."""
+    directory = Path(directory)
+    tensors = {k: v.detach().cpu() for k, v in adapter_state_dict(model, adapter_name).items()}
+    write_safetensors(directory / WEIGHTS_FILE, tensors, metadata={"format": "pt"})
+    write_json(directory / CONFIG_FILE, peft_config_dict(model, adapter_name, base_model_name_or_path))
+    return directory
+
+
+def config_from_peft(data: dict) -> LoraConfig:
+    """Translate a PEFT ``adapter_config.json`` into a ``LoraConfig``, reporting every unsupported field."""
+    errors = []
+    if data.get("peft_type", "LORA") != "LORA":
+        errors.append(f"peft_type={data.get('peft_type')!r}: lorakit reads LORA adapters here.")
+    for key, default in UNSUPPORTED.items():
+        if data.get(key, default) not in (default, [], {}):
+            errors.append(f"{key}={data[key]!r} is not supported by lorakit's PEFT loader.")
+    if errors:
+        raise ConfigError(errors, "PEFT adapter config")
+    kwargs = {ours: data[peft] for ours, peft in CONFIG_KEYS.items() if peft in data}
+    init = data.get("init_lora_weights", True)
+    kwargs["init"] = "gaussian" if init == "gaussian" else init.split("_niter")[0] if isinstance(init, str) else "kaiming"
+    if kwargs["init"] not in INIT_TO_PEFT:
+        kwargs["init"] = "kaiming"  # eva/loftq/corda only shape the start; loaded weights replace it
+    for key in ("rank_pattern", "alpha_pattern"):
+        kwargs[key] = kwargs.get(key) or {}
+    if isinstance(kwargs.get("target_modules"), (set, tuple)):
+        kwargs["target_modules"] = sorted(kwargs["target_modules"])
+    return LoraConfig(**kwargs)
+
+
+def load_adapter(model: nn.Module, path: str | Path, adapter_name: str = "default", *, activate: bool = True,
+                 trainable: bool = False, allow_pickle: bool = False) -> nn.Module:
+    """Load a PEFT adapter directory into ``model`` as ``adapter_name``.
+
+    Every missing or unexpected key and every shape mismatch is reported in one error, and the
+    model is left as it was. ``.bin`` pickles are refused unless ``allow_pickle=True``.
+    """
+    import json
+
+    path = Path(path)
+    if not (path / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{path} has no {CONFIG_FILE}; expected a PEFT adapter directory "
+                                f"(adapter_config.json + {WEIGHTS_FILE}).")
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        weights = path / "adapter_model.bin"
+    tensors, _ = read_safetensors(weights, allow_pickle=allow_pickle)
+    config = config_from_peft(json.loads((path / CONFIG_FILE).read_text()))
+    grad_flags = [(p, p.requires_grad) for p in model.parameters()]
+    inject(model, config, adapter_name, activate=False, trainable=trainable, init=False)
+    live = adapter_state_dict(model, adapter_name)
+    problems = [f"missing key {k} (expected shape {tuple(v.shape)})" for k, v in live.items() if k not in tensors]
+    problems += [f"unexpected key {k} (shape {tuple(v.shape)}) matches nothing in the model"
+                 for k, v in tensors.items() if k not in live]
+    problems += [f"shape mismatch for {k}: file has {tuple(tensors[k].shape)}, model expects {tuple(v.shape)}"
+                 for k, v in live.items() if k in tensors and tensors[k].shape != v.shape]
+    if problems:
+        delete_adapter(model, adapter_name)
+        for p, flag in grad_flags:
+            p.requires_grad_(flag)
+        raise ValueError(f"adapter at {path} does not fit this model ({len(problems)} problems); the model was "
+                         "left unchanged. Is it for another base model?\n  - " + "\n  - ".join(problems[:50]))
+    with torch.no_grad():
+        for key, target in live.items():
+            target.copy_(tensors[key].to(target.dtype))
+    if activate:
+        from ..model import set_active_adapters
+
+        set_active_adapters(model, adapter_name)
+    return model

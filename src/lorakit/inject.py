@@ -1,0 +1,196 @@
+"""Model surgery: find the modules a ``LoraConfig`` targets, wrap them, and freeze everything else.
+
+Matching follows PEFT so that configs mean the same thing in both tools: a list entry matches a
+module whose name equals it or ends in ``"." + entry``; a string is a regex matched against the
+whole name; ``"all-linear"`` takes every Linear/Conv1D except the output head.
+"""
+
+from __future__ import annotations
+
+import re
+
+from torch import nn
+
+from .adapters import spec_for, variant_class
+from .adapters.base import _HFConv1D
+from .config import LoraConfig
+from .layer import LoraLayer, SavedModule
+
+#: target_modules=None falls back to these, keyed by transformers' ``config.model_type``.
+DEFAULT_TARGETS = {
+    "llama": ["q_proj", "v_proj"], "mistral": ["q_proj", "v_proj"], "qwen2": ["q_proj", "v_proj"],
+    "qwen3": ["q_proj", "v_proj"], "gemma": ["q_proj", "v_proj"], "phi3": ["qkv_proj"],
+    "gpt2": ["c_attn"], "bert": ["query", "value"], "roberta": ["query", "value"],
+    "distilbert": ["q_lin", "v_lin"], "t5": ["q", "v"], "opt": ["q_proj", "v_proj"],
+}
+_LINEAR = (nn.Linear,) + ((_HFConv1D,) if _HFConv1D is not None else ())
+
+
+def _name_matches(name: str, selector) -> bool:
+    if isinstance(selector, str):
+        return re.fullmatch(selector, name) is not None
+    return any(name == t or name.endswith("." + t) for t in selector)
+
+
+def _layer_index(name: str, layers_pattern) -> int | None:
+    patterns = [layers_pattern] if isinstance(layers_pattern, str) else (layers_pattern or [None])
+    for pat in patterns:
+        m = re.match(rf".*\.{pat}\.(\d+)\." if pat else r".*\.[^.]*\.(\d+)\.", name)
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def pattern_value(name: str, pattern: dict, default):
+    """Value of the first ``pattern`` key whose regex matches the end of ``name`` (PEFT's rule)."""
+    for key, value in pattern.items():
+        if re.match(rf"(.*\.)?({key})$", name):
+            return value
+    return default
+
+
+def _output_head_names(model: nn.Module) -> set[str]:
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    return {n for n, m in model.named_modules() if head is not None and m is head}
+
+
+def resolve_targets(model: nn.Module, config: LoraConfig) -> list[str]:
+    """Names of the modules ``config`` adapts in ``model``; raise with the existing names if none match."""
+    selector = config.target_modules
+    if selector is None:
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        if model_type not in DEFAULT_TARGETS:
+            raise ValueError(f"target_modules is not set and there is no default for model type {model_type!r}. "
+                             f"Set target_modules, e.g. ['q_proj', 'v_proj'] or 'all-linear'. "
+                             f"Modules in this model: {_module_listing(model)}")
+        selector = DEFAULT_TARGETS[model_type]
+    heads = _output_head_names(model)
+    saved = config.modules_to_save or []
+    ltt = config.layers_to_transform
+    ltt = [ltt] if isinstance(ltt, int) else ltt
+    names = []
+    for name, module in model.named_modules():
+        if not name or isinstance(module, (SavedModule,)) or _inside_wrapper(name, model):
+            continue
+        if any(name == s or name.endswith("." + s) or ("." + s + ".") in ("." + name) for s in saved):
+            continue
+        if config.exclude_modules is not None and _name_matches(name, config.exclude_modules):
+            continue
+        if selector == "all-linear":
+            if not isinstance(module, _LINEAR) or name in heads:
+                continue
+        elif not _name_matches(name, selector):
+            continue
+        if ltt is not None and _layer_index(name, config.layers_pattern) not in ltt:
+            continue
+        names.append(name)
+    if not names:
+        raise ValueError(f"target_modules={config.target_modules!r} matched no module. "
+                         f"Modules in this model: {_module_listing(model)}")
+    return names
+
+
+def _inside_wrapper(name: str, model: nn.Module) -> bool:
+    return ".base_layer" in name or ".adapters." in name or name.endswith(".adapters") or \
+        ".original_module" in name or ".modules_to_save" in name
+
+
+def _module_listing(model: nn.Module, limit: int = 60) -> str:
+    items = [f"{n} ({type(m).__name__})" for n, m in model.named_modules() if n and not _inside_wrapper(n, model)]
+    more = f", ... ({len(items) - limit} more)" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def inject(model: nn.Module, config: LoraConfig, adapter_name: str = "default", *, activate: bool = True,
+           trainable: bool = True, init: bool = True) -> nn.Module:
+    """Add adapter ``adapter_name`` to the modules ``config`` targets, in place; freeze the rest.
+
+    Returns ``model``. With ``activate`` the new adapter becomes the only active one (strength 1);
+    with ``trainable`` its parameters (and its bias mode and saved copies) receive gradients.
+    ``init=False`` skips data-dependent initialisation (used when weights are loaded right after).
+    """
+    from .model import lora_layers, set_active_adapters
+
+    if not adapter_name or "." in adapter_name:
+        raise ValueError(f"adapter_name={adapter_name!r}: expected a non-empty name without dots.")
+    existing = {n for _, layer in lora_layers(model) for n in layer.adapters}
+    if adapter_name in existing:
+        raise ValueError(f"adapter {adapter_name!r} already exists in this model (adapters: {sorted(existing)}); "
+                         "delete it first with lorakit.delete_adapter or choose another name.")
+    names = resolve_targets(model, config)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    cls = variant_class(config.variant)
+    for name in names:
+        module = model.get_submodule(name)
+        layer = module if isinstance(module, LoraLayer) else LoraLayer(module)
+        spec = layer.spec if isinstance(module, LoraLayer) else spec_for(module)
+        r = int(pattern_value(name, config.rank_pattern, config.r))
+        alpha = pattern_value(name, config.alpha_pattern, config.alpha)
+        adapter = cls(spec, r=r, alpha=alpha, dropout=config.dropout, use_rslora=config.use_rslora,
+                      init=config.init if init else None, base=layer.base_layer)
+        weight = layer.base_layer.weight
+        adapter.to(device=weight.device, dtype=weight.dtype if weight.is_floating_point() else None)
+        layer.adapters[adapter_name] = adapter
+        if layer is not module:
+            _set_module(model, name, layer)
+    for name in config.modules_to_save or []:
+        _add_saved_copy(model, name, adapter_name)
+    configs = dict(getattr(model, "lorakit_configs", {}))
+    configs[adapter_name] = config
+    model.lorakit_configs = configs
+    model.lorakit_trainable = set(getattr(model, "lorakit_trainable", set())) | ({adapter_name} if trainable else set())
+    if activate:
+        set_active_adapters(model, adapter_name)
+    _apply_trainable(model)
+    return model
+
+
+def _add_saved_copy(model: nn.Module, name: str, adapter_name: str) -> None:
+    hits = [n for n, m in model.named_modules()
+            if (n == name or n.endswith("." + name)) and not _inside_wrapper(n, model)]
+    if not hits:
+        raise ValueError(f"modules_to_save entry {name!r} matched no module. "
+                         f"Modules in this model: {_module_listing(model)}")
+    for hit in hits:
+        module = model.get_submodule(hit)
+        wrapper = module if isinstance(module, SavedModule) else SavedModule(module)
+        wrapper.add(adapter_name)
+        if wrapper is not module:
+            _set_module(model, hit, wrapper)
+
+
+def _apply_trainable(model: nn.Module) -> None:
+    """Freeze all, then unfreeze each adapter, its bias mode and its saved copies (as configured)."""
+    from .model import lora_layers
+
+    configs = getattr(model, "lorakit_configs", {})
+    trainable = getattr(model, "lorakit_trainable", set())
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for _, layer in lora_layers(model):
+        for name, adapter in layer.adapters.items():
+            for p in adapter.parameters():
+                p.requires_grad_(name in trainable)
+    for name in trainable & set(configs):
+        bias = configs[name].bias
+        if bias == "all":
+            for pname, p in model.named_parameters():
+                if pname.endswith("bias") and ".adapters." not in pname:
+                    p.requires_grad_(True)
+        elif bias == "lora_only":
+            for _, layer in lora_layers(model):
+                if name in layer.adapters and getattr(layer.base_layer, "bias", None) is not None:
+                    layer.base_layer.bias.requires_grad_(True)
+    for module in model.modules():
+        if isinstance(module, SavedModule):
+            for name, copy_ in module.modules_to_save.items():
+                for p in copy_.parameters():
+                    p.requires_grad_(name in trainable)

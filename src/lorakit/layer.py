@@ -1,0 +1,126 @@
+"""Wrappers that replace modules in a model: ``LoraLayer`` (base layer + named adapters) and
+``SavedModule`` (a trainable full copy of a module, PEFT's ``modules_to_save``).
+
+A ``LoraLayer`` computes  y = base(x) + Σ_i strength_i · adapter_i(x)  over its active adapters.
+Merging folds an adapter into the base weight; it is explicit, recorded in ``merged`` and
+idempotent, so the output is the same merged or not.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from .adapters import Adapter, spec_for
+from .adapters._fused import lora_linear
+
+
+class LoraLayer(nn.Module):
+    """A frozen ``base_layer`` plus named adapters, of which ``active`` run with strengths."""
+
+    def __init__(self, base_layer: nn.Module):
+        super().__init__()
+        self.base_layer = base_layer
+        self.spec = spec_for(base_layer)
+        self.adapters = nn.ModuleDict()
+        self.active: dict[str, float] = {}
+        self.merged: dict[str, float] = {}  # adapter -> strength it was merged with
+        self.disabled = False
+
+    # -- forward ----------------------------------------------------------------------------------
+    def forward(self, x, *args, **kwargs):
+        if self.disabled:
+            return self.base_layer(x, *args, **kwargs)
+        live = [(n, s) for n, s in self.active.items() if n not in self.merged]
+        if len(live) == 1 and not args and not kwargs:
+            adapter = self.adapters[live[0][0]]
+            if self._can_fuse(adapter, x):
+                base = self.base_layer
+                return lora_linear(x, base.weight, base.bias, adapter.lora_A, adapter.lora_B,
+                                   adapter.scale * live[0][1], self.spec.fan_in_fan_out)
+        result = self.base_layer(x, *args, **kwargs)
+        for name, strength in live:
+            result = self.adapters[name](x, result, self.base_layer, strength)
+        return result
+
+    def _can_fuse(self, adapter: Adapter, x: torch.Tensor) -> bool:
+        weight = getattr(self.base_layer, "weight", None)
+        return (adapter.fusable and self.spec.kind == "linear" and type(weight) is nn.Parameter
+                and not (adapter.training and adapter.dropout > 0)
+                and x.dtype == weight.dtype == adapter.lora_A.dtype
+                and not torch.is_autocast_enabled(x.device.type))
+
+    # -- merging ----------------------------------------------------------------------------------
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base_layer.weight
+
+    def _pending(self, names: list[str] | None) -> list[str]:
+        names = list(self.active) if names is None else names
+        return [n for n in names if n in self.adapters and n not in self.merged]
+
+    @torch.no_grad()
+    def merged_weight(self, names: list[str] | None = None):
+        """The base weight with the given (default: active) unmerged adapters folded in; changes nothing."""
+        new = self.base_layer.weight.detach()
+        for name in self._pending(names):
+            new = self.adapters[name].merge(new, self.active.get(name, 1.0))
+        return new
+
+    @torch.no_grad()
+    def merge(self, names: list[str] | None = None, safe: bool = False) -> None:
+        """Fold the given (default: active) adapters into the base weight; merged ones are skipped.
+
+        ``safe`` refuses (ValueError, weight untouched) when the result holds NaN or Inf.
+        """
+        todo = self._pending(names)
+        if not todo:
+            return
+        new = self.merged_weight(todo)
+        if safe and not torch.isfinite(new).all():
+            raise ValueError(f"merging adapters {todo} would put NaN/Inf into the weight; nothing was merged. "
+                             "Check the adapter weights (lorakit inspect) before merging.")
+        self.base_layer.weight.data.copy_(new)
+        for name in todo:
+            self.merged[name] = self.active.get(name, 1.0)
+
+    @torch.no_grad()
+    def unmerge(self, names: list[str] | None = None) -> None:
+        """Take merged adapters back out of the weight, in reverse merge order."""
+        names = list(self.merged) if names is None else [n for n in self.merged if n in names]
+        weight = self.base_layer.weight
+        new = weight.data
+        for name in reversed(names):
+            new = self.adapters[name].unmerge(new, self.merged.pop(name))
+        weight.data.copy_(new)
+
+    def extra_repr(self) -> str:
+        return f"adapters={list(self.adapters)}, active={self.active}, merged={list(self.merged)}"
+
+
+class SavedModule(nn.Module):
+    """PEFT's ``modules_to_save``: the frozen ``original_module`` and one trainable copy per adapter."""
+
+    def __init__(self, original: nn.Module):
+        super().__init__()
+        self.original_module = original
+        self.modules_to_save = nn.ModuleDict()
+        self.active: str | None = None
+        self.disabled = False
+
+    def add(self, name: str) -> None:
+        if name not in self.modules_to_save:
+            clone = copy.deepcopy(self.original_module)
+            for p in clone.parameters():
+                p.requires_grad_(True)
+            self.modules_to_save[name] = clone
+
+    def forward(self, *args, **kwargs):
+        if self.disabled or self.active is None:
+            return self.original_module(*args, **kwargs)
+        return self.modules_to_save[self.active](*args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"copies={list(self.modules_to_save)}, active={self.active}"

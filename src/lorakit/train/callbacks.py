@@ -1,0 +1,69 @@
+"""The callback protocol of lorakit's training loop.
+
+The loop calls, per optimizer step::
+
+    loss = forward(...) + Σ callback.extra_loss(state)      # e.g. AdaLoRA's orthogonality term
+    loss.backward()                                          # (repeated for gradient accumulation)
+    on_before_optimizer_step(state)                          # grads are final (after unscale + clipping)
+    optimizer.step(); scheduler.step()
+    on_step_end(state)                                       # state.step already incremented
+    optimizer.zero_grad()
+
+so a method such as AdaLoRA (which needs the gradients) or PeriodicLoRA (which merges and resets
+optimizer state) needs no user code between ``backward`` and ``step``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class TrainState:
+    """What callbacks may read (and, where documented, change) during training."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: Any = None
+    step: int = 0
+    """Optimizer steps completed."""
+    total_steps: int = 0
+    epoch: int = 0
+    loss: float | None = None
+    metrics: dict = field(default_factory=dict)
+    should_stop: bool = False
+    run_dir: Any = None
+    is_main_process: bool = True
+
+
+class Callback:
+    """Base class: override what you need. ``state_dict``/``load_state_dict`` make resume exact."""
+
+    def on_train_begin(self, state: TrainState) -> None: ...
+
+    def extra_loss(self, state: TrainState) -> torch.Tensor | None:
+        return None
+
+    def on_before_optimizer_step(self, state: TrainState) -> None: ...
+
+    def on_step_end(self, state: TrainState) -> None: ...
+
+    def on_evaluate(self, state: TrainState, metrics: dict) -> None: ...
+
+    def on_save(self, state: TrainState, directory) -> None: ...
+
+    def on_train_end(self, state: TrainState) -> None: ...
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+def run_callbacks(callbacks: list[Callback], event: str, state: TrainState, *args) -> None:
+    for cb in callbacks:
+        getattr(cb, event)(state, *args)

@@ -138,7 +138,9 @@ def inject(model: nn.Module, config: LoraConfig, adapter_name: str = "default", 
                       init=config.init if init else None, base=layer.base_layer)
         weight = layer.base_layer.weight
         adapter.to(device=weight.device, dtype=weight.dtype if weight.is_floating_point() else None)
+        adapter.train(layer.base_layer.training)  # a new module starts in train mode; follow the model
         layer.adapters[adapter_name] = adapter
+        layer.train(layer.base_layer.training)
         if layer is not module:
             _set_module(model, name, layer)
     for name in config.modules_to_save or []:
@@ -167,6 +169,14 @@ def _add_saved_copy(model: nn.Module, name: str, adapter_name: str) -> None:
             _set_module(model, hit, wrapper)
 
 
+def model_biases(model: nn.Module):
+    """(name, parameter) of every base-model bias that ``bias="all"`` trains (not saved copies' own)."""
+    for pname, p in model.named_parameters():
+        if pname.endswith("bias") and not any(w in pname for w in (".adapters.", "original_module.",
+                                                                      "modules_to_save.")):
+            yield pname, p
+
+
 def _apply_trainable(model: nn.Module) -> None:
     """Freeze all, then unfreeze each adapter, its bias mode and its saved copies (as configured)."""
     from .model import lora_layers
@@ -182,9 +192,8 @@ def _apply_trainable(model: nn.Module) -> None:
     for name in trainable & set(configs):
         bias = configs[name].bias
         if bias == "all":
-            for pname, p in model.named_parameters():
-                if pname.endswith("bias") and ".adapters." not in pname:
-                    p.requires_grad_(True)
+            for _, p in model_biases(model):
+                p.requires_grad_(True)
         elif bias == "lora_only":
             for _, layer in lora_layers(model):
                 if name in layer.adapters and getattr(layer.base_layer, "bias", None) is not None:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, LoraConfig
-from ..inject import _inside_wrapper, _name_matches, inject
+from ..inject import _inside_wrapper, _name_matches, inject, model_biases
 from ..model import _saved_modules, delete_adapter, lora_layers
 from ._io import read_safetensors, write_json, write_safetensors
 
@@ -62,10 +62,8 @@ def adapter_state_dict(model: nn.Module, adapter_name: str = "default") -> dict[
             if configs[adapter_name].bias == "lora_only" and getattr(layer.base_layer, "bias", None) is not None:
                 out[f"{PREFIX}{path}.base_layer.bias"] = layer.base_layer.bias
     if configs[adapter_name].bias == "all":
-        for pname, p in model.named_parameters():
-            if pname.endswith("bias") and ".adapters." not in pname and ".original_module." not in pname \
-                    and ".modules_to_save." not in pname:
-                out[PREFIX + pname] = p
+        for pname, p in model_biases(model):
+            out[PREFIX + pname] = p
     for path, saved in _saved_modules(model):
         if adapter_name in saved.modules_to_save:
             for pname, t in saved.modules_to_save[adapter_name].state_dict(keep_vars=True).items():

@@ -1,0 +1,54 @@
+"""The contract matrix: every case (layer type x init x scaling x bias mode x config) through the
+shared invariants in ``contract.py``. Variants add rows here."""
+
+import pytest
+
+import contract
+
+CONVS = ["conv1d", "conv", "conv_strided", "conv_grouped", "conv_reflect", "pw"]
+
+CASES = {
+    "mlp-kaiming": ("mlp", dict(target_modules=["lin0", "lin1"])),
+    "mlp-gaussian-rslora-biasall": ("mlp", dict(target_modules=["lin0", "lin1"], init="gaussian", use_rslora=True,
+                                                 bias="all")),
+    "mlp-regex-loraonly-save": ("mlp", dict(target_modules=r"lin\d", bias="lora_only", modules_to_save=["head"])),
+    "mlp-pissa": ("mlp", dict(target_modules=["lin0", "lin1"], init="pissa", r=4, alpha=8)),
+    "mlp-olora": ("mlp", dict(target_modules=["lin1"], init="olora", r=4)),
+    "mlp-dropout": ("mlp", dict(target_modules=["lin0", "lin1"], dropout=0.2)),
+    "conv-kaiming": ("conv", dict(target_modules=CONVS, r=4)),
+    "conv-gaussian-biasall-save": ("conv", dict(target_modules=CONVS, r=4, init="gaussian", bias="all",
+                                                modules_to_save=["head"])),
+    "emb": ("emb", dict(target_modules=["emb", "lin"], r=4)),
+    "llama-all-linear": ("llama", dict(target_modules="all-linear", r=4, alpha=8)),
+    "llama-patterns": ("llama", dict(target_modules=["q_proj", "v_proj", "down_proj"], rank_pattern={"v_proj": 2},
+                                     alpha_pattern={"q_proj": 16}, layers_to_transform=[1])),
+    "gpt2-conv1d": ("gpt2", dict(target_modules=["c_attn", "c_proj"], r=4)),
+    "gpt2-all-linear-rslora": ("gpt2", dict(target_modules="all-linear", r=4, use_rslora=True)),
+}
+
+params = pytest.mark.parametrize("case", list(CASES))
+
+
+@params
+def test_fresh_is_base(case):
+    contract.check_fresh_is_base(*CASES[case])
+
+
+@params
+def test_disabled_is_base(case):
+    contract.check_disabled_is_base(*CASES[case])
+
+
+@params
+def test_merge_unmerge(case):
+    contract.check_merge(*CASES[case])
+
+
+@params
+def test_save_load(case, tmp_path):
+    contract.check_save_load(*CASES[case], tmp_path)
+
+
+@params
+def test_training_touches_only_adapters(case):
+    contract.check_training(*CASES[case])

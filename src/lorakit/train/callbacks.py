@@ -38,6 +38,20 @@ class TrainState:
     should_stop: bool = False
     run_dir: Any = None
     is_main_process: bool = True
+    # -- added by the training loop (lorakit.train.loop) -------------------------------------------
+    steps_per_epoch: int = 0
+    lr: float = 0.0
+    """Learning rate of the first parameter group after the last step."""
+    grad_norm: float | None = None
+    """Norm of the gradients before clipping, set before ``on_before_optimizer_step``."""
+    skip_step: bool = False
+    """Set in ``on_before_optimizer_step`` to skip this optimizer step (e.g. non-finite loss)."""
+    stop_reason: str | None = None
+    samples_seen: int = 0
+    tokens_seen: int = 0
+    world_size: int = 1
+    callbacks: list = field(default_factory=list)
+    """Every callback of the run (the checkpoint callback saves their ``state_dict``s)."""
 
 
 class Callback:

@@ -1,0 +1,145 @@
+"""Checkpoints that resume a run exactly, without pickles.
+
+A checkpoint is a directory ``checkpoint-000120/`` written under a temporary name and renamed when
+complete, so a crash never leaves a half checkpoint under the real name::
+
+    adapter/                     PEFT adapter (method lora), loadable by lorakit or peft
+    trainable.safetensors        every trainable parameter by name (exact restore, any method)
+    optimizer.safetensors/.json  optimizer state: tensors as safetensors, the rest as JSON
+    state.safetensors            RNG states and the callbacks' tensors
+    trainer_state.json           step, epoch, scheduler, callback states, counters
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..formats._io import read_safetensors, write_json, write_safetensors
+from .callbacks import TrainState
+
+NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+def split_tensors(obj, prefix: str, out: dict):
+    """Replace every tensor inside ``obj`` by ``{"__tensor__": key}`` and collect it in ``out``."""
+    if isinstance(obj, torch.Tensor):
+        out[prefix] = obj.detach().cpu().contiguous()
+        return {"__tensor__": prefix}
+    if isinstance(obj, dict):
+        return {str(k): split_tensors(v, f"{prefix}.{k}", out) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [split_tensors(v, f"{prefix}.{i}", out) for i, v in enumerate(obj)]
+    return obj
+
+
+def join_tensors(obj, tensors: dict):
+    if isinstance(obj, dict):
+        if set(obj) == {"__tensor__"}:
+            return tensors[obj["__tensor__"]]
+        return {k: join_tensors(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [join_tensors(v, tensors) for v in obj]
+    return obj
+
+
+def _optimizer_state(optimizer) -> tuple[dict, dict]:
+    tensors: dict = {}
+    return split_tensors(optimizer.state_dict(), "opt", tensors), tensors
+
+
+def _load_optimizer(optimizer, meta: dict, tensors: dict) -> None:
+    sd = join_tensors(meta, tensors)
+    sd["state"] = {int(k): v for k, v in sd["state"].items()}
+    for group in sd["param_groups"]:
+        if "betas" in group:
+            group["betas"] = tuple(group["betas"])
+    optimizer.load_state_dict(sd)
+
+
+def save_checkpoint(state: TrainState, directory: str | Path, config: dict | None = None) -> Path:
+    """Write ``state`` to ``directory`` atomically (rank 0 only; other ranks return at once)."""
+    directory = Path(directory)
+    if not state.is_main_process:
+        return directory
+    tmp = directory.parent / f".{directory.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model = state.model
+    write_safetensors(tmp / "trainable.safetensors",
+                      {n: p for n, p in model.named_parameters() if p.requires_grad})
+    if getattr(model, "lorakit_configs", None):
+        from ..formats.peft import save_adapter
+
+        for name in sorted(getattr(model, "lorakit_trainable", set())):
+            save_adapter(model, tmp / ("adapter" if name == "default" else f"adapter-{name}"), name)
+    meta, tensors = _optimizer_state(state.optimizer)
+    write_safetensors(tmp / "optimizer.safetensors", tensors)
+    write_json(tmp / "optimizer.json", meta)
+    extra: dict = {"rng.cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            extra[f"rng.cuda.{i}"] = s
+    callbacks = [split_tensors(cb.state_dict(), f"cb.{i}", extra) for i, cb in enumerate(state.callbacks)]
+    write_safetensors(tmp / "state.safetensors", extra)
+    write_json(tmp / "trainer_state.json", {
+        "step": state.step, "epoch": state.epoch, "total_steps": state.total_steps,
+        "samples_seen": state.samples_seen, "tokens_seen": state.tokens_seen, "world_size": state.world_size,
+        "scheduler": state.scheduler.state_dict(), "callbacks": callbacks,
+        "callback_types": [type(cb).__name__ for cb in state.callbacks], "config": config})
+    if directory.exists():
+        shutil.rmtree(directory)
+    os.replace(tmp, directory)
+    return directory
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    run_dir = Path(run_dir)
+    found = [p for p in run_dir.glob("checkpoint-*") if NAME.match(p.name) and (p / "trainer_state.json").is_file()]
+    return sorted(found, key=lambda p: int(NAME.match(p.name).group(1)))
+
+
+def prune(run_dir: str | Path, keep: int) -> None:
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(state: TrainState, directory: str | Path, rank: int = 0, seed: int = 0) -> None:
+    """Restore weights, optimizer, scheduler, RNG, counters and callback states into ``state``."""
+    directory = Path(directory)
+    info = json.loads((directory / "trainer_state.json").read_text())
+    if info["world_size"] != state.world_size:
+        raise ValueError(f"{directory} was written by a run with {info['world_size']} processes; this run has "
+                         f"{state.world_size}. Resume with the same number of processes (the data order depends on it).")
+    weights, _ = read_safetensors(directory / "trainable.safetensors")
+    live = {n: p for n, p in state.model.named_parameters() if p.requires_grad}
+    if set(weights) != set(live):
+        missing, extra = sorted(set(live) - set(weights)), sorted(set(weights) - set(live))
+        raise ValueError(f"{directory} does not match this model's trainable parameters (missing {missing[:5]}, "
+                         f"unexpected {extra[:5]}); was the config changed since the run started?")
+    with torch.no_grad():
+        for name, p in live.items():
+            p.copy_(weights[name])
+    tensors, _ = read_safetensors(directory / "optimizer.safetensors")
+    _load_optimizer(state.optimizer, json.loads((directory / "optimizer.json").read_text()), tensors)
+    state.scheduler.load_state_dict(info["scheduler"])
+    extra, _ = read_safetensors(directory / "state.safetensors")
+    if rank == 0:
+        torch.set_rng_state(extra["rng.cpu"])
+        cuda = sorted(k for k in extra if k.startswith("rng.cuda."))
+        if cuda and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([extra[k] for k in cuda])
+    else:  # only rank 0's RNG is stored; other ranks continue from a seed fixed by (seed, rank, step)
+        torch.manual_seed(seed + rank + 1_000_003 * info["step"])
+    for cb, saved, kind in zip(state.callbacks, info["callbacks"], info["callback_types"]):
+        if type(cb).__name__ == kind:
+            cb.load_state_dict(join_tensors(saved, extra))
+    state.step, state.epoch = info["step"], info["epoch"]
+    state.samples_seen, state.tokens_seen = info["samples_seen"], info["tokens_seen"]
+    state.lr = state.optimizer.param_groups[0]["lr"]

@@ -1,0 +1,91 @@
+"""Optimizers (AdamW, 8-bit AdamW), parameter groups (per-regex lrs, LoRA+) and lr schedules.
+
+The schedules are the multipliers of transformers' ``get_*_schedule_with_warmup`` (checked against
+them in the tests), written as plain functions so that ``LambdaLR`` state stays JSON-serialisable.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from functools import partial
+
+import torch
+from torch import nn
+
+from .adam8bit import make_adamw8bit
+from .config import TrainArgs
+
+
+def param_groups(model: nn.Module, args: TrainArgs) -> list[dict]:
+    """Trainable parameters grouped by learning rate (``lr_groups`` regexes, or LoRA+)."""
+    if args.loraplus_ratio is not None:
+        try:
+            from ..loraplus import loraplus_param_groups
+        except ImportError as exc:
+            raise ImportError("train.loraplus_ratio needs lorakit.loraplus, which this lorakit build does not "
+                              "include; remove loraplus_ratio or update lorakit.") from exc
+        return loraplus_param_groups(model, args.lr, ratio=args.loraplus_ratio, weight_decay=args.weight_decay)
+    patterns = [(re.compile(k), float(v)) for k, v in args.lr_groups.items()]
+    buckets: dict[float, list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        lr = next((v for rx, v in patterns if rx.search(name)), args.lr)
+        buckets.setdefault(lr, []).append(p)
+    if not buckets:
+        raise ValueError("the model has no trainable parameters; check train.method and the lora section.")
+    return [{"params": ps, "lr": lr, "weight_decay": args.weight_decay} for lr, ps in buckets.items()]
+
+
+def make_optimizer(model: nn.Module, args: TrainArgs, device: torch.device) -> torch.optim.Optimizer:
+    groups = param_groups(model, args)
+    kwargs = dict(lr=args.lr, betas=tuple(args.betas), eps=args.eps, weight_decay=args.weight_decay)
+    if args.optimizer == "adamw8bit":
+        return make_adamw8bit(groups, device, **kwargs)
+    return torch.optim.AdamW(groups, foreach=device.type != "cpu" or None, **kwargs)
+
+
+# -- schedules: multiplier of the base lr at optimizer step ``s`` ---------------------------------------
+def _warm(s: int, warmup: int) -> float:
+    return s / max(1, warmup)
+
+
+def constant(s: int, warmup: int, total: int, cycles: float) -> float:
+    return _warm(s, warmup) if s < warmup else 1.0
+
+
+def linear(s: int, warmup: int, total: int, cycles: float) -> float:
+    if s < warmup:
+        return _warm(s, warmup)
+    return max(0.0, (total - s) / max(1, total - warmup))
+
+
+def cosine(s: int, warmup: int, total: int, cycles: float) -> float:
+    if s < warmup:
+        return _warm(s, warmup)
+    progress = (s - warmup) / max(1, total - warmup)
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * cycles * 2.0 * progress)))
+
+
+def cosine_with_restarts(s: int, warmup: int, total: int, cycles: float) -> float:
+    if s < warmup:
+        return _warm(s, warmup)
+    progress = (s - warmup) / max(1, total - warmup)
+    if progress >= 1.0:
+        return 0.0
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * ((cycles * progress) % 1.0))))
+
+
+SCHEDULES = {"constant": constant, "linear": linear, "cosine": cosine, "cosine_with_restarts": cosine_with_restarts}
+DEFAULT_CYCLES = {"cosine": 0.5, "cosine_with_restarts": 1.0}
+
+
+def warmup_steps(args: TrainArgs, total: int) -> int:
+    return args.warmup_steps or math.ceil(args.warmup_ratio * total)
+
+
+def make_scheduler(optimizer, args: TrainArgs, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    cycles = args.num_cycles if args.num_cycles is not None else DEFAULT_CYCLES.get(args.scheduler, 1.0)
+    fn = partial(SCHEDULES[args.scheduler], warmup=warmup_steps(args, total), total=total, cycles=cycles)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)

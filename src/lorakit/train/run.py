@@ -1,0 +1,192 @@
+"""``lorakit.train.run(config)``: a whole training run, from a config to a run directory.
+
+Run directory::
+
+    config.yaml          the resolved config        metrics.jsonl   train/eval rows
+    checkpoint-NNNNNN/   resumable checkpoints      loss.png        loss and lr curves
+    adapter/             final PEFT adapter (lora)  summary.json    params, size, speed, best eval
+    model/ | head.safetensors   (methods full | head)
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) it trains data-parallel with DDP (gloo on CPU, nccl on
+CUDA); every rank reads its own shard of each global batch and only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import yaml
+
+from ..formats._io import atomic_write, write_json, write_safetensors
+from .callbacks import Callback
+from .checkpoint import list_checkpoints, load_checkpoint
+from .config import RunConfig
+from .data import Batches, read_records, step_plan, tokenize
+from .hooks import Checkpointer, Evaluator, MetricsLogger, NanGuard, NonFiniteLossError, ProgressBar
+from .loop import Trainer
+from .models import evaluate, load_model, load_tokenizer, select_trainable
+from .optim import make_optimizer, make_scheduler, warmup_steps
+from .report import dir_size, format_summary, plot_metrics
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict
+    model: torch.nn.Module = field(repr=False)
+    tokenizer: object = field(repr=False, default=None)
+    labels: list | None = None
+
+
+def _distributed(device_kind: str) -> tuple[int, int, bool]:
+    """(rank, world size, whether this call started the process group)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or not dist.is_available():
+        return 0, 1, False
+    started = not dist.is_initialized()
+    if started:
+        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), started
+
+
+def _device(spec: str, rank: int) -> torch.device:
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("model.device='cuda' but no CUDA device is available; use 'auto' or 'cpu'.")
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(spec)
+
+
+def _say(main: bool, text: str) -> None:
+    if main:
+        from rich.console import Console
+
+        Console(highlight=False).print(text)
+
+
+def run(cfg: RunConfig, callbacks: list[Callback] | None = None, resume: bool = False, quiet: bool = False) -> RunResult:
+    """Train as ``cfg`` says; returns the run directory, the summary and the trained (bare) model.
+
+    ``callbacks`` (e.g. AdaLoRA's or PeriodicLoRA's) run after the NaN guard and before evaluation,
+    logging and checkpointing. Raises ``NonFiniteLossError`` when the loss diverges (the last good
+    checkpoint is kept).
+    """
+    t, d = cfg.train, cfg.data
+    kind = "cuda" if cfg.model.device == "cuda" or (cfg.model.device == "auto" and torch.cuda.is_available()) else "cpu"
+    rank, world, started = _distributed(kind)
+    main = rank == 0
+    try:
+        device = _device(cfg.model.device, rank)
+        run_dir = Path(t.output_dir)
+        existing = list_checkpoints(run_dir)
+        if existing and not resume:
+            raise FileExistsError(f"{run_dir} already has checkpoints ({existing[-1].name}); pass --resume to "
+                                  "continue that run, or choose another train.output_dir.")
+        if resume and not existing:
+            raise FileNotFoundError(f"--resume: no checkpoint in {run_dir} (checkpoints need train.save_every or "
+                                    "train.save_every_epochs).")
+        torch.manual_seed(t.seed + rank)
+        tokenizer = load_tokenizer(cfg.model.path)
+        records = read_records(d.train)[: d.limit]
+        samples, labels = tokenize(records, d, tokenizer, cfg.model.task)
+        eval_samples = tokenize(read_records(d.eval), d, tokenizer, cfg.model.task, labels)[0] if d.eval else None
+        model = select_trainable(load_model(cfg.model, labels), cfg)
+        if t.gradient_checkpointing:
+            model.config.use_cache = False
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.to(device)
+        batches = Batches(samples, t.batch_size, t.seed, d.repeats, rank, world, tokenizer.pad_token_id)
+        per_epoch, total = step_plan(batches.items, t.batch_size, t.grad_accum, world, t.epochs, t.max_steps)
+        optimizer = make_optimizer(model, t, device)
+        scheduler = make_scheduler(optimizer, t, total)
+        report = _params(model)
+        if not quiet:
+            _say(main, f"[bold]{run_dir}[/]: {report[0]:,} trainable of {report[1]:,} params "
+                       f"({100 * report[0] / report[1]:.3f}%), method {t.method}")
+            _say(main, f"steps = {d.repeats} repeats x {len(samples)} items x {t.epochs:g} epochs / ({t.batch_size} "
+                       f"batch x {t.grad_accum} accumulation x {world} processes) = "
+                       f"{total} optimizer steps ({per_epoch} per epoch, {warmup_steps(t, total)} warmup)")
+        wrapped = model
+        if world > 1:
+            wrapped = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
+        eval_batches = _fixed_batches(eval_samples, t.batch_size, tokenizer.pad_token_id) if eval_samples else None
+        cbs: list[Callback] = [NanGuard(check_grads=t.mixed_precision != "fp16"), *(callbacks or [])]
+        if eval_batches:
+            cbs.append(Evaluator(lambda m: evaluate(m, eval_batches, device), t.eval_every))
+        cbs.append(MetricsLogger(run_dir / "metrics.jsonl", t.log_every))
+        if t.progress and not quiet:
+            cbs.append(ProgressBar(f"{t.method}"))
+        config_dict = cfg.to_dict()
+        cbs.append(Checkpointer(run_dir, t.save_every, t.save_every_epochs, t.keep_last, config_dict))
+        trainer = Trainer(wrapped, batches, t, optimizer, scheduler, total_steps=total, device=device,
+                          callbacks=cbs, run_dir=run_dir)
+        if main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write(run_dir / "config.yaml",
+                         lambda tmp: Path(tmp).write_text(yaml.safe_dump(config_dict, sort_keys=False)))
+        if resume:
+            load_checkpoint(trainer.state, existing[-1], rank, t.seed)
+            _say(main and not quiet, f"resumed from {existing[-1]} at step {trainer.state.step}")
+        start = time.perf_counter()
+        state = trainer.fit()
+        seconds = time.perf_counter() - start
+        if state.stop_reason is not None:
+            last = list_checkpoints(run_dir)
+            keep = f"The last good checkpoint is {last[-1]}." if last else "No checkpoint was written before it."
+            raise NonFiniteLossError(f"training stopped: {state.stop_reason} {keep}")
+        saved = _save_final(model, cfg, run_dir, tokenizer) if main else run_dir
+        evaluator = next((c for c in cbs if isinstance(c, Evaluator)), None)
+        summary = {"method": t.method, "trainable_params": report[0], "total_params": report[1],
+                   "trainable_percent": 100 * report[0] / report[1], "saved_path": str(saved),
+                   "saved_bytes": dir_size(saved), "train_seconds": seconds, "steps": state.step,
+                   "samples_per_s": state.samples_seen / max(seconds, 1e-9),
+                   "tokens_per_s": state.tokens_seen / max(seconds, 1e-9), "world_size": world,
+                   "final_loss": state.loss, "best_eval": evaluator.best if evaluator else None,
+                   "final_eval": {k: v for k, v in state.metrics.items() if k.startswith("eval_")} or None}
+        if main:
+            write_json(run_dir / "summary.json", summary)
+            if t.plot:
+                plot_metrics(run_dir / "metrics.jsonl", run_dir / "loss.png", f"{t.method}: loss")
+            if not quiet:
+                _say(main, format_summary(summary))
+        return RunResult(run_dir, summary, model, tokenizer, labels)
+    finally:
+        if started:
+            dist.destroy_process_group()
+
+
+def _fixed_batches(samples: list[dict], size: int, pad_id: int) -> list[dict]:
+    """Evaluation batches in file order, the last one possibly smaller."""
+    from .data import collate
+
+    return [collate(samples[i:i + size], pad_id) for i in range(0, len(samples), size)]
+
+
+def _params(model) -> tuple[int, int]:
+    import lorakit
+
+    r = lorakit.trainable_parameters(model)
+    return r.trainable, r.total
+
+
+def _save_final(model, cfg: RunConfig, run_dir: Path, tokenizer) -> Path:
+    import lorakit
+
+    if cfg.train.method == "lora":
+        return lorakit.save_adapter(model, run_dir / "adapter", base_model_name_or_path=str(cfg.model.path))
+    if cfg.train.method == "head":
+        path = run_dir / "head.safetensors"
+        write_safetensors(path, {n: p for n, p in model.named_parameters() if p.requires_grad})
+        return path
+    model.save_pretrained(run_dir / "model")
+    tokenizer.save_pretrained(run_dir / "model")
+    return run_dir / "model"

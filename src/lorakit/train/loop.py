@@ -73,11 +73,11 @@ class Trainer:
                     extra = cb.extra_loss(self.state)
                     if extra is not None:
                         total = total + extra
-            total = total / self.accum
-            (self.scaler.scale(total) if self.scaler else total).backward()
+            scaled = total / self.accum
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
         self.state.samples_seen += batch["input_ids"].shape[0] * self.state.world_size
         self.state.tokens_seen += int(batch["attention_mask"].sum()) * self.state.world_size
-        return loss.detach().float()
+        return total.detach().float()  # the optimised objective, extra losses included
 
     def _global_mean(self, value: torch.Tensor) -> float:
         if self.ddp:  # every rank must see the same loss, so that all of them stop together on NaN

@@ -182,7 +182,11 @@ def _save_final(model, cfg: RunConfig, run_dir: Path, tokenizer) -> Path:
     import lorakit
 
     if cfg.train.method == "lora":
-        return lorakit.save_adapter(model, run_dir / "adapter", base_model_name_or_path=str(cfg.model.path))
+        path = lorakit.save_adapter(model, run_dir / "adapter", base_model_name_or_path=str(cfg.model.path))
+        labels = getattr(model.config, "id2label", None) if cfg.model.task == "classification" else None
+        if labels:  # lets predict/merge rebuild the classification head
+            write_json(path / "labels.json", [labels[i] for i in range(len(labels))])
+        return path
     if cfg.train.method == "head":
         path = run_dir / "head.safetensors"
         write_safetensors(path, {n: p for n, p in model.named_parameters() if p.requires_grad})

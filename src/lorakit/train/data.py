@@ -121,7 +121,9 @@ def tokenize(records: list, args: DataArgs, tokenizer, task: str, labels: list |
         # prompt and response are tokenised apart, so the mask boundary is exact by construction
         prompts = _ids(tokenizer, [p for p, _ in pairs], True)
         responses = _ids(tokenizer, [r for _, r in pairs], False)
-        samples = [{"input_ids": (p + r + eos)[:n], "labels": ([IGNORE] * len(p) + r + eos)[:n]}
+        # the response must end in EOS so the model learns to stop (chat templates often add it already)
+        responses = [r if r[-1:] == eos else r + eos for r in responses]
+        samples = [{"input_ids": (p + r)[:n], "labels": ([IGNORE] * len(p) + r)[:n]}
                    for p, r in zip(prompts, responses)]
     else:
         texts = [r if isinstance(r, str) else str(_field(r, args.text_field, f"record {i}"))

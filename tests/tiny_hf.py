@@ -75,3 +75,17 @@ def classification_rows() -> list[dict]:
     for s in CORPUS:
         rows.append({"text": s, "label": "home" if s.split()[0] in ("turn", "set", "what") else "other"})
     return rows * 4
+
+
+# -- session fixtures (imported by tests/train/conftest.py and tests/cli/conftest.py) -------------------
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def llama_path(tmp_path_factory):
+    return llama_dir(tmp_path_factory.mktemp("llama"))
+
+
+@pytest.fixture(scope="session")
+def bert_path(tmp_path_factory):
+    return bert_dir(tmp_path_factory.mktemp("bert"))

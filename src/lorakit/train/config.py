@@ -171,10 +171,20 @@ def _type_ok(value, hint) -> bool:
     return True
 
 
+NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+
+
 def _expected(hint) -> str:
-    if typing.get_origin(hint) is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
-    return str(hint).replace("typing.", "")
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if args and origin not in (list, dict):
+        return " or ".join(_expected(a) for a in args)
+    if origin is list:
+        return f"a list of {_expected(args[0]).removeprefix('a ').removeprefix('an ')}s"
+    if origin is dict:
+        return "a mapping"
+    return NAMES.get(hint, getattr(hint, "__name__", str(hint)))
 
 
 def _section(name: str, cls, data, errors: list[str]):

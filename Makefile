@@ -11,14 +11,14 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,hf]'
+	$(PY) -m pip install -q -e '.[dev,hf,quickstart]'
 	touch $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP)
-	$(PY) examples/demo.py
+	$(PY) -m lorakit quickstart
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_step.py

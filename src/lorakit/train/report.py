@@ -20,8 +20,10 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 def plot_metrics(metrics_path: str | Path, out: str | Path, title: str = "") -> Path | None:
     """Loss (train and eval) and learning rate against the optimizer step, as a PNG."""
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:  # plots are a bonus; metrics.jsonl has the numbers
+        return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -7,8 +7,10 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from lorakit.cli import app
-from lorakit.cli import commands  # noqa: F401  (registers the commands)
+from lorakit.cli import (
+    app,
+    commands,  # noqa: F401  (registers the commands)
+)
 
 runner = CliRunner()
 

@@ -16,13 +16,13 @@ def _check_mask(tok, sample, prompt_text, response_text):
     response = tok(response_text, add_special_tokens=False)["input_ids"]
     response += [tok.eos_token_id] if response[-1] != tok.eos_token_id else []  # exactly one EOS at the end
     assert len(ids) == len(labels) == n_prompt + len(response)
-    for i, (t, lab) in enumerate(zip(ids, labels)):
+    for i, (t, lab) in enumerate(zip(ids, labels, strict=True)):
         if i < n_prompt:
             assert lab == IGNORE, f"prompt token {i} ({tok.convert_ids_to_tokens(t)}) takes loss"
         else:
             assert lab == t, f"response token {i} ({tok.convert_ids_to_tokens(t)}) has no loss"
     assert ids[-1] == tok.eos_token_id and ids[-2] != tok.eos_token_id
-    assert tok.decode([t for t, lab in zip(ids, labels) if lab != IGNORE], skip_special_tokens=True) == \
+    assert tok.decode([t for t, lab in zip(ids, labels, strict=True) if lab != IGNORE], skip_special_tokens=True) == \
         tok.decode(tok(response_text, add_special_tokens=False)["input_ids"], skip_special_tokens=True)
 
 
@@ -41,7 +41,7 @@ def test_chat_template_masks_everything_but_the_last_assistant_turn():
     prompt = tok.apply_chat_template(msgs[:1], tokenize=False, add_generation_prompt=True)
     full = tok.apply_chat_template(msgs, tokenize=False)
     _check_mask(tok, samples[0], prompt, full[len(prompt):])
-    kept = [t for t, lab in zip(samples[0]["input_ids"], samples[0]["labels"]) if lab != IGNORE]
+    kept = [t for t, lab in zip(samples[0]["input_ids"], samples[0]["labels"], strict=True) if lab != IGNORE]
     assert tok.convert_ids_to_tokens(kept)[:3] == ["set", "a", "timer"]
 
 
@@ -77,7 +77,7 @@ def test_two_ranks_see_exactly_the_single_process_batches():
     one = Batches(samples, 4, seed=3, repeats=2)
     ranks = [Batches(samples, 2, seed=3, repeats=2, rank=r, world=2) for r in range(2)]
     assert len(one) == len(ranks[0]) == 10
-    for b, r0, r1 in zip(one.epoch(1), ranks[0].epoch(1), ranks[1].epoch(1)):
+    for b, r0, r1 in zip(one.epoch(1), ranks[0].epoch(1), ranks[1].epoch(1), strict=True):
         assert b["labels"].tolist() == r0["labels"].tolist() + r1["labels"].tolist()
     assert one.order(0) != one.order(1) and one.order(1) == Batches(samples, 4, seed=3, repeats=2).order(1)
     assert [b["labels"].tolist() for b in one.epoch(1, start=7)] == [b["labels"].tolist() for b in one.epoch(1)][7:]

@@ -64,7 +64,7 @@ def test_adamw8bit_tracks_fp32_adamw_with_a_quarter_of_the_state():
     ours, opt, losses = _train(AdamW8bit)
     assert losses[-1] < 0.7 * losses[0]
     assert abs(losses[-1] - ref_losses[-1]) < 0.02 * ref_losses[0]
-    for a, b in zip(ours.parameters(), ref.parameters()):
+    for a, b in zip(ours.parameters(), ref.parameters(), strict=True):
         assert (a - b).abs().max() < 0.02, (a - b).abs().max()  # lr 3e-3 x 60 steps: ~3% of the total movement
     big = ours[0].weight
     st = opt.state[big]

@@ -101,3 +101,21 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, llama_path)
     weights = load_file(ckpts[-1] / "trainable.safetensors")
     assert all(torch.isfinite(v).all() for v in weights.values())
     assert not (tmp_path / "run" / "adapter").exists()  # no final adapter from a diverged run
+
+
+def test_accumulation_and_checkpointing_match_one_big_batch(tmp_path, bert_path):
+    tiny.write_jsonl(tmp_path / "train.jsonl", tiny.classification_rows())
+
+    def cfg(name, **train):
+        return from_dict({"model": {"path": str(bert_path), "task": "classification"},
+                          "data": {"train": str(tmp_path / "train.jsonl")},
+                          "lora": {"r": 4, "target_modules": ["query", "value"], "modules_to_save": ["classifier"]},
+                          "train": {"output_dir": str(tmp_path / name), "max_steps": 3, "lr": 1e-2,
+                                    "progress": False, "plot": False, **train}})
+
+    run(cfg("big", batch_size=8), quiet=True)
+    run(cfg("accum", batch_size=4, grad_accum=2, gradient_checkpointing=True), quiet=True)
+    a = load_file(tmp_path / "big" / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "accum" / "adapter" / "adapter_model.safetensors")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)

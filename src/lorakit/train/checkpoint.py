@@ -137,7 +137,7 @@ def load_checkpoint(state: TrainState, directory: str | Path, rank: int = 0, see
             torch.cuda.set_rng_state_all([extra[k] for k in cuda])
     else:  # only rank 0's RNG is stored; other ranks continue from a seed fixed by (seed, rank, step)
         torch.manual_seed(seed + rank + 1_000_003 * info["step"])
-    for cb, saved, kind in zip(state.callbacks, info["callbacks"], info["callback_types"]):
+    for cb, saved, kind in zip(state.callbacks, info["callbacks"], info["callback_types"], strict=False):
         if type(cb).__name__ == kind:
             cb.load_state_dict(join_tensors(saved, extra))
     state.step, state.epoch = info["step"], info["epoch"]

@@ -115,7 +115,7 @@ def tokenize(records: list, args: DataArgs, tokenizer, task: str, labels: list |
         if unknown:
             raise ValueError(f"labels {unknown[:10]} are not in the training labels {labels[:20]}.")
         enc = tokenizer(texts, truncation=True, max_length=n)["input_ids"]
-        return [{"input_ids": ids, "labels": index[str(v)]} for ids, v in zip(enc, raw)], labels
+        return [{"input_ids": ids, "labels": index[str(v)]} for ids, v in zip(enc, raw, strict=True)], labels
     if fmt == "instruction":
         pairs = [render_instruction(r, tokenizer, args.prompt_template) for r in records]
         # prompt and response are tokenised apart, so the mask boundary is exact by construction
@@ -124,7 +124,7 @@ def tokenize(records: list, args: DataArgs, tokenizer, task: str, labels: list |
         # the response must end in EOS so the model learns to stop (chat templates often add it already)
         responses = [r if r[-1:] == eos else r + eos for r in responses]
         samples = [{"input_ids": (p + r)[:n], "labels": ([IGNORE] * len(p) + r)[:n]}
-                   for p, r in zip(prompts, responses)]
+                   for p, r in zip(prompts, responses, strict=True)]
     else:
         texts = [r if isinstance(r, str) else str(_field(r, args.text_field, f"record {i}"))
                  for i, r in enumerate(records)]

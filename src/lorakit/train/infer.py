@@ -57,7 +57,7 @@ def predict(model, tokenizer, labels: list[str], texts: list[str], top_k: int = 
     enc = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
     probs = model(**enc).logits.float().softmax(-1)
     values, index = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
-    return [[(labels[i], float(v)) for v, i in zip(vs, ix)] for vs, ix in zip(values.tolist(), index.tolist())]
+    return [[(labels[i], float(v)) for v, i in zip(vs, ix, strict=True)] for vs, ix in zip(values.tolist(), index.tolist(), strict=True)]
 
 
 @torch.no_grad()

@@ -101,7 +101,11 @@ def run(cfg: RunConfig, callbacks: list[Callback] | None = None, resume: bool = 
         model = select_trainable(load_model(cfg.model, labels), cfg)
         if t.gradient_checkpointing:
             model.config.use_cache = False
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            kwargs = {"use_reentrant": False}  # non-reentrant: works when the inputs need no grad (frozen base)
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         model.to(device)
         batches = Batches(samples, t.batch_size, t.seed, d.repeats, rank, world, tokenizer.pad_token_id)
         per_epoch, total = step_plan(batches.items, t.batch_size, t.grad_accum, world, t.epochs, t.max_steps)

@@ -119,3 +119,12 @@ def test_accumulation_and_checkpointing_match_one_big_batch(tmp_path, bert_path)
     b = load_file(tmp_path / "accum" / "adapter" / "adapter_model.safetensors")
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_autocast_and_epoch_checkpoints(tmp_path, llama_path):
+    cfg = llama_cfg(tmp_path, llama_path, max_steps=None, epochs=2, save_every_epochs=1, keep_last=1,
+                    mixed_precision="bf16")
+    result = run(cfg, quiet=True)
+    assert math.isfinite(result.summary["final_loss"])
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["checkpoint-000004"]  # 2 steps/epoch, kept 1
+    assert all(p.dtype == torch.float32 for p in result.model.parameters() if p.requires_grad)

@@ -10,7 +10,10 @@ The loop calls, per optimizer step::
     optimizer.zero_grad()
 
 so a method such as AdaLoRA (which needs the gradients) or PeriodicLoRA (which merges and resets
-optimizer state) needs no user code between ``backward`` and ``step``.
+optimizer state) needs no user code between ``backward`` and ``step``. A callback that sets
+``state.skip_step`` in ``on_before_optimizer_step`` vetoes that step (the NaN guard does, then stops).
+``on_evaluate`` follows every evaluation and ``on_save(state, directory)`` every checkpoint;
+``state_dict``/``load_state_dict`` go into checkpoints (tensors allowed), so ``--resume`` is exact.
 """
 
 from __future__ import annotations

@@ -89,3 +89,20 @@ def test_step_plan_formula_and_error():
     assert step_plan(100, 4, 2, 1, 3.0, 5) == (12, 5)
     with pytest.raises(ValueError, match="fewer than one optimizer step"):
         step_plan(3, 4, 1, 1, 1.0, None)
+
+
+def test_csv_and_jsonl_readers_and_their_errors(tmp_path):
+    from lorakit.train.data import read_records
+
+    (tmp_path / "d.csv").write_text('text,label\n"turn on, please",home\nthe cat,other\n')
+    assert read_records(tmp_path / "d.csv") == [{"text": "turn on, please", "label": "home"},
+                                                 {"text": "the cat", "label": "other"}]
+    (tmp_path / "d.txt").write_text("doc one\nline two\n\n\ndoc two\n")
+    assert read_records(tmp_path / "d.txt") == ["doc one\nline two", "doc two"]
+    (tmp_path / "bad.jsonl").write_text('{"text": "a"}\n{"text": \n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2 is not valid JSON"):
+        read_records(tmp_path / "bad.jsonl")
+    with pytest.raises(FileNotFoundError, match="data file not found"):
+        read_records(tmp_path / "nope.jsonl")
+    with pytest.raises(ValueError, match=r"no 'label' field \(found \['text'\]\)"):
+        tokenize([{"text": "a"}], DataArgs(), tiny.tokenizer(), "classification")

@@ -39,7 +39,11 @@ def peft_run(configs: dict, steps: int, rnd: int) -> float:
     import json
 
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        get_linear_schedule_with_warmup,
+    )
 
     from lorakit.train.config import resolve_path
 

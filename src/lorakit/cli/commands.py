@@ -1,1 +1,2 @@
 """Imports every command module so that each registers on ``lorakit.cli.app``."""
+from . import files  # noqa: F401  (LoRA file tools: convert, inspect, merge-loras, resize, extract)

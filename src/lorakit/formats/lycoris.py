@@ -94,3 +94,16 @@ def dora_delta(w: torch.Tensor, delta: torch.Tensor, magnitude: torch.Tensor) ->
         norm = merged.transpose(0, 1).reshape(w.shape[1], -1).norm(dim=1).reshape(1, -1, *[1] * (w.dim() - 2))
         m = magnitude.reshape(norm.shape)
     return merged * (m / (norm + EPS)) - w
+
+
+def file_delta(module: dict[str, torch.Tensor], name: str = "?") -> torch.Tensor:
+    """ΔW of a module without a model at hand (scale applied, fp32), in the shape the file implies.
+
+    LoRA gives the conv shape (out, in, k, k); LoHa/LoKr may give the flattened (out, in·k·k).
+    DoRA needs the base weight, so it is refused here with the reason.
+    """
+    if "dora_scale" in module:
+        raise ValueError(f"module {name} is DoRA (dora_scale): its update depends on the base weight. "
+                         "Merge it into a base checkpoint, or apply it to a model, instead.")
+    algo = module_algo(name, module)
+    return ALGOS[algo](module) * scale_of(module)

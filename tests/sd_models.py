@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from lorakit.formats.lorafile import LoraFile, Naming
-from lorakit.formats.sd_keys import layout_from_config
+from lorakit.formats.sd_keys import canonical_te, layout_from_config
 
 TE_TARGETS = ("CLIPAttention", "CLIPMLP")
 UNET_TARGETS = ("Transformer2DModel",)
@@ -78,7 +78,7 @@ def random_lora(parts: dict, rank: int = 4, seed: int = 0, conv: bool = False, a
                  "lora_up.weight": (torch.randn(up_shape, generator=g) * 0.3).to(dtype)}
             if alpha is not None:
                 t["alpha"] = torch.tensor(alpha, dtype=dtype)
-            modules[f"{part}.{path}"] = t
+            modules[f"{part}.{canonical_te(path) if part != 'unet' else path}"] = t
     sdxl = "text_encoder_2" in parts
     layout = layout_from_config(parts["unet"].config) if "unet" in parts else None
     naming = Naming("sai" if sdxl else "diffusers", sdxl, layout) if layout else Naming(te_split=sdxl)

@@ -24,7 +24,7 @@ from .adapters.lora import LoraAdapter
 from .formats.lorafile import LoraFile, alpha_of, model_family
 from .formats.lycoris import delta_weight
 from .formats.sd_io import read_lora
-from .formats.sd_keys import SDXL, layout_from_config
+from .formats.sd_keys import SDXL, layout_from_config, te_alternatives
 from .inject import _set_module
 from .layer import LoraLayer
 from .model import active_adapters, set_active_adapters
@@ -56,12 +56,22 @@ def check_family(lf: LoraFile, parts: dict[str, nn.Module], label: str) -> None:
                          "LoRAs only work on the model family they were trained for; pick a matching LoRA or model.")
 
 
-def _module(parts, key: str):
+def _resolve(parts, key: str) -> tuple[str, nn.Module] | None:
+    """(model path, module) for a file key; text-encoder paths try both CLIP spellings."""
     part, path = key.split(".", 1)
-    try:
-        module = parts[part].get_submodule(path)
-    except AttributeError:
+    for cand in te_alternatives(path) if part != "unet" else [path]:
+        try:
+            return cand, parts[part].get_submodule(cand)
+        except AttributeError:
+            continue
+    return None
+
+
+def _module(parts, key: str):
+    found = _resolve(parts, key)
+    if found is None:
         return None
+    module = found[1]
     return module.base_layer if isinstance(module, LoraLayer) else module
 
 
@@ -171,9 +181,9 @@ def _add_adapters(lf: LoraFile, plan, parts, name: str, strengths) -> None:
     if name in existing:
         raise ValueError(f"adapter {name!r} is already loaded; pass another name or delete it first.")
     for key, base in plan:
-        part, path = key.split(".", 1)
+        part = key.split(".", 1)[0]
         model = parts[part]
-        current = model.get_submodule(path)
+        path, current = _resolve(parts, key)
         layer = current if isinstance(current, LoraLayer) else LoraLayer(current)
         adapter = _adapter(lf.modules[key], base, key)
         adapter.train(base.training)

@@ -181,3 +181,18 @@ def to_kohya(part: str, path: str, *, sai: bool = False, te_split: bool = False,
     else:
         raise KeyError(f"model part {part!r} has no kohya prefix; expected unet, text_encoder or text_encoder_2.")
     return f"{prefix}_{path.replace('.', '_')}"
+
+
+def te_alternatives(path: str) -> list[str]:
+    """Text-encoder module paths to try: kohya files say ``text_model.encoder...``; transformers 5's
+    ``CLIPTextModel`` dropped the ``text_model`` level (``CLIPTextModelWithProjection`` kept it)."""
+    if path.startswith("text_model."):
+        return [path, path[len("text_model."):]]
+    return [path, "text_model." + path]
+
+
+def canonical_te(path: str) -> str:
+    """The kohya spelling of a text-encoder module path (with the ``text_model.`` level)."""
+    if path.startswith(("encoder.", "embeddings.", "final_layer_norm")):
+        return "text_model." + path
+    return path

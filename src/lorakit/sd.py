@@ -151,9 +151,14 @@ def load_lora(target, files, *, names: list[str] | None = None, unet_strength=1.
         layout = layout_from_config(parts["unet"].config) if hasattr(parts.get("unet"), "config") else SDXL
     loaded = [f if isinstance(f, LoraFile) else read_lora(f, layout) for f in files]
     labels = [str(f) if not isinstance(f, LoraFile) else f"file {i}" for i, f in enumerate(files)]
-    names = names or [Path(f).stem if not isinstance(f, LoraFile) else f"lora_{i}" for i, f in enumerate(files)]
-    if len(names) != len(loaded) or len(set(names)) != len(names) or any("." in n for n in names):
-        raise ValueError(f"names={names}: expected {len(loaded)} distinct adapter names without dots.")
+    if names is None:  # file stems, made safe as module names ("half.safetensors" must not shadow .half())
+        names = [Path(f).stem.replace(".", "_") if not isinstance(f, LoraFile) else f"lora_{i}"
+                 for i, f in enumerate(files)]
+        names = [f"lora_{n}" if hasattr(nn.ModuleDict(), n) else n for n in names]
+    bad = [n for n in names if "." in n or not n or hasattr(nn.ModuleDict(), n)]
+    if len(names) != len(loaded) or len(set(names)) != len(names) or bad:
+        raise ValueError(f"names={names}: expected {len(loaded)} distinct adapter names without dots that are not "
+                         f"torch.nn.Module attributes (bad: {bad}).")
     us, ts = _per_file(unet_strength, len(loaded), "unet_strength"), _per_file(te_strength, len(loaded), "te_strength")
     plans = []
     for lf, label, u, t in zip(loaded, labels, us, ts):  # check everything before changing anything

@@ -31,9 +31,9 @@ SUFFIX_TABLE = {
     "lora_linear_layer.down.weight": "lora_down.weight", "lora_linear_layer.up.weight": "lora_up.weight",
     "lora_magnitude_vector": "dora_scale", "lora_magnitude_vector.weight": "dora_scale", "alpha": "alpha",
 }
-#: old attention-processor module names -> module path, per model part kind
-PROCESSOR = {"unet": {"to_q_lora": "to_q", "to_k_lora": "to_k", "to_v_lora": "to_v", "to_out_lora": "to_out.0"},
-             "te": {"to_q_lora": "q_proj", "to_k_lora": "k_proj", "to_v_lora": "v_proj", "to_out_lora": "out_proj"}}
+#: old attention-processor names (``attn1.processor.to_q_lora.down.weight``) -> module, per model part kind
+PROCESSOR = {"unet": {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out": "to_out.0"},
+             "te": {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"}}
 PEFT_PREFIX = "base_model.model."
 _SUFFIX_RE = re.compile("(?:^|\\.)(" + "|".join(re.escape(s) for s in sorted(SUFFIX_TABLE, key=len, reverse=True))
                         + ")$")
@@ -46,6 +46,9 @@ def is_diffusers(keys) -> bool:
 def map_key(key: str, default_part: str = "unet") -> tuple[str, str]:
     """diffusers/PEFT tensor key -> (``part.module_path``, kohya suffix); raises KeyError on unknown keys."""
     body = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
+    legacy = body.endswith(("_lora.down.weight", "_lora.up.weight"))
+    if legacy:
+        body = body.replace("_lora.down.weight", ".lora.down.weight").replace("_lora.up.weight", ".lora.up.weight")
     m = _SUFFIX_RE.search(body)
     if not m:
         raise KeyError(f"{key}: unknown LoRA tensor suffix (known: {', '.join(sorted(SUFFIX_TABLE))})")
@@ -53,10 +56,9 @@ def map_key(key: str, default_part: str = "unet") -> tuple[str, str]:
     part, _, path = module.partition(".")
     if part not in PARTS:
         part, path = default_part, module
-    table = PROCESSOR["unet" if part == "unet" else "te"]
     head, _, last = path.rpartition(".")
-    if last in table:
-        path = f"{head.removesuffix('.processor')}.{table[last]}"
+    if legacy and last in PROCESSOR["unet"]:
+        path = f"{head.removesuffix('.processor')}.{PROCESSOR['unet' if part == 'unet' else 'te'][last]}"
     if not path:
         raise KeyError(f"{key}: no module path before the LoRA suffix")
     return f"{part}.{path}", SUFFIX_TABLE[m.group(1)]
@@ -173,7 +175,7 @@ def write_peft(lf: LoraFile, directory) -> Path:
             "alpha_pattern": {re.escape(p): v for p, v in alphas.items() if v != a},
             "lora_dropout": 0.0, "bias": "none", "init_lora_weights": True, "use_dora": False,
             "use_rslora": False, "fan_in_fan_out": False, "task_type": None, "inference_mode": True,
-            "base_model_name_or_path": None, "created_with": "lorakit",
+            "base_model_name_or_path": None,
         }
         write_safetensors(directory / part / "adapter_model.safetensors", tensors, base_meta)
         write_json(directory / part / "adapter_config.json", config)

@@ -15,6 +15,7 @@ import re
 import torch
 
 from ..formats.lorafile import LoraFile, Naming
+from ..formats.sd_keys import canonical_te
 from ._svd import clamp_quantile, factorize
 
 #: which weights get a LoRA (kohya's default targets, + resnet/sampler convs when conv_rank is set)
@@ -60,7 +61,7 @@ def extract_lora(base: dict[str, dict[str, torch.Tensor]], tuned: dict[str, dict
             if w.dim() == 4:
                 up, down = up.reshape(w.shape[0], k, 1, 1), down.reshape(k, *w.shape[1:])
             dtype = w.dtype
-            modules[f"{part}.{path}"] = {"lora_down.weight": down.to(dtype).contiguous(),
+            modules[f"{part}.{path if part == 'unet' else canonical_te(path)}"] = {"lora_down.weight": down.to(dtype).contiguous(),
                                          "lora_up.weight": up.to(dtype).contiguous(),
                                          "alpha": torch.tensor(float(k), dtype=dtype)}
     meta = {"ss_network_module": "networks.lora", "ss_training_comment": "lorakit extract"}

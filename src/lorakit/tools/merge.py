@@ -22,6 +22,7 @@ import torch
 
 from ..formats.lorafile import LoraFile, Naming, rank_of, scale_of
 from ..formats.lycoris import delta_weight, file_delta
+from ..formats.sd_keys import te_alternatives
 from ._svd import factorize
 
 METHODS = ("cat", "linear", "svd", "ties", "dare")
@@ -155,22 +156,29 @@ def merge_into_base(state: dict[str, dict[str, torch.Tensor]], files: list[LoraF
     strengths = _weights(files, strengths)
     _check_families(files)
     problems = [f"{key}: no weight {key.split('.', 1)[1]}.weight in the checkpoint's {key.split('.', 1)[0]}"
-                for f in files for key in f.modules
-                if f"{key.split('.', 1)[1]}.weight" not in state.get(key.split(".", 1)[0], {})]
+                for f in files for key in f.modules if _weight_key(state, key) is None]
     if problems:
         raise ValueError(f"{len(problems)} LoRA module(s) do not fit the checkpoint; nothing was written:\n  - "
                          + "\n  - ".join(problems[:40]))
     out = {part: dict(sd) for part, sd in state.items()}
     for f, s in zip(files, strengths):
         for key, m in f.modules.items():
-            part, path = key.split(".", 1)
-            w = out[part][f"{path}.weight"]
+            part, wkey = key.split(".", 1)[0], _weight_key(state, key)
+            w = out[part][wkey]
             factor = s * block_weight(key, block_weights or {})
             if factor == 0:
                 continue
             delta = delta_weight(m, w, key)
-            out[part][f"{path}.weight"] = (w.float() + factor * delta).to(w.dtype)
+            out[part][wkey] = (w.float() + factor * delta).to(w.dtype)
     return out
+
+
+def _weight_key(state, key: str) -> str | None:
+    part, path = key.split(".", 1)
+    for cand in [path] if part == "unet" else te_alternatives(path):
+        if f"{cand}.weight" in state.get(part, {}):
+            return f"{cand}.weight"
+    return None
 
 
 def block_weight(key: str, table: dict[str, float]) -> float:

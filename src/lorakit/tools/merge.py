@@ -23,7 +23,7 @@ import torch
 from ..formats.lorafile import LoraFile, Naming, rank_of, scale_of
 from ..formats.lycoris import delta_weight, file_delta
 from ..formats.sd_keys import te_alternatives
-from ._svd import factorize
+from ._svd import factorize, svd_of_product
 
 METHODS = ("cat", "linear", "svd", "ties", "dare")
 
@@ -101,8 +101,20 @@ def _shape(key: str, present) -> tuple[int, ...]:
     return tuple(file_delta(present[0][0], key).shape)
 
 
+def _plain(m) -> bool:
+    return not set(m) - {"lora_down.weight", "lora_up.weight", "alpha"}
+
+
 def _dense_merge(key, present, method, rank, density, gen) -> dict[str, torch.Tensor]:
     shape = _shape(key, present)
+    if method in ("linear", "svd") and all(_plain(m) for m, _ in present):
+        # Σ w_i·ΔW_i = [w_i·s_i·up_i]·[down_i]: its SVD comes from two thin QRs, never the dense matrix
+        cat = _cat(key, present)
+        u, s, vh = svd_of_product(cat["lora_up.weight"].flatten(1), cat["lora_down.weight"].flatten(1))
+        if rank is None:
+            rank = max(1, int((s > s[0] * 1e-6).sum())) if float(s[0]) > 0 else 1
+        up, down, _, k = factorize(None, rank, svd=(u, s, vh))
+        return _pack(up, down, k, shape)
     taus = [w * file_delta(m, key).reshape(shape[0], -1) for m, w in present]
     if method in ("linear", "svd"):
         total = sum(taus)
@@ -116,6 +128,10 @@ def _dense_merge(key, present, method, rank, density, gen) -> dict[str, torch.Te
         rank = max(1, int((s > s[0] * 1e-6).sum())) if float(s[0]) > 0 else 1
         rank = min(rank, cap) if method == "linear" else rank
     up, down, _, k = factorize(total, rank)
+    return _pack(up, down, k, shape)
+
+
+def _pack(up, down, k, shape) -> dict[str, torch.Tensor]:
     conv = len(shape) == 4
     return {"lora_down.weight": down.reshape(k, *shape[1:]) if conv else down,
             "lora_up.weight": up.reshape(shape[0], k, 1, 1) if conv else up,

@@ -6,7 +6,8 @@ one 5 GB model in memory instead of ten. The LoRA file is kohya's SDXL default: 
 modules of the Transformer2DModels (SAI names), rank 32, alpha 16, fp16, random values.
 
 Timed, from the file path to an adapted U-Net: ``lorakit.sd.load_lora(..., mode="adapter")`` vs
-``lora_state_dict`` + ``load_lora_into_unet`` (diffusers' pipeline loader, PEFT backend); each
+``lora_state_dict`` + ``load_lora_into_unet`` (diffusers' pipeline loader, PEFT backend; by default
+and with ``low_cpu_mem_usage=True``, which skips PEFT's random init of the factors); each
 round unloads again (untimed) and the order rotates every round.
 
     .venv/bin/python benchmarks/sd_load.py [--rounds 5 --rank 32]
@@ -20,9 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import PeakRSS, setup
-
 import torch
+from _common import PeakRSS, setup
 
 SDXL_UNET = dict(
     sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
@@ -76,11 +76,15 @@ def lorakit_unload(unet):
     lorakit.unload(unet)
 
 
-def diffusers_load(unet, path):
+def diffusers_load(unet, path, low_cpu_mem_usage=False):
     from diffusers.loaders import StableDiffusionXLLoraLoaderMixin as loader
 
     state, alphas = loader.lora_state_dict(str(path), unet_config=unet.config)
-    loader.load_lora_into_unet(state, alphas, unet, adapter_name="bench")
+    loader.load_lora_into_unet(state, alphas, unet, adapter_name="bench", low_cpu_mem_usage=low_cpu_mem_usage)
+
+
+def diffusers_fast_load(unet, path):  # skips PEFT's random init of the factors the file overwrites
+    diffusers_load(unet, path, low_cpu_mem_usage=True)
 
 
 def diffusers_unload(unet):
@@ -88,11 +92,12 @@ def diffusers_unload(unet):
 
 
 def time_loads(unet, path, rounds: int) -> dict[str, list[float]]:
-    impls = {"lorakit": (lorakit_load, lorakit_unload), "diffusers": (diffusers_load, diffusers_unload)}
+    impls = {"lorakit": (lorakit_load, lorakit_unload), "diffusers": (diffusers_load, diffusers_unload),
+             "diffusers low_cpu_mem_usage": (diffusers_fast_load, diffusers_unload)}
     names = list(impls)
     times = {n: [] for n in names}
     for r in range(rounds + 1):  # round 0 warms imports and caches, not recorded
-        order = names[r % 2:] + names[: r % 2]
+        order = names[r % len(names):] + names[: r % len(names)]
         for n in order:
             load, unload = impls[n]
             t = time.perf_counter()
@@ -156,9 +161,9 @@ def main():
         times = time_loads(unet, path, args.rounds) if args.rounds else {}
         med = {k: statistics.median(v) for k, v in times.items()}
         for k, v in times.items():
-            print(f"  load+apply {k:9s}: median {med[k] * 1e3:8.1f} ms   rounds {[round(x * 1e3) for x in v]}")
-        if med:
-            print(f"  lorakit is {med['diffusers'] / med['lorakit']:.2f}x faster than diffusers' loader")
+            print(f"  load+apply {k:28s}: median {med[k] * 1e3:8.1f} ms   rounds {[round(x * 1e3) for x in v]}")
+        for k in list(med)[1:]:
+            print(f"  lorakit is {med[k] / med['lorakit']:.2f}x faster than {k}")
         if not args.skip_tools:
             del unet
             for k, v in time_tools(path, args.rank, Path(tmp)).items():

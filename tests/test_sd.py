@@ -4,11 +4,11 @@ import copy
 
 import pytest
 import torch
+from sd_models import random_lora, sd1_parts, sdxl_parts, te_out, unet_out
 
 import lorakit
 from lorakit import sd
 from lorakit.formats import kohya
-from sd_models import random_lora, sd1_parts, sdxl_parts, te_out, unet_out
 
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")
@@ -64,7 +64,7 @@ def _reference_merge(parts, files, strengths):
     """Independent oracle: W + Σ s_i·(alpha_i/r_i)·up_i·down_i, module by module."""
     out = {k: copy.deepcopy(v) for k, v in parts.items()}
     with torch.no_grad():
-        for lf, s in zip(files, strengths):
+        for lf, s in zip(files, strengths, strict=True):
             for key, m in lf.modules.items():
                 part, path = key.split(".", 1)
                 w = out[part].get_submodule(path.removeprefix("text_model.")).weight
@@ -102,6 +102,9 @@ def test_adapters_switch_merge_and_unmerge(sd1):
     torch.testing.assert_close(unet_out(unet), live, rtol=1e-5, atol=1e-5)
     with lorakit.disable_adapters(unet):
         torch.testing.assert_close(unet_out(unet), base, rtol=1e-5, atol=1e-5)
+    sd.unload_lora(ours, "style")
+    torch.testing.assert_close(unet_out(unet), base)
+    assert not list(lorakit.lora_layers(unet)) and not list(lorakit.lora_layers(ours["text_encoder"]))
 
 
 def test_sd15_file_on_sdxl_is_refused(sd1, sdxl):

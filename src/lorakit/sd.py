@@ -27,7 +27,7 @@ from .formats.sd_io import read_lora
 from .formats.sd_keys import SDXL, layout_from_config, te_alternatives
 from .inject import _set_module
 from .layer import LoraLayer
-from .model import active_adapters, set_active_adapters
+from .model import active_adapters, adapter_names, delete_adapter, set_active_adapters
 
 PARTS = ("unet", "text_encoder", "text_encoder_2")
 MODES = ("adapter", "merge")
@@ -50,7 +50,7 @@ def check_family(lf: LoraFile, parts: dict[str, nn.Module], label: str) -> None:
     if "unet" not in parts or not hasattr(parts["unet"], "config"):
         return
     want, have = lf.family(), model_family(parts["unet"])
-    if want is not None and want != have and {want, have} & {"sdxl"}:
+    if want is not None and want != have:
         raise ValueError(f"{label} is a LoRA for {want.upper()} but the model is {have.upper()} "
                          f"(metadata ss_base_model_version={lf.metadata.get('ss_base_model_version')!r}). "
                          "LoRAs only work on the model family they were trained for; pick a matching LoRA or model.")
@@ -161,10 +161,10 @@ def load_lora(target, files, *, names: list[str] | None = None, unet_strength=1.
                          f"torch.nn.Module attributes (bad: {bad}).")
     us, ts = _per_file(unet_strength, len(loaded), "unet_strength"), _per_file(te_strength, len(loaded), "te_strength")
     plans = []
-    for lf, label, u, t in zip(loaded, labels, us, ts):  # check everything before changing anything
+    for lf, label, u, t in zip(loaded, labels, us, ts, strict=True):  # check everything before changing anything
         check_family(lf, parts, label)
         plans.append(_plan(lf, parts, {"unet": u, "text_encoder": t, "text_encoder_2": t}, label))
-    for lf, plan, name, u, t in zip(loaded, plans, names, us, ts):
+    for lf, plan, name, u, t in zip(loaded, plans, names, us, ts, strict=True):
         strengths = {"unet": u, "text_encoder": t, "text_encoder_2": t}
         if mode == "merge":
             _merge_file(lf, plan, strengths)
@@ -199,3 +199,14 @@ def _add_adapters(lf: LoraFile, plan, parts, name: str, strengths) -> None:
     used = {key.split(".", 1)[0] for key, _ in plan}
     for part in used:
         set_active_adapters(parts[part], {**active_adapters(parts[part]), name: strengths[part]})
+
+
+def unload_lora(target, name: str) -> None:
+    """Remove adapter ``name`` (loaded by :func:`load_lora`) from every model part that has it."""
+    parts = model_parts(target)
+    holders = [m for m in parts.values() if name in adapter_names(m)]
+    if not holders:
+        raise ValueError(f"no adapter {name!r} is loaded; loaded: "
+                         f"{sorted({n for m in parts.values() for n in adapter_names(m)})}.")
+    for model in holders:
+        delete_adapter(model, name)

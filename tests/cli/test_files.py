@@ -8,8 +8,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from lorakit.cli import app
-from lorakit.cli import commands  # noqa: F401  (registers the commands)
+from lorakit.cli import (
+    app,
+    commands,  # noqa: F401  (registers the commands)
+)
 from lorakit.formats import kohya
 from lorakit.formats.sd_io import read_lora
 

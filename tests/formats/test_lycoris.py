@@ -4,10 +4,10 @@ import copy
 
 import pytest
 import torch
+from sd_models import sd1_parts, te_out, unet_out
 
 from lorakit import sd
 from lorakit.formats.lycoris import delta_weight, dora_delta
-from sd_models import sd1_parts, te_out, unet_out
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 

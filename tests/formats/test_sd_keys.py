@@ -2,8 +2,17 @@
 
 import pytest
 
-from lorakit.formats.sd_keys import (SD1, SDXL, diffusers_to_sai, dotted, from_kohya, layout_from_config,
-                                     sai_to_diffusers, te_alternatives, to_kohya)
+from lorakit.formats.sd_keys import (
+    SD1,
+    SDXL,
+    diffusers_to_sai,
+    dotted,
+    from_kohya,
+    layout_from_config,
+    sai_to_diffusers,
+    te_alternatives,
+    to_kohya,
+)
 
 # Names as they appear in real SDXL kohya files, with the diffusers module each one adapts.
 SDXL_NAMES = {
@@ -41,9 +50,8 @@ def test_sd1_layout_and_diffusers_style():
 
 
 def test_every_module_of_a_real_layout_round_trips():
-    from diffusers import UNet2DConditionModel
-
     import torch
+    from diffusers import UNet2DConditionModel
     config = dict(block_out_channels=(320, 640, 1280), layers_per_block=2, cross_attention_dim=2048,
                   down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
                   up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from lora_files import delta, tail
 
 from lorakit.tools.extract import extract_lora
-from lora_files import delta, tail
 
 
 def _models(rank_of_change=3, noise=0.0):
@@ -14,7 +14,7 @@ def _models(rank_of_change=3, noise=0.0):
                      "down_blocks.0.resnets.0.norm1.weight": torch.randn(4, generator=g)},
             "text_encoder": {"encoder.layers.0.mlp.fc1.weight": torch.randn(8, 8, generator=g)}}
     tuned = {p: dict(sd) for p, sd in base.items()}
-    for part, sd in tuned.items():
+    for sd in tuned.values():
         for k, w in sd.items():
             if w.dim() >= 2:
                 flat = w.flatten(1)

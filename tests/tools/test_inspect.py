@@ -1,9 +1,9 @@
 """inspect: norms against the dense ΔW, and warnings for untrained or broken modules."""
 
 import torch
+from lora_files import delta, lora_file
 
 from lorakit.tools.inspect import inspect_lora
-from lora_files import delta, lora_file
 
 
 def test_norms_ranks_and_warnings():

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from lora_files import SHAPES, delta, lora_file, tail
 
 from lorakit.tools.merge import block_weight, merge_into_base, merge_loras
-from lora_files import SHAPES, delta, lora_file, tail
 
 
 @pytest.fixture
@@ -79,7 +79,7 @@ def test_dare_drops_and_rescales(files):
     want = delta(files[0].modules[key]) + 0.5 * delta(files[1].modules[key])
     torch.testing.assert_close(delta(full.modules[key]), want, rtol=1e-4, atol=1e-4)
     gen = torch.Generator().manual_seed(7)
-    taus = {k: [delta(f.modules[k]) * w for f, w in zip(files, [1.0, 0.5])] for k in SHAPES}
+    taus = {k: [delta(f.modules[k]) * w for f, w in zip(files, [1.0, 0.5], strict=True)] for k in SHAPES}
     ref = {}
     for k in SHAPES:  # same draws as the implementation: one mask per LoRA, modules in file order
         ref[k] = sum(t.flatten(1) * (torch.rand(t.flatten(1).shape, generator=gen) < 0.3) / 0.3 for t in taus[k])

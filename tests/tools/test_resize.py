@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from lora_files import SHAPES, delta, lora_file, tail
 
 from lorakit.tools.resize import resize_lora
-from lora_files import SHAPES, delta, lora_file, tail
 
 
 def test_fixed_rank_is_the_best_approximation_at_the_same_strength():

@@ -72,6 +72,9 @@ def from_state_dict(tensors: dict[str, torch.Tensor], metadata: dict[str, str] |
     modules: dict[str, dict[str, torch.Tensor]] = {}
     problems = []
     for key, t in tensors.items():
+        if not t.is_floating_point():
+            problems.append(f"{key}: dtype {t.dtype} is not a float type (expected fp32, fp16 or bf16)")
+            continue
         try:
             mod, suffix = map_key(key, default_part)
         except KeyError as exc:

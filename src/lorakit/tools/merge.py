@@ -56,7 +56,7 @@ def merge_loras(files: list[LoraFile], weights: list[float] | None = None, metho
     keys = list(dict.fromkeys(k for f in files for k in f.modules))
     out = {}
     for key in keys:
-        present = [(f.modules[key], w) for f, w in zip(files, weights) if key in f.modules]
+        present = [(f.modules[key], w) for f, w in zip(files, weights, strict=True) if key in f.modules]
         _check_shapes(key, present)
         out[key] = _cat(key, present) if method == "cat" else _dense_merge(key, present, method, rank, density, gen)
     first = files[0]
@@ -177,7 +177,7 @@ def merge_into_base(state: dict[str, dict[str, torch.Tensor]], files: list[LoraF
         raise ValueError(f"{len(problems)} LoRA module(s) do not fit the checkpoint; nothing was written:\n  - "
                          + "\n  - ".join(problems[:40]))
     out = {part: dict(sd) for part, sd in state.items()}
-    for f, s in zip(files, strengths):
+    for f, s in zip(files, strengths, strict=True):
         for key, m in f.modules.items():
             part, wkey = key.split(".", 1)[0], _weight_key(state, key)
             w = out[part][wkey]

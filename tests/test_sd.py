@@ -1,6 +1,7 @@
 """Applying kohya files to diffusers models: same outputs as diffusers' own loader, strengths, stacking."""
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -126,7 +127,8 @@ def test_modules_that_do_not_fit_are_listed_and_nothing_changes(sd1):
     del lf.modules["unet.down_blocks.0.attentions.0.no_such"]
     with pytest.raises(ValueError, match="the model has no text_encoder"):
         sd.load_lora({"unet": target["unet"]}, lf)
-    sd.load_lora({"unet": target["unet"]}, lf, te_strength=0.0, mode="merge")  # LoraLoaderModelOnly
+    pipe = SimpleNamespace(unet=target["unet"], text_encoder=None)  # a pipeline: parts are attributes
+    sd.load_lora(pipe, lf, te_strength=0.0, mode="merge")  # like ComfyUI's LoraLoaderModelOnly
 
 
 def test_fp16_model_and_file(sd1, tmp_path):

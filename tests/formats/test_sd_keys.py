@@ -80,6 +80,10 @@ def test_unknown_names_raise_with_the_name():
         dotted("down_blocks__0")
 
 
+def test_comfyui_lycoris_prefix():
+    assert from_kohya("lycoris_down_blocks_0_attentions_0_proj_in")[:2] == ("unet", "down_blocks.0.attentions.0.proj_in")
+
+
 def test_text_model_spellings():
     assert te_alternatives("text_model.encoder.layers.0.mlp.fc1") == [
         "text_model.encoder.layers.0.mlp.fc1", "encoder.layers.0.mlp.fc1"]

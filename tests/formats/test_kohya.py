@@ -160,3 +160,13 @@ def test_write_never_touches_the_input(sd1, tmp_path):
     with pytest.raises(ValueError, match="is the input file"):
         convert(src, src, "kohya")
     assert src.read_bytes() == before and load_file(src)
+
+
+def test_two_text_encoders_are_always_te1_te2():
+    from lorakit.formats.lorafile import LoraFile
+
+    m = {"lora_down.weight": torch.zeros(1, 2), "lora_up.weight": torch.zeros(2, 1)}
+    lf = LoraFile({"text_encoder.text_model.encoder.layers.0.mlp.fc1": dict(m),
+                   "text_encoder_2.text_model.encoder.layers.0.mlp.fc1": dict(m)}, source="diffusers")
+    keys = {k.split(".")[0] for k in kohya.to_state_dict(lf)}
+    assert keys == {"lora_te1_text_model_encoder_layers_0_mlp_fc1", "lora_te2_text_model_encoder_layers_0_mlp_fc1"}

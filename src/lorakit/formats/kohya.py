@@ -64,10 +64,11 @@ def to_state_dict(lf: LoraFile, dtype: torch.dtype | None = None, naming: Naming
                   ) -> dict[str, torch.Tensor]:
     """kohya keys for every module; ``dtype`` casts all tensors (alpha too, as kohya does)."""
     naming = naming or lf.naming
+    te_split = naming.te_split or "text_encoder_2" in lf.parts()  # SDXL files say te1/te2, never te + te2
     out = {}
     for key, tensors in lf.modules.items():
         part, path = key.split(".", 1)
-        name = to_kohya(part, path, sai=naming.unet_style == "sai", te_split=naming.te_split,
+        name = to_kohya(part, path, sai=naming.unet_style == "sai", te_split=te_split,
                         layout=naming.layout)
         for suffix, t in tensors.items():
             out[f"{name}.{suffix}"] = t if dtype is None else t.to(dtype)

@@ -1,2 +1,3 @@
 """Imports every command module so that each registers on ``lorakit.cli.app``."""
+from . import files  # noqa: F401  (LoRA file tools: convert, inspect, merge-loras, resize, extract)
 from . import train  # noqa: F401  (train, validate, predict, generate, merge, quickstart)

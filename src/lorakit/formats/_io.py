@@ -52,8 +52,10 @@ def read_safetensors(path, allow_pickle: bool = False) -> tuple[dict[str, torch.
         if not allow_pickle:
             raise ValueError(
                 f"{path} is a pickle file ({path.suffix}); lorakit does not unpickle files by default because "
-                "unpickling can run arbitrary code. Convert it to .safetensors with a trusted tool, or pass "
-                "allow_pickle=True if you trust its source (it is then read with torch.load(weights_only=True)).")
+                "unpickling can run arbitrary code. Convert it once, in a sandbox if you do not trust it: "
+                f"python -c \"import torch; from safetensors.torch import save_file; "
+                f"save_file(torch.load('{path.name}', weights_only=True), '{path.stem}.safetensors')\" "
+                "(weights_only=True refuses code objects), or pass allow_pickle=True if you trust its source.")
         state = torch.load(path, map_location="cpu", weights_only=True)
         return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}, {}
     size = path.stat().st_size
@@ -62,7 +64,10 @@ def read_safetensors(path, allow_pickle: bool = False) -> tuple[dict[str, torch.
     if len(head) < 8:
         raise ValueError(f"{path} is not a safetensors file: it has {size} bytes, fewer than the 8-byte header length.")
     header_len = int.from_bytes(head, "little")
-    if header_len > MAX_HEADER or header_len + 8 > size:
+    if header_len > MAX_HEADER:
+        raise ValueError(f"{path} is corrupt or not a safetensors file: its header claims {header_len} bytes, more "
+                         f"than the {MAX_HEADER}-byte limit lorakit accepts (real LoRA headers are a few MB at most).")
+    if header_len + 8 > size:
         raise ValueError(f"{path} is truncated or corrupt: its header claims {header_len} bytes but the file has "
                          f"{size} bytes. Re-download or re-export the file.")
     try:

@@ -1,0 +1,162 @@
+"""LoRA file commands: ``convert``, ``inspect``, ``merge-loras``, ``resize``, ``extract``.
+
+Each command is a thin layer over :mod:`lorakit.formats.sd_io` and :mod:`lorakit.tools`; all of
+them write new files (atomically) and never modify their inputs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from ..formats.sd_io import TARGETS, convert, read_lora, write_lora
+from ..tools import extract_lora, inspect_lora, merge_into_base, merge_loras, resize_lora
+from ..tools.checkpoint import naming_for, read_checkpoint, write_checkpoint
+from ..tools.merge import METHODS
+from . import app
+
+console = Console()
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
+    raise typer.Exit(1)
+
+
+def _floats(text: str | None, what: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"{what}={text!r}: expected comma-separated numbers such as 1,0.5") from None
+
+
+def _check_out(out: Path, inputs: list[Path]) -> None:
+    if any(out.resolve() == p.resolve() for p in inputs):
+        _fail(ValueError(f"output {out} is one of the inputs; choose a new path (inputs are never overwritten)."))
+
+
+@app.command("convert")
+def convert_cmd(src: Path, dst: Path, to: str = typer.Option(..., help=f"target format: {' | '.join(TARGETS)}"),
+                dtype: str = typer.Option(None, help="kohya output precision: fp32, fp16 or bf16")):
+    """Convert a LoRA between kohya .safetensors and PEFT adapter directories (lossless)."""
+    try:
+        lf = convert(src, dst, to, dtype=dtype)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        _fail(exc)
+    console.print(f"wrote {dst} ({to}, {len(lf.modules)} modules)")
+
+
+@app.command("inspect")
+def inspect_cmd(file: Path, modules: bool = typer.Option(False, "--modules", help="list every module"),
+                as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
+    """Format, model family, modules (rank/alpha/norm), metadata and health warnings of a LoRA file."""
+    try:
+        rep = inspect_lora(file)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        _fail(exc)
+    if as_json:
+        data = {**rep.summary(), "metadata": rep.metadata, "warnings": rep.warnings,
+                "module_list": [vars(m) for m in rep.modules] if modules else None}
+        typer.echo(json.dumps(data, indent=2, default=str))
+        return
+    for k, v in rep.summary().items():
+        console.print(f"[bold]{k}[/bold]: {v}")
+    shown = {k: (v if len(v) < 120 else v[:117] + "...") for k, v in rep.metadata.items()}
+    if shown:
+        console.print("[bold]metadata[/bold]:")
+        for k in sorted(shown):
+            console.print(f"  {k} = {shown[k]}")
+    if modules:
+        table = Table("module", "algo", "rank", "alpha", "scale", "‖ΔW‖", "dtype")
+        for m in rep.modules:
+            table.add_row(m.key, m.algo + ("+dora" if m.dora else ""), str(m.rank), f"{m.alpha}",
+                          f"{m.scale:.4g}", f"{m.norm:.4g}", m.dtype)
+        console.print(table)
+    for w in rep.warnings:
+        console.print(f"[yellow]warning:[/yellow] {w}")
+
+
+@app.command("merge-loras")
+def merge_loras_cmd(
+    loras: list[Path], out: Path = typer.Option(..., "-o", "--out", help="output file or folder"),
+    method: str = typer.Option("cat", help=f"{' | '.join(METHODS)} (LoRA+LoRA merges)"),
+    weights: str = typer.Option(None, help="one weight (strength) per LoRA, comma-separated"),
+    rank: int = typer.Option(None, help="target rank for svd/linear/ties/dare"),
+    density: float = typer.Option(0.5, help="fraction kept by ties/dare"),
+    seed: int = typer.Option(0, help="random seed for dare"),
+    base: Path = typer.Option(None, help="merge into this base checkpoint (diffusers folder or safetensors) instead"),
+    block_weight: list[str] = typer.Option(None, help="PREFIX=MULT, e.g. unet.down_blocks.1=0.5 (with --base)"),
+    dtype: str = typer.Option(None, help="kohya output precision: fp32, fp16 or bf16"),
+):
+    """Merge several LoRAs into one LoRA, or into a base checkpoint with per-LoRA strengths."""
+    _check_out(out, loras + ([base] if base else []))
+    w = _floats(weights, "--weights")
+    try:
+        files = [read_lora(p) for p in loras]
+        if base is not None:
+            blocks = {}
+            for item in block_weight or []:
+                prefix, _, mult = item.partition("=")
+                blocks[prefix] = float(_floats(mult, "--block-weight")[0])
+            write_checkpoint(base, out, merge_into_base(read_checkpoint(base), files, w, blocks))
+            console.print(f"wrote {out} (base + {len(files)} LoRA(s))")
+            return
+        if block_weight:
+            raise ValueError("--block-weight applies when merging into a checkpoint (--base).")
+        merged = merge_loras(files, w, method, rank, density, seed)
+        write_lora(merged, out, "kohya", dtype)
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as exc:
+        _fail(exc)
+    console.print(f"wrote {out} ({method}, {len(merged.modules)} modules)")
+
+
+@app.command("resize")
+def resize_cmd(src: Path, out: Path = typer.Option(..., "-o", "--out"),
+               rank: int = typer.Option(None, help="new rank (the cap when --dynamic is given)"),
+               dynamic: str = typer.Option(None, help="sv_ratio | sv_fro | sv_cumulative"),
+               param: float = typer.Option(None, help="parameter of the dynamic method"),
+               dtype: str = typer.Option(None, help="output precision: fp32, fp16 or bf16"),
+               verbose: bool = typer.Option(False, "--verbose", help="retained energy per module")):
+    """Change a LoRA's rank by SVD, keeping its strength; reports the energy each module keeps."""
+    _check_out(out, [src])
+    try:
+        new, reports = resize_lora(read_lora(src), rank, dynamic, param)
+        write_lora(new, out, "kohya", dtype)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        _fail(exc)
+    if verbose:
+        for r in reports:
+            console.print(f"{r.module}: rank {r.old_rank} -> {r.new_rank}, fro {r.fro_retained:.4f}, "
+                          f"sum(S) {r.sum_retained:.4f}")
+    worst = min(reports, key=lambda r: r.fro_retained) if reports else None
+    mean = sum(r.fro_retained for r in reports) / max(len(reports), 1)
+    console.print(f"wrote {out}: {len(reports)} modules, mean Frobenius retained {mean:.4f}"
+                  + (f", lowest {worst.fro_retained:.4f} ({worst.module})" if worst else ""))
+
+
+@app.command("extract")
+def extract_cmd(base: Path, tuned: Path, out: Path = typer.Option(..., "-o", "--out"),
+                rank: int = typer.Option(32, help="rank of Linear / 1x1 modules"),
+                conv_rank: int = typer.Option(None, help="also extract k×k resnet convs at this rank"),
+                energy: float = typer.Option(None, help="instead of a fixed rank: keep this fraction of ‖ΔW‖_F"),
+                clamp_quantile: float = typer.Option(0.99, help="clamp factors at this quantile (1 = off)"),
+                min_diff: float = typer.Option(0.0, help="skip modules whose max |ΔW| is at most this"),
+                part: str = typer.Option(None, help="model part of single-file checkpoints (unet, text_encoder)"),
+                dtype: str = typer.Option(None, help="output precision: fp32, fp16 or bf16")):
+    """Extract a LoRA from the difference between a fine-tuned and a base model (truncated SVD)."""
+    _check_out(out, [base, tuned])
+    try:
+        lf, skipped = extract_lora(read_checkpoint(base, part), read_checkpoint(tuned, part),
+                                   rank=None if energy is not None else rank, conv_rank=conv_rank, energy=energy,
+                                   clamp_quantile_=clamp_quantile, min_diff=min_diff, naming=naming_for(base))
+        write_lora(lf, out, "kohya", dtype)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        _fail(exc)
+    console.print(f"wrote {out}: {len(lf.modules)} modules" + (f", {len(skipped)} skipped (no change)" if skipped else ""))

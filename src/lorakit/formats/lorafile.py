@@ -1,0 +1,114 @@
+"""``LoraFile``: a Stable Diffusion LoRA file in memory, independent of its on-disk key style.
+
+Modules are keyed by ``"<model part>.<diffusers module path>"`` (``unet.down_blocks.0...``,
+``text_encoder.text_model...``); each holds its tensors under kohya/LyCORIS suffixes
+(``SUFFIXES``). ``naming`` remembers how the file spelled its names so that writing it back
+gives the same keys. Readers for each format live beside this file (kohya, peft_sd).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .sd_keys import SDXL, UnetLayout
+
+#: tensor suffix -> algorithm it belongs to (kohya LoRA/LoCon, LyCORIS LoHa/LoKr, DoRA, full diff)
+SUFFIXES = {
+    "lora_down.weight": "lora", "lora_up.weight": "lora", "lora_mid.weight": "lora", "alpha": "",
+    "hada_w1_a": "loha", "hada_w1_b": "loha", "hada_w2_a": "loha", "hada_w2_b": "loha",
+    "hada_t1": "loha", "hada_t2": "loha",
+    "lokr_w1": "lokr", "lokr_w1_a": "lokr", "lokr_w1_b": "lokr", "lokr_w2": "lokr", "lokr_w2_a": "lokr",
+    "lokr_w2_b": "lokr", "lokr_t2": "lokr",
+    "diff": "full", "diff_b": "full", "dora_scale": "",
+}
+FAMILIES = ("sd1", "sd2", "sdxl")
+
+
+@dataclass
+class Naming:
+    """How a file spells module names: U-Net style (``diffusers`` or ``sai``), te1/te2 split, layout."""
+
+    unet_style: str = "diffusers"
+    te_split: bool = False
+    layout: UnetLayout = SDXL
+
+
+@dataclass
+class LoraFile:
+    modules: dict[str, dict[str, torch.Tensor]]
+    metadata: dict[str, str] = field(default_factory=dict)
+    naming: Naming = field(default_factory=Naming)
+    source: str = "kohya"
+
+    def parts(self) -> set[str]:
+        return {k.split(".", 1)[0] for k in self.modules}
+
+    def algo(self, key: str) -> str:
+        return module_algo(key, self.modules[key])
+
+    def family(self) -> str | None:
+        """Base model family the file was made for (``sd1``/``sd2``/``sdxl``), or None if unknown."""
+        return guess_family(self)
+
+
+def module_algo(key: str, tensors: dict[str, torch.Tensor]) -> str:
+    algos = {SUFFIXES[s] for s in tensors if SUFFIXES.get(s)}
+    if len(algos) != 1:
+        raise ValueError(f"module {key} mixes or lacks adapter tensors ({sorted(tensors)}); expected one of "
+                         "lora_down/lora_up, hada_*, lokr_* or diff.")
+    return algos.pop()
+
+
+def rank_of(tensors: dict[str, torch.Tensor]) -> int | None:
+    """The rank that ``alpha`` is divided by (kohya, LyCORIS), or None for full/kron-only updates."""
+    for key, dim in (("lora_down.weight", 0), ("hada_w1_b", 0), ("lokr_w1_b", 0), ("lokr_w2_b", 0)):
+        if key in tensors:
+            return tensors[key].shape[dim]
+    return None
+
+
+def alpha_of(tensors: dict[str, torch.Tensor]) -> float | None:
+    """Alpha as stored; a missing or zero alpha means alpha = rank (scale 1), as kohya and ComfyUI read it."""
+    a = tensors.get("alpha")
+    if a is None:
+        return None
+    a = float(a.float())
+    return None if a == 0 or math.isnan(a) else a
+
+
+def scale_of(tensors: dict[str, torch.Tensor]) -> float:
+    r, a = rank_of(tensors), alpha_of(tensors)
+    return 1.0 if r is None or a is None else a / r
+
+
+def guess_family(lf: LoraFile) -> str | None:
+    meta = lf.metadata
+    version = meta.get("ss_base_model_version", "")
+    arch = meta.get("modelspec.architecture", "")
+    if version.startswith("sdxl") or arch.startswith("stable-diffusion-xl"):
+        return "sdxl"
+    if version.startswith("sd_v2") or meta.get("ss_v2") == "True" or arch.startswith("stable-diffusion-v2"):
+        return "sd2"
+    if version.startswith("sd_v1") or arch.startswith("stable-diffusion-v1"):
+        return "sd1"
+    if "text_encoder_2" in lf.parts() or lf.naming.unet_style == "sai" or lf.naming.te_split:
+        return "sdxl"
+    # cross-attention key width: 768 SD1, 1024 SD2, 2048 SDXL
+    widths = {"lora_down.weight": 1, "hada_w1_b": 1}
+    for key, t in lf.modules.items():
+        if key.startswith("unet.") and key.endswith("attn2.to_k"):
+            for suffix in widths:
+                if suffix in t:
+                    return {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(t[suffix].shape[1])
+    return None
+
+
+def model_family(unet) -> str:
+    """Family of a diffusers U-Net from its config: SDXL adds text_time embeddings; SD2 uses 1024-wide context."""
+    cfg = unet.config
+    if getattr(cfg, "addition_embed_type", None) == "text_time":
+        return "sdxl"
+    return "sd2" if getattr(cfg, "cross_attention_dim", None) == 1024 else "sd1"

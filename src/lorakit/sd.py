@@ -1,0 +1,212 @@
+"""Apply Stable Diffusion LoRA files to diffusers models, ComfyUI-style.
+
+    names = lorakit.sd.load_lora(pipe, ["style.safetensors", "char.safetensors"],
+                                 unet_strength=[0.8, 1.0], te_strength=[0.5, 1.0])
+
+Each file becomes a live lorakit adapter on the U-Net and text encoders (switchable with
+``lorakit.set_active_adapters``, mergeable and unmergeable), or, with ``mode="merge"``, is added
+into the weights: W += strength·ΔW, computed in fp32 and cast back (ComfyUI's rule, so stacked files
+add linearly). Plain LoRA/LoCon modules keep their factors; LoHa, LoKr, DoRA and full modules run as
+a frozen dense ΔW. Every file module must find its model module, and the file's model family must
+match the model's: an SD1.5 file on SDXL is refused with the reason, before anything changes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .adapters import spec_for
+from .adapters.delta import DeltaAdapter
+from .adapters.lora import LoraAdapter
+from .formats.lorafile import LoraFile, alpha_of, model_family
+from .formats.lycoris import delta_weight
+from .formats.sd_io import read_lora
+from .formats.sd_keys import SDXL, layout_from_config, te_alternatives
+from .inject import _set_module
+from .layer import LoraLayer
+from .model import active_adapters, adapter_names, delete_adapter, set_active_adapters
+
+PARTS = ("unet", "text_encoder", "text_encoder_2")
+MODES = ("adapter", "merge")
+
+
+def model_parts(target) -> dict[str, nn.Module]:
+    """{part: module} of a diffusers pipeline (attributes) or a dict; absent parts are left out."""
+    if isinstance(target, dict):
+        parts = {k: v for k, v in target.items() if v is not None}
+    else:
+        parts = {p: getattr(target, p) for p in PARTS if getattr(target, p, None) is not None}
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown or not parts:
+        raise ValueError(f"expected a diffusers pipeline or a dict with keys among {PARTS}; got {sorted(parts)}.")
+    return parts
+
+
+def check_family(lf: LoraFile, parts: dict[str, nn.Module], label: str) -> None:
+    """Refuse a file made for another base model family (the usual cause of 'lora key not loaded')."""
+    if "unet" not in parts or not hasattr(parts["unet"], "config"):
+        return
+    want, have = lf.family(), model_family(parts["unet"])
+    if want is not None and want != have:
+        raise ValueError(f"{label} is a LoRA for {want.upper()} but the model is {have.upper()} "
+                         f"(metadata ss_base_model_version={lf.metadata.get('ss_base_model_version')!r}). "
+                         "LoRAs only work on the model family they were trained for; pick a matching LoRA or model.")
+
+
+def _resolve(parts, key: str) -> tuple[str, nn.Module] | None:
+    """(model path, module) for a file key; text-encoder paths try both CLIP spellings."""
+    part, path = key.split(".", 1)
+    for cand in te_alternatives(path) if part != "unet" else [path]:
+        try:
+            return cand, parts[part].get_submodule(cand)
+        except AttributeError:
+            continue
+    return None
+
+
+def _module(parts, key: str):
+    found = _resolve(parts, key)
+    if found is None:
+        return None
+    module = found[1]
+    return module.base_layer if isinstance(module, LoraLayer) else module
+
+
+def _plan(lf: LoraFile, parts, strengths: dict[str, float], label: str) -> list[tuple[str, nn.Module]]:
+    """(key, base module) for every file module, or one error listing every module that cannot be placed."""
+    plan, problems = [], []
+    for key in lf.modules:
+        part = key.split(".", 1)[0]
+        if strengths[part] == 0:
+            continue
+        if part not in parts:
+            problems.append(f"{key}: the model has no {part} (pass its strength as 0 to load the other parts only)")
+            continue
+        module = _module(parts, key)
+        if module is None or not hasattr(module, "weight"):
+            problems.append(f"{key}: no such module in the {part}")
+            continue
+        plan.append((key, module))
+    if problems:
+        raise ValueError(f"{label}: {len(problems)} module(s) do not fit this model; nothing was changed:\n  - "
+                         + "\n  - ".join(problems[:40]))
+    return plan
+
+
+def _factors(module: dict, base: nn.Module):
+    """(down, up) reshaped to the base layer (a 1x1-conv file on a Linear layer and back), or None."""
+    if set(module) - {"lora_down.weight", "lora_up.weight", "alpha"}:
+        return None
+    down, up = module["lora_down.weight"], module["lora_up.weight"]
+    w = base.weight
+    if w.dim() == 2 and down.dim() == 4 and down.shape[2:] == (1, 1):
+        down, up = down.flatten(1), up.flatten(1)
+    elif w.dim() == 4 and down.dim() == 2 and w.shape[2:] == (1, 1):
+        down, up = down[:, :, None, None], up[:, :, None, None]
+    if down.dim() != w.dim() or up.shape[0] != w.shape[0] or down.shape[1:] != w.shape[1:]:
+        raise ValueError(f"factor shapes down {tuple(down.shape)} / up {tuple(up.shape)} do not fit the model "
+                         f"weight {tuple(w.shape)}. Is the file for another base model?")
+    return down, up
+
+
+def _adapter(module: dict, base: nn.Module, key: str):
+    w = base.weight
+    spec = spec_for(base)
+    factors = _factors(module, base)
+    if factors is None:
+        return DeltaAdapter(spec, delta_weight(module, w, key).to(w.dtype))
+    down, up = factors
+    r = down.shape[0]
+    alpha = alpha_of(module)
+    with torch.device("meta"):  # shapes only: the file's tensors become the parameters
+        ad = LoraAdapter(spec, r=r, alpha=alpha if alpha is not None else r, init=None)
+    ad.lora_A = nn.Parameter(down.to(w.device, w.dtype), requires_grad=False)
+    ad.lora_B = nn.Parameter(up.to(w.device, w.dtype), requires_grad=False)
+    return ad
+
+
+def _per_file(value, n: int, what: str) -> list[float]:
+    values = [value] * n if isinstance(value, (int, float)) else list(value)
+    if len(values) != n:
+        raise ValueError(f"{what} has {len(values)} values for {n} file(s); give one number or one per file.")
+    return [float(v) for v in values]
+
+
+def load_lora(target, files, *, names: list[str] | None = None, unet_strength=1.0, te_strength=1.0,
+              mode: str = "adapter", layout=None) -> list[str]:
+    """Load LoRA files onto ``target`` (a diffusers pipeline or ``{part: module}``); return adapter names.
+
+    ``files`` is a path, a ``LoraFile`` or a list of them; strengths are one number or one per file.
+    ``mode="adapter"`` adds live adapters named ``names`` (default: file stems) and activates them
+    beside those already active; ``mode="merge"`` adds strength·ΔW into the weights.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r}: expected one of {MODES}.")
+    files = files if isinstance(files, (list, tuple)) else [files]
+    parts = model_parts(target)
+    if layout is None:
+        layout = layout_from_config(parts["unet"].config) if hasattr(parts.get("unet"), "config") else SDXL
+    loaded = [f if isinstance(f, LoraFile) else read_lora(f, layout) for f in files]
+    labels = [str(f) if not isinstance(f, LoraFile) else f"file {i}" for i, f in enumerate(files)]
+    if names is None:  # file stems, made safe as module names ("half.safetensors" must not shadow .half())
+        names = [Path(f).stem.replace(".", "_") if not isinstance(f, LoraFile) else f"lora_{i}"
+                 for i, f in enumerate(files)]
+        names = [f"lora_{n}" if hasattr(nn.ModuleDict(), n) else n for n in names]
+    bad = [n for n in names if "." in n or not n or hasattr(nn.ModuleDict(), n)]
+    if len(names) != len(loaded) or len(set(names)) != len(names) or bad:
+        raise ValueError(f"names={names}: expected {len(loaded)} distinct adapter names without dots that are not "
+                         f"torch.nn.Module attributes (bad: {bad}).")
+    us, ts = _per_file(unet_strength, len(loaded), "unet_strength"), _per_file(te_strength, len(loaded), "te_strength")
+    plans = []
+    for lf, label, u, t in zip(loaded, labels, us, ts, strict=True):  # check everything before changing anything
+        check_family(lf, parts, label)
+        plans.append(_plan(lf, parts, {"unet": u, "text_encoder": t, "text_encoder_2": t}, label))
+    for lf, plan, name, u, t in zip(loaded, plans, names, us, ts, strict=True):
+        strengths = {"unet": u, "text_encoder": t, "text_encoder_2": t}
+        if mode == "merge":
+            _merge_file(lf, plan, strengths)
+        else:
+            _add_adapters(lf, plan, parts, name, strengths)
+    return names
+
+
+@torch.no_grad()
+def _merge_file(lf: LoraFile, plan, strengths) -> None:
+    for key, base in plan:
+        w = base.weight
+        delta = delta_weight(lf.modules[key], w, key)
+        w.data.copy_((w.data.float() + strengths[key.split(".", 1)[0]] * delta.to(w.device)).to(w.dtype))
+
+
+def _add_adapters(lf: LoraFile, plan, parts, name: str, strengths) -> None:
+    existing = {n for m in parts.values() for mod in m.modules() if isinstance(mod, LoraLayer) for n in mod.adapters}
+    if name in existing:
+        raise ValueError(f"adapter {name!r} is already loaded; pass another name or delete it first.")
+    for key, base in plan:
+        part = key.split(".", 1)[0]
+        model = parts[part]
+        path, current = _resolve(parts, key)
+        layer = current if isinstance(current, LoraLayer) else LoraLayer(current)
+        adapter = _adapter(lf.modules[key], base, key)
+        adapter.train(base.training)
+        layer.adapters[name] = adapter
+        if layer is not current:
+            layer.train(base.training)
+            _set_module(model, path, layer)
+    used = {key.split(".", 1)[0] for key, _ in plan}
+    for part in used:
+        set_active_adapters(parts[part], {**active_adapters(parts[part]), name: strengths[part]})
+
+
+def unload_lora(target, name: str) -> None:
+    """Remove adapter ``name`` (loaded by :func:`load_lora`) from every model part that has it."""
+    parts = model_parts(target)
+    holders = [m for m in parts.values() if name in adapter_names(m)]
+    if not holders:
+        raise ValueError(f"no adapter {name!r} is loaded; loaded: "
+                         f"{sorted({n for m in parts.values() for n in adapter_names(m)})}.")
+    for model in holders:
+        delete_adapter(model, name)

@@ -1,0 +1,91 @@
+"""Base-model checkpoints for merge/extract: a diffusers model folder or one part's safetensors file.
+
+A folder is a diffusers pipeline (``unet/``, ``text_encoder/``, ``text_encoder_2/`` subfolders) or
+one model folder (``config.json`` + ``*.safetensors``). Writing copies the source layout to a new
+location and replaces only the weight files, atomically; the source is never modified.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..formats._io import read_safetensors, write_safetensors
+from ..formats.lorafile import Naming
+from ..formats.sd_keys import layout_from_config
+
+PARTS = ("unet", "text_encoder", "text_encoder_2")
+
+
+def _files(folder: Path) -> list[Path]:
+    found = sorted(folder.glob("*.safetensors"))
+    if not found:
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".ckpt", ".pt"))
+        hint = f" It has pickle files {pickles}; convert them to safetensors first." if pickles else ""
+        raise FileNotFoundError(f"{folder} has no .safetensors weights.{hint}")
+    return found
+
+
+def _guess_part(sd: dict) -> str:
+    return "text_encoder" if any(k.startswith("text_model.") for k in sd) else "unet"
+
+
+def read_checkpoint(path, part: str | None = None) -> dict[str, dict[str, torch.Tensor]]:
+    """{part: state dict}; a single file's part is ``part`` or guessed from its keys."""
+    path = Path(path)
+    if path.is_file():
+        sd, _ = read_safetensors(path)
+        return {part or _guess_part(sd): sd}
+    if not path.is_dir():
+        raise FileNotFoundError(f"no such checkpoint: {path}")
+    subs = [p for p in PARTS if (path / p).is_dir()]
+    if subs:
+        return {p: _merge(read_safetensors(f)[0] for f in _files(path / p)) for p in subs}
+    sd = _merge(read_safetensors(f)[0] for f in _files(path))
+    return {part or _guess_part(sd): sd}
+
+
+def _merge(dicts) -> dict:
+    out = {}
+    for d in dicts:
+        out.update(d)
+    return out
+
+
+def naming_for(path) -> Naming:
+    """kohya naming for LoRAs of this checkpoint: SAI names and te1/te2 for SDXL-style U-Nets."""
+    cfg_file = Path(path) / "unet" / "config.json"
+    if not cfg_file.is_file():
+        cfg_file = Path(path) / "config.json"
+    if not cfg_file.is_file():
+        return Naming()
+    cfg = json.loads(cfg_file.read_text())
+    if cfg.get("addition_embed_type") == "text_time":
+        return Naming("sai", True, layout_from_config(cfg))
+    return Naming()
+
+
+def write_checkpoint(src, dst, new: dict[str, dict[str, torch.Tensor]]) -> Path:
+    """Write ``new`` in the layout of checkpoint ``src`` at ``dst`` (a new file or folder)."""
+    src, dst = Path(src), Path(dst)
+    if dst.exists() and dst.resolve() == src.resolve():
+        raise ValueError(f"output {dst} is the input checkpoint; choose a new path (inputs are never overwritten).")
+    if src.is_file():
+        (sd,) = new.values()
+        write_safetensors(dst, sd, read_safetensors(src)[1] or None)
+        return dst
+    if dst.exists():
+        raise FileExistsError(f"{dst} exists; choose a new output folder.")
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.safetensors"))
+    subs = [p for p in PARTS if (src / p).is_dir()]
+    for part, sd in new.items():
+        folder = src / part if subs else src
+        files = _files(folder)
+        for f in files:  # keep the shard layout: each tensor goes back to the file it came from
+            keys, meta = read_safetensors(f)
+            out = dst / f.relative_to(src)
+            write_safetensors(out, {k: sd[k] for k in keys}, meta or None)
+    return dst

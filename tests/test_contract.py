@@ -34,6 +34,10 @@ CASES = {
     "lokr-conv": ("conv", dict(variant="lokr", target_modules=CONVS, r=1, init="lycoris")),
     "lokr-conv-tucker": ("conv", dict(variant="lokr", target_modules=CONVS, r=1, use_effective_conv2d=True)),
     "lokr-llama": ("llama", dict(variant="lokr", target_modules="all-linear", r=2, alpha=4)),
+    # AdaLoRA's SVD-form layer (rank allocation itself is tested in tests/train)
+    "adalora-mlp": ("mlp", dict(variant="adalora", target_modules=["lin0", "lin1"], r=4, dropout=0.1)),
+    "adalora-conv": ("conv", dict(variant="adalora", target_modules=CONVS, r=4, modules_to_save=["head"])),
+    "adalora-gpt2": ("gpt2", dict(variant="adalora", target_modules=["c_attn", "c_proj"], r=4)),
 }
 
 params = pytest.mark.parametrize("case", list(CASES))

@@ -179,7 +179,8 @@ class AdaLoraConfig:
     rank_pattern: dict[str, list[bool]] | None = None
     """Kept singular values per module path (written by the allocator; saved with the adapter)."""
 
-    def problems(self, init_r: int | None = None) -> list[str]:
+    def problems(self, init_r: int | None = None, training: bool = False) -> list[str]:
+        """Problems with the schedule; ``training`` adds the checks that matter only when allocating ranks."""
         e: list[str] = []
         for name in ("target_r", "deltaT"):
             v = getattr(self, name)
@@ -195,7 +196,7 @@ class AdaLoraConfig:
                 e.append(f"adalora.{name}={v!r}: expected a number strictly between 0 and 1 (default 0.85).")
         if not isinstance(self.orth_reg_weight, (int, float)) or self.orth_reg_weight < 0:
             e.append(f"adalora.orth_reg_weight={self.orth_reg_weight!r}: expected a number >= 0.")
-        if isinstance(init_r, int) and isinstance(self.target_r, int) and self.target_r > init_r:
+        if isinstance(init_r, int) and isinstance(self.target_r, int) and self.target_r > init_r and training:
             e.append(f"adalora.target_r={self.target_r} exceeds the initial rank r={init_r}; "
                      "AdaLoRA only prunes, so set r >= target_r (the paper uses r = 1.5·target_r).")
         ts = self.total_step

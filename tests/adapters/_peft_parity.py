@@ -5,9 +5,9 @@ from __future__ import annotations
 import copy
 
 import torch
+from models import build, example_input, run
 
 import lorakit
-from models import build, example_input, run
 
 
 def peft_and_lorakit(model_name: str, peft_config, lk_kwargs: dict, seed: int = 0):

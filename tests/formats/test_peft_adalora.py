@@ -8,10 +8,10 @@ from pathlib import Path
 
 import peft
 import torch
+from models import build, example_input, run
 
 import lorakit
 from lorakit.train.adalora import AdaLoraCallback
-from models import build, example_input, run
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "train"))
 from _loop import batches, lm_loss, train  # noqa: E402
@@ -23,7 +23,7 @@ SCHEDULE = dict(target_r=2, tinit=1, tfinal=2, deltaT=1, total_step=6)
 def _randomise(model, seed=5):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for n, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.3)
 

@@ -7,9 +7,9 @@ import warnings
 import peft
 import pytest
 import torch
+from models import build, example_input, run
 
 import lorakit
-from models import build, example_input, run
 
 CASES = [
     ("loha", "mlp", ["lin0", "lin1"], dict(r=4, alpha=6)),

@@ -6,10 +6,10 @@ import peft
 import pytest
 import torch
 from _loop import batches, lm_loss, train
+from models import build, example_input, run
 
 import lorakit
 from lorakit.train.adalora import AdaLoraCallback, export_as_lora, rank_pattern
-from models import build, example_input, run
 
 TARGETS = ["q_proj", "v_proj", "down_proj"]
 SCHEDULE = dict(target_r=2, tinit=2, tfinal=3, deltaT=2, total_step=14, beta1=0.85, beta2=0.85, orth_reg_weight=0.3)
@@ -55,7 +55,7 @@ def test_rank_allocation_matches_peft():
     ours_E, ours_patterns = [], []
 
     def observe(state):
-        ours_E.append({p: l.adapters["default"].lora_E.detach().clone() for p, l in lorakit.lora_layers(lk)})
+        ours_E.append({p: ly.adapters["default"].lora_E.detach().clone() for p, ly in lorakit.lora_layers(lk)})
         ours_patterns.append(dict(lk.lorakit_configs["default"].adalora.rank_pattern or {}))
 
     opt_l = torch.optim.SGD([p for p in lk.parameters() if p.requires_grad], lr=0.05)

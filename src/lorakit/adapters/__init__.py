@@ -1,9 +1,9 @@
 """Adapter variants, one file each, all following the protocol in :mod:`lorakit.adapters.base`."""
 
-from .base import Adapter, BaseSpec, apply_weight, scaling, spec_for
 from .adalora import AdaLoraAdapter
-from .lokr import LokrAdapter
+from .base import Adapter, BaseSpec, apply_weight, scaling, spec_for
 from .loha import LohaAdapter
+from .lokr import LokrAdapter
 from .lora import LoraAdapter
 
 #: variant name -> adapter class; ``LoraConfig.variant`` selects from this table.

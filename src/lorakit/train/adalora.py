@@ -40,7 +40,7 @@ class AdaLoraCallback(Callback):
 
     # -- setup ------------------------------------------------------------------------------------
     def _layers(self, model) -> dict[str, AdaLoraAdapter]:
-        found = {p: l.adapters[self.adapter_name] for p, l in lora_layers(model) if self.adapter_name in l.adapters}
+        found = {p: ly.adapters[self.adapter_name] for p, ly in lora_layers(model) if self.adapter_name in ly.adapters}
         if not found or not all(isinstance(a, AdaLoraAdapter) for a in found.values()):
             raise ValueError(f"AdaLoraCallback needs adapter {self.adapter_name!r} injected with variant='adalora'; "
                              f"found {sorted({type(a).__name__ for a in found.values()}) or 'no such adapter'}.")

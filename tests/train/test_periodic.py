@@ -6,11 +6,11 @@ import copy
 import pytest
 import torch
 from _loop import batches, lm_loss, train
+from models import build, example_input, run
 
 import lorakit
 from lorakit.train import Callback
 from lorakit.train.periodic import PeriodicLoRA, to_lora
-from models import build, example_input, run
 
 TARGETS = ["q_proj", "v_proj", "down_proj"]
 X = example_input("llama")

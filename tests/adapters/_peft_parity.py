@@ -52,3 +52,17 @@ def check_outputs_and_merge(model_name: str, pm, lk, atol=1e-5):
         merged = pm.merge_and_unload()
         assert torch.allclose(run(lorakit.merge_and_unload(lk), model_name, x), run(merged, model_name, x),
                               atol=atol, rtol=1e-4)
+
+
+def zero_factors_match_peft(model_name: str, peft_config, lk_kwargs: dict) -> None:
+    """A fresh adapter zeroes the same factors as PEFT's (so both start as the identity the same way)."""
+    import peft
+
+    base = build(model_name)
+    pm = peft.get_peft_model(copy.deepcopy(base), peft_config)
+    lk = lorakit.inject(copy.deepcopy(base), lorakit.LoraConfig(**lk_kwargs))
+    theirs = {n[len("base_model.model."):-len(".default")] for n, p in pm.named_parameters()
+              if p.requires_grad and not p.any()}
+    ours = {f"{path}.{n}" for path, layer in lorakit.lora_layers(lk)
+            for n, p in layer.adapters["default"].named_parameters() if not p.any()}
+    assert ours == theirs and ours, f"zero-initialised factors differ: {ours ^ theirs}"

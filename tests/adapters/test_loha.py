@@ -5,7 +5,7 @@ import math
 import peft
 import pytest
 import torch
-from _peft_parity import check_outputs_and_merge, peft_and_lorakit
+from _peft_parity import check_outputs_and_merge, peft_and_lorakit, zero_factors_match_peft
 
 import lorakit
 from lorakit.adapters.base import spec_for
@@ -55,3 +55,9 @@ def test_tucker_conv_shapes_and_pointwise_fallback():
 def test_bad_init_reported():
     with pytest.raises(lorakit.ConfigError, match=r"init='pissa': expected one of \['kaiming'\] for variant 'loha'"):
         lorakit.LoraConfig(variant="loha", init="pissa")
+
+
+def test_init_zeroes_what_peft_zeroes():
+    targets = ["conv", "pw", "conv_grouped"]
+    zero_factors_match_peft("conv", peft.LoHaConfig(r=2, target_modules=targets, use_effective_conv2d=True),
+                            dict(variant="loha", r=2, target_modules=targets, use_effective_conv2d=True))

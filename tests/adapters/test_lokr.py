@@ -3,7 +3,7 @@
 import peft
 import pytest
 import torch
-from _peft_parity import check_outputs_and_merge, peft_and_lorakit
+from _peft_parity import check_outputs_and_merge, peft_and_lorakit, zero_factors_match_peft
 
 from lorakit.adapters.base import spec_for
 from lorakit.adapters.lokr import LokrAdapter, factorization
@@ -56,3 +56,10 @@ def test_formula_and_inits():
         for j in range(3):
             expected[4 * i:4 * i + 4, 4 * j:4 * j + 4] = w1[i, j] * w2
     assert torch.allclose(a.delta_weight(), expected * 2.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("init,peft_init", [("kaiming", True), ("lycoris", "lycoris")])
+def test_init_zeroes_what_peft_zeroes(init, peft_init):
+    for kw in (dict(r=1), dict(r=8), dict(r=1, decompose_both=True, decompose_factor=2)):
+        zero_factors_match_peft("mlp", peft.LoKrConfig(target_modules=["lin0", "lin1"], init_weights=peft_init, **kw),
+                                dict(variant="lokr", target_modules=["lin0", "lin1"], init=init, **kw))

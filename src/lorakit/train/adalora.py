@@ -59,6 +59,11 @@ class AdaLoraCallback(Callback):
         if errors:
             raise ConfigError(errors, "AdaLoRA schedule")
         layers = self._layers(state.model)
+        trimmed = [p for p, a in layers.items() if a.r != a.ranknum]
+        if trimmed:
+            raise ValueError(f"{len(trimmed)} layer(s) (e.g. {trimmed[0]}) hold only their kept triplets (an AdaLoRA "
+                             "file loaded after pruning), so there is nothing left to allocate. Fine-tune it without "
+                             "the callback, or convert it with export_as_lora and train that.")
         self.init_budget = sum(a.r for a in layers.values())
         self.target_budget = cfg.target_r * len(layers)
 

@@ -71,8 +71,9 @@ def main():
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--small", action="store_true")
+    ap.add_argument("--threads", type=int, default=2, help="1 gives steadier numbers on a shared, busy machine")
     args = ap.parse_args()
-    setup(2)
+    setup(args.threads)
     import peft
 
     import lorakit

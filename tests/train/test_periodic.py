@@ -172,3 +172,21 @@ def test_bad_arguments():
     model = lorakit.inject(build("llama"), lorakit.LoraConfig(variant="adalora", r=4, target_modules=TARGETS))
     with pytest.raises(ValueError, match="additive variant"):
         train(model, [PeriodicLoRA(period=2)], batches(1), lm_loss, _adam(model))
+
+
+def test_qlora_base_when_available():
+    """With lorakit.quant (QLoRA) present: the 4-bit base is re-quantised from the fp32 master and restored."""
+    pytest.importorskip("lorakit.quant")
+    base = build("llama")
+    model = lorakit.inject(copy.deepcopy(base), lorakit.LoraConfig(r=2, alpha=4, target_modules=TARGETS,
+                                                                  quantize="nf4"))
+    cb = PeriodicLoRA(period=2)
+    originals = {p: ly.base_layer for p, ly in lorakit.lora_layers(model)}
+    train(model, [cb], batches(4), lm_loss, _adam(model, lr=2e-2))
+    for path, ly in lorakit.lora_layers(model):
+        assert getattr(ly.base_layer, "is_quantized", False) and ly.base_layer is not originals[path]
+        master = originals[path].dequantize() + cb.delta[path]
+        requant = type(originals[path])(master, None, originals[path].quant_type, originals[path].double_quant)
+        assert torch.equal(ly.base_layer.dequantize(), requant.dequantize())
+    to_lora(model, cb)
+    assert all(ly.base_layer is originals[p] for p, ly in lorakit.lora_layers(model))

@@ -37,3 +37,18 @@ def test_init_formula_and_keep():
     assert a.r == 3 and a.scale == 2.0 and torch.allclose(a.delta_weight(), before, atol=1e-6)
     with pytest.raises(ValueError, match="rank mask has 6 entries but this layer has 3 triplets"):
         a.keep(keep)
+
+
+def test_combinations_that_make_no_sense_are_refused():
+    import lorakit
+
+    with pytest.raises(lorakit.ConfigError) as err:
+        lorakit.LoraConfig(variant="adalora", init="pissa", adalora=dict(beta1=1.0, deltaT=0))
+    text = str(err.value)
+    assert "init='pissa': expected one of ['kaiming', 'gaussian'] for variant 'adalora'" in text
+    assert "adalora.beta1=1.0: expected a number strictly between 0 and 1" in text
+    assert "adalora.deltaT=0: expected a positive integer" in text
+    with pytest.raises(lorakit.ConfigError, match="adalora is set but variant='lora'"):
+        lorakit.LoraConfig(adalora=dict(target_r=2))
+    with pytest.raises(ValueError, match="not nn.Embedding"):
+        AdaLoraAdapter(spec_for(torch.nn.Embedding(5, 4)), r=2, alpha=2)

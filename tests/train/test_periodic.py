@@ -172,6 +172,11 @@ def test_bad_arguments():
     model = lorakit.inject(build("llama"), lorakit.LoraConfig(variant="adalora", r=4, target_modules=TARGETS))
     with pytest.raises(ValueError, match="additive variant"):
         train(model, [PeriodicLoRA(period=2)], batches(1), lm_loss, _adam(model))
+    model = lorakit.inject(build("llama"), lorakit.LoraConfig(r=2, init="pissa", target_modules=TARGETS))
+    cb = PeriodicLoRA(period=1)
+    train(model, [cb], batches(1), lm_loss, _adam(model))
+    with pytest.raises(ValueError, match="init='pissa', so the base holds the residual"):
+        to_lora(model, cb)
 
 
 def test_qlora_base_when_available():

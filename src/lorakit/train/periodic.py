@@ -149,6 +149,10 @@ def to_lora(model, callback: PeriodicLoRA, new_name: str | None = None, rank: in
 
     name = new_name or f"{callback.adapter_name}_periodic"
     cfg = model.lorakit_configs[callback.adapter_name]
+    if cfg.init in ("pissa", "olora"):
+        raise ValueError(f"adapter {callback.adapter_name!r} was initialised with init={cfg.init!r}, so the base holds "
+                         "the residual W − s·B0·A0, not the original W; an update relative to the original base needs "
+                         "B0·A0 too. Train PeriodicLoRA with init='kaiming' or 'gaussian' to export it this way.")
     factors, ranks = {}, {}
     for path, layer in callback._layers(model):
         adapter, spec = layer.adapters[callback.adapter_name], layer.spec

@@ -24,6 +24,20 @@ CASES = {
                                      alpha_pattern={"q_proj": 16}, layers_to_transform=[1])),
     "gpt2-conv1d": ("gpt2", dict(target_modules=["c_attn", "c_proj"], r=4)),
     "gpt2-all-linear-rslora": ("gpt2", dict(target_modules="all-linear", r=4, use_rslora=True)),
+    # LyCORIS variants (LoHa: Hadamard, LoKr: Kronecker)
+    "loha-mlp": ("mlp", dict(variant="loha", target_modules=["lin0", "lin1"], r=4, bias="lora_only")),
+    "loha-conv": ("conv", dict(variant="loha", target_modules=CONVS, r=4, modules_to_save=["head"])),
+    "loha-conv-tucker": ("conv", dict(variant="loha", target_modules=CONVS, r=2, use_effective_conv2d=True)),
+    "loha-gpt2-conv1d": ("gpt2", dict(variant="loha", target_modules=["c_attn", "c_proj"], r=2, dropout=0.1)),
+    "lokr-mlp": ("mlp", dict(variant="lokr", target_modules=["lin0", "lin1"], r=1, decompose_both=True,
+                             decompose_factor=2)),
+    "lokr-conv": ("conv", dict(variant="lokr", target_modules=CONVS, r=1, init="lycoris")),
+    "lokr-conv-tucker": ("conv", dict(variant="lokr", target_modules=CONVS, r=1, use_effective_conv2d=True)),
+    "lokr-llama": ("llama", dict(variant="lokr", target_modules="all-linear", r=2, alpha=4)),
+    # AdaLoRA's SVD-form layer (rank allocation itself is tested in tests/train)
+    "adalora-mlp": ("mlp", dict(variant="adalora", target_modules=["lin0", "lin1"], r=4, dropout=0.1)),
+    "adalora-conv": ("conv", dict(variant="adalora", target_modules=CONVS, r=4, modules_to_save=["head"])),
+    "adalora-gpt2": ("gpt2", dict(variant="adalora", target_modules=["c_attn", "c_proj"], r=4)),
 }
 
 params = pytest.mark.parametrize("case", list(CASES))

@@ -7,7 +7,7 @@
     merged = lorakit.merge_and_unload(model)             # plain model, zero inference overhead
 """
 
-from .config import ConfigError, LoraConfig
+from .config import AdaLoraConfig, ConfigError, LoraConfig
 from .formats import adapter_state_dict, load_adapter, save_adapter
 from .inject import inject, resolve_targets
 from .layer import LoraLayer, SavedModule
@@ -29,7 +29,7 @@ from .model import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "ConfigError", "LoraConfig", "LoraLayer", "SavedModule", "TrainableReport", "active_adapters",
+    "AdaLoraConfig", "ConfigError", "LoraConfig", "LoraLayer", "SavedModule", "TrainableReport", "active_adapters",
     "adapter_names", "adapter_state_dict", "delete_adapter", "disable_adapters", "inject", "load_adapter",
     "lora_layers", "merge", "merge_and_unload", "resolve_targets", "save_adapter", "set_active_adapters",
     "trainable_parameters", "unload", "unmerge",

@@ -54,8 +54,18 @@ class LoraConfig:
     """Modules trained in full and saved with the adapter (e.g. a classifier head)."""
     variant: str = "lora"
     """Adapter variant, from ``lorakit.adapters.VARIANTS``."""
+    decompose_factor: int = -1
+    """LoKr: split each dimension as (f, dim/f) when f divides it; -1 splits closest to sqrt(dim)."""
+    decompose_both: bool = False
+    """LoKr: also factor the small Kronecker factor W1 into rank-r factors when r < max(W1 shape)/2."""
+    use_effective_conv2d: bool = False
+    """LoHa/LoKr on k×k convolutions: Tucker (CP) form with an (r, r, kh, kw) core instead of a flat (r, in·k·k) factor."""
+    adalora: AdaLoraConfig | None = None
+    """AdaLoRA schedule (variant ``adalora``); ``r`` is the initial rank. ``None`` uses the defaults."""
 
     def __post_init__(self):
+        if isinstance(self.adalora, dict):
+            self.adalora = AdaLoraConfig(**self.adalora)
         errors = self.problems()
         if errors:
             raise ConfigError(errors, "LoraConfig")
@@ -73,8 +83,18 @@ class LoraConfig:
             e.append(f"dropout={self.dropout!r}: expected a number in [0, 1).")
         from .adapters.lora import INITS
 
-        if self.init not in INITS:
-            e.append(f"init={self.init!r}: expected one of {list(INITS)}.")
+        inits = getattr(VARIANTS.get(self.variant), "INITS", INITS)  # each variant lists the inits it has
+        if self.init not in inits:
+            e.append(f"init={self.init!r}: expected one of {list(inits)} for variant {self.variant!r}.")
+        if not isinstance(self.decompose_factor, int) or not (self.decompose_factor == -1 or self.decompose_factor > 0):
+            e.append(f"decompose_factor={self.decompose_factor!r}: expected -1 (split near sqrt) or a positive integer.")
+        if self.adalora is not None:
+            if self.variant != "adalora":
+                e.append(f"adalora is set but variant={self.variant!r}; set variant='adalora' or drop adalora.")
+            if isinstance(self.adalora, AdaLoraConfig):
+                e += self.adalora.problems(self.r)
+            else:
+                e.append(f"adalora={self.adalora!r}: expected an AdaLoraConfig or a dict of its fields.")
         if self.bias not in BIAS_MODES:
             e.append(f"bias={self.bias!r}: expected one of {list(BIAS_MODES)}.")
         if self.variant not in VARIANTS:
@@ -131,3 +151,60 @@ def _check_selector(name: str, value) -> list[str]:
     if isinstance(value, str):
         return [] if value == "all-linear" else _check_regex(name, value)
     return [f"{name}={value!r}: expected a list of module names, a regex string or 'all-linear'."]
+
+
+@dataclass
+class AdaLoraConfig:
+    """AdaLoRA's rank-allocation schedule (Zhang et al. 2023, arXiv 2303.10512); defaults as PEFT.
+
+    The layer starts at rank ``LoraConfig.r`` (init_r); the budget of kept singular values falls
+    cubically from r·n to target_r·n between ``tinit`` and ``total_step - tfinal``.
+    """
+
+    target_r: int = 8
+    """Average rank per adapted layer at the end."""
+    tinit: int = 0
+    """Warm-up steps before any pruning."""
+    tfinal: int = 0
+    """Final steps with the mask frozen at the target budget."""
+    deltaT: int = 1
+    """Re-allocate every deltaT steps during the budget phase."""
+    beta1: float = 0.85
+    """EMA factor of the sensitivity |w·grad|."""
+    beta2: float = 0.85
+    """EMA factor of the sensitivity's uncertainty."""
+    orth_reg_weight: float = 0.5
+    """γ of the orthogonality regulariser γ·mean(||PᵀP−I||_F, ||QQᵀ−I||_F) added to the loss."""
+    total_step: int | None = None
+    """Total optimizer steps; ``None`` takes the trainer's total step count."""
+    rank_pattern: dict[str, list[bool]] | None = None
+    """Kept singular values per module path (written by the allocator; saved with the adapter)."""
+
+    def problems(self, init_r: int | None = None, training: bool = False) -> list[str]:
+        """Problems with the schedule; ``training`` adds the checks that matter only when allocating ranks."""
+        e: list[str] = []
+        for name in ("target_r", "deltaT"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                e.append(f"adalora.{name}={v!r}: expected a positive integer.")
+        for name in ("tinit", "tfinal"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 0:
+                e.append(f"adalora.{name}={v!r}: expected an integer >= 0.")
+        for name in ("beta1", "beta2"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not 0 < v < 1:
+                e.append(f"adalora.{name}={v!r}: expected a number strictly between 0 and 1 (default 0.85).")
+        if not isinstance(self.orth_reg_weight, (int, float)) or self.orth_reg_weight < 0:
+            e.append(f"adalora.orth_reg_weight={self.orth_reg_weight!r}: expected a number >= 0.")
+        if isinstance(init_r, int) and isinstance(self.target_r, int) and self.target_r > init_r and training:
+            e.append(f"adalora.target_r={self.target_r} exceeds the initial rank r={init_r}; "
+                     "AdaLoRA only prunes, so set r >= target_r (the paper uses r = 1.5·target_r).")
+        ts = self.total_step
+        if ts is not None and (not isinstance(ts, int) or ts <= 0):
+            e.append(f"adalora.total_step={ts!r}: expected a positive integer or None (trainer's total).")
+        elif ts is not None and isinstance(self.tinit, int) and isinstance(self.tfinal, int) \
+                and self.tinit >= ts - self.tfinal:
+            e.append(f"adalora: tinit={self.tinit} >= total_step - tfinal = {ts - self.tfinal} leaves no budget "
+                     "phase; lower tinit/tfinal or raise total_step.")
+        return e

@@ -140,8 +140,9 @@ def inject(model: nn.Module, config: LoraConfig, adapter_name: str = "default", 
         spec = layer.spec if isinstance(module, LoraLayer) else spec_for(module)
         r = int(pattern_value(name, config.rank_pattern, config.r))
         alpha = pattern_value(name, config.alpha_pattern, config.alpha)
+        options = cls.config_options(config) if hasattr(cls, "config_options") else {}  # variant-only fields
         adapter = cls(spec, r=r, alpha=alpha, dropout=config.dropout, use_rslora=config.use_rslora,
-                      init=config.init if init else None, base=layer.base_layer)
+                      init=config.init if init else None, base=layer.base_layer, **options)
         weight = layer.base_layer.weight
         adapter.to(device=weight.device, dtype=weight.dtype if weight.is_floating_point() else None)
         adapter.train(layer.base_layer.training)  # a new module starts in train mode; follow the model

@@ -1,10 +1,14 @@
 """Adapter variants, one file each, all following the protocol in :mod:`lorakit.adapters.base`."""
 
+from .adalora import AdaLoraAdapter
 from .base import Adapter, BaseSpec, apply_weight, scaling, spec_for
+from .loha import LohaAdapter
+from .lokr import LokrAdapter
 from .lora import LoraAdapter
 
 #: variant name -> adapter class; ``LoraConfig.variant`` selects from this table.
-VARIANTS: dict[str, type[Adapter]] = {"lora": LoraAdapter}
+VARIANTS: dict[str, type[Adapter]] = {"lora": LoraAdapter, "loha": LohaAdapter, "lokr": LokrAdapter,
+                                   "adalora": AdaLoraAdapter}
 
 
 def variant_class(name: str) -> type[Adapter]:
@@ -14,5 +18,5 @@ def variant_class(name: str) -> type[Adapter]:
         raise ValueError(f"unknown adapter variant {name!r}; expected one of {sorted(VARIANTS)}.") from None
 
 
-__all__ = ["Adapter", "BaseSpec", "LoraAdapter", "VARIANTS", "apply_weight", "scaling", "spec_for",
+__all__ = ["AdaLoraAdapter", "Adapter", "BaseSpec", "LohaAdapter", "LokrAdapter", "LoraAdapter", "VARIANTS", "apply_weight", "scaling", "spec_for",
            "variant_class"]

@@ -26,6 +26,14 @@ PARAM_KEYS = {
     ("conv", "lora_A"): "lora_A.weight", ("conv", "lora_B"): "lora_B.weight",
     ("embedding", "lora_A"): "lora_embedding_A", ("embedding", "lora_B"): "lora_embedding_B",
 }
+# LyCORIS factors (PEFT keeps them in ParameterDicts, so the key is the bare name)
+PARAM_KEYS.update({(kind, p): p for kind in ("linear", "conv") for p in (
+    "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2",
+    "lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")})
+#: (variant, layer kind, parameter) -> PEFT suffix where a variant names a parameter differently
+VARIANT_PARAM_KEYS = {("adalora", kind, p): p for kind in ("linear", "conv") for p in ("lora_A", "lora_B", "lora_E")}
+#: lorakit variant -> PEFT peft_type
+PEFT_TYPES = {"lora": "LORA", "loha": "LOHA", "lokr": "LOKR", "adalora": "ADALORA"}
 #: lorakit config field -> PEFT config field
 CONFIG_KEYS = {
     "r": "r", "alpha": "lora_alpha", "dropout": "lora_dropout", "target_modules": "target_modules",
@@ -33,20 +41,36 @@ CONFIG_KEYS = {
     "layers_to_transform": "layers_to_transform", "layers_pattern": "layers_pattern", "init": "init_lora_weights",
     "use_rslora": "use_rslora", "bias": "bias", "modules_to_save": "modules_to_save",
 }
-INIT_TO_PEFT = {"kaiming": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
+_SELECTION = ("target_modules", "exclude_modules", "layers_to_transform", "layers_pattern", "modules_to_save")
+_LYCORIS_KEYS = {"r": "r", "alpha": "alpha", "rank_pattern": "rank_pattern", "alpha_pattern": "alpha_pattern",
+                 "use_effective_conv2d": "use_effective_conv2d", "dropout": "lora_dropout", "bias": "bias",
+                 **{k: k for k in _SELECTION}}
+_ADALORA_KEYS = {"r": "init_r", "alpha": "lora_alpha", "dropout": "lora_dropout", "bias": "bias",
+                 **{k: k for k in _SELECTION},
+                 **{f"adalora.{k}": k for k in ("target_r", "tinit", "tfinal", "deltaT", "beta1", "beta2",
+                                                 "orth_reg_weight", "total_step")}}
+#: peft_type -> (lorakit field -> PEFT field); dotted names reach into ``LoraConfig.adalora``
+TYPE_CONFIG_KEYS = {"LORA": CONFIG_KEYS, "LOHA": _LYCORIS_KEYS,
+                    "LOKR": {**_LYCORIS_KEYS, "decompose_factor": "decompose_factor",
+                             "decompose_both": "decompose_both"},
+                    "ADALORA": _ADALORA_KEYS}
+#: PEFT's field holding the init, per peft_type
+INIT_FIELD = {"LORA": "init_lora_weights", "LOHA": "init_weights", "LOKR": "init_weights",
+              "ADALORA": "init_lora_weights"}
+INIT_TO_PEFT = {"kaiming": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora", "lycoris": "lycoris"}
 #: PEFT fields lorakit cannot honour unless they hold these (default) values
 UNSUPPORTED = {"lora_bias": False, "layer_replication": None, "target_parameters": None, "use_qalora": False,
                "trainable_token_indices": None, "alora_invocation_tokens": None, "use_bdlora": None,
                "use_dora": False}
 
 
-def peft_key(module_path: str, kind: str, param: str) -> str:
+def peft_key(module_path: str, kind: str, param: str, variant: str = "lora") -> str:
     """The PEFT file key for one adapter parameter; raises on a parameter lorakit cannot map."""
-    try:
-        return f"{PREFIX}{module_path}.{PARAM_KEYS[(kind, param)]}"
-    except KeyError:
-        raise ValueError(f"no PEFT key for parameter {param!r} of a {kind} layer at {module_path!r}; "
-                         f"known: {sorted(PARAM_KEYS)}") from None
+    suffix = VARIANT_PARAM_KEYS.get((variant, kind, param)) or PARAM_KEYS.get((kind, param))
+    if suffix is None:
+        raise ValueError(f"no PEFT key for parameter {param!r} of a {kind} layer at {module_path!r} "
+                         f"(variant {variant!r}); known: {sorted(PARAM_KEYS)}")
+    return f"{PREFIX}{module_path}.{suffix}"
 
 
 def _entries(model: nn.Module, adapter_name: str):
@@ -54,11 +78,11 @@ def _entries(model: nn.Module, adapter_name: str):
     configs = getattr(model, "lorakit_configs", {})
     if adapter_name not in configs:
         raise ValueError(f"unknown adapter {adapter_name!r}; this model has {sorted(configs)}.")
-    bias = configs[adapter_name].bias
+    bias, variant = configs[adapter_name].bias, configs[adapter_name].variant
     for path, layer in lora_layers(model):
         if adapter_name in layer.adapters:
             for pname, p in layer.adapters[adapter_name].named_parameters():
-                yield peft_key(path, layer.spec.kind, pname), p, layer.spec, pname
+                yield peft_key(path, layer.spec.kind, pname, variant), p, (layer.spec, variant), pname
             if bias == "lora_only" and getattr(layer.base_layer, "bias", None) is not None:
                 yield f"{PREFIX}{path}.base_layer.bias", layer.base_layer.bias, None, None
     if bias == "all":
@@ -99,32 +123,71 @@ def _grouped_a_from_peft(spec, full: torch.Tensor) -> torch.Tensor:
     return torch.cat(blocks)
 
 
-#: (layer kind, parameter) -> (to PEFT layout, from PEFT layout), used where the spec needs it
-LAYOUTS = {("conv", "lora_A"): (_grouped_a_to_peft, _grouped_a_from_peft)}
+#: (variant, layer kind, parameter) -> (to PEFT layout, from PEFT layout), used where the spec needs it
+LAYOUTS = {("lora", "conv", "lora_A"): (_grouped_a_to_peft, _grouped_a_from_peft)}
 
 
-def _to_peft(spec, pname, t):
-    conv = LAYOUTS.get((spec.kind, pname)) if spec is not None and spec.groups > 1 else None
-    return conv[0](spec, t) if conv else t
+def _layout(where, pname):
+    if where is None:
+        return None
+    spec, variant = where
+    return LAYOUTS.get((variant, spec.kind, pname)) if spec.groups > 1 else None
 
 
-def _from_peft(spec, pname, t):
-    conv = LAYOUTS.get((spec.kind, pname)) if spec is not None and spec.groups > 1 else None
-    return conv[1](spec, t) if conv else t
+def _to_peft(where, pname, t):
+    conv = _layout(where, pname)
+    return conv[0](where[0], t) if conv else t
+
+
+def _from_peft(where, pname, t):
+    conv = _layout(where, pname)
+    return conv[1](where[0], t) if conv else t
 
 
 def peft_config_dict(model: nn.Module, adapter_name: str = "default", base_model_name_or_path=None) -> dict:
     cfg: LoraConfig = model.lorakit_configs[adapter_name]
-    out = {peft: getattr(cfg, ours) for ours, peft in CONFIG_KEYS.items()}
-    out["init_lora_weights"] = INIT_TO_PEFT[cfg.init]
+    peft_type = PEFT_TYPES[cfg.variant]
+    if cfg.use_rslora and peft_type != "LORA":
+        raise ValueError(f"PEFT's {peft_type} format has no rank-stabilised scaling; this {cfg.variant} adapter "
+                         "uses use_rslora=True. Train it with use_rslora=False to save it in PEFT format.")
+    out = {peft: _field(cfg, ours) for ours, peft in TYPE_CONFIG_KEYS[peft_type].items()}
+    out[INIT_FIELD[peft_type]] = INIT_TO_PEFT[cfg.init]
     out["target_modules"] = _portable_targets(model, cfg, adapter_name)
     if base_model_name_or_path is None:
         base_model_name_or_path = getattr(getattr(model, "config", None), "_name_or_path", None) or None
-    out.update(peft_type="LORA", task_type=None, base_model_name_or_path=base_model_name_or_path,
-               inference_mode=True, fan_in_fan_out=False, lora_bias=False, use_dora=False,
-               revision=None, auto_mapping=None, layer_replication=None, megatron_config=None,
-               megatron_core="megatron.core", loftq_config={})
+    out.update(peft_type=peft_type, task_type=None, base_model_name_or_path=base_model_name_or_path,
+               inference_mode=True, revision=None, auto_mapping=None)
+    if peft_type in ("LORA", "ADALORA"):
+        out.update(fan_in_fan_out=False, lora_bias=False, use_dora=False, layer_replication=None,
+                   megatron_config=None, megatron_core="megatron.core", loftq_config={})
+    else:
+        out.update(rank_dropout=0.0, module_dropout=0.0)
+    if peft_type == "ADALORA":
+        _adalora_config_out(cfg, out)
     return out
+
+
+def _field(cfg: LoraConfig, name: str):
+    obj = cfg
+    for part in name.split("."):
+        obj = getattr(obj, part) if obj is not None else None
+    if obj is None and name.startswith("adalora."):
+        from ..config import AdaLoraConfig
+
+        obj = getattr(AdaLoraConfig(), name.split(".", 1)[1])
+    return obj
+
+
+def _adalora_config_out(cfg: LoraConfig, out: dict) -> None:
+    """PEFT's AdaLoRA config: rank_pattern holds the kept-rank masks; total_step must be set."""
+    if cfg.rank_pattern:
+        raise ValueError("an AdaLoRA adapter cannot also have a LoRA rank_pattern in PEFT's ADALORA format; "
+                         "drop rank_pattern (AdaLoRA allocates ranks itself).")
+    ada = cfg.adalora
+    masks = ada.rank_pattern if ada is not None else None
+    out["rank_pattern"] = {f"{path}.lora_E": list(m) for path, m in masks.items()} if masks else None
+    # PEFT refuses a config without a budget phase; a missing total (no trainer yet) gets the smallest valid one
+    out["total_step"] = out["total_step"] or out["tinit"] + out["tfinal"] + 1
 
 
 def _portable_targets(model: nn.Module, cfg: LoraConfig, adapter_name: str):
@@ -142,7 +205,8 @@ def save_adapter(model: nn.Module, directory: str | Path, adapter_name: str = "d
                  base_model_name_or_path: str | None = None) -> Path:
     """Write ``adapter_name`` as a PEFT adapter directory (loadable by ``peft.PeftModel.from_pretrained``)."""
     directory = Path(directory)
-    tensors = {k: _to_peft(spec, pname, v.detach().cpu()) for k, v, spec, pname in _entries(model, adapter_name)}
+    tensors = {k: _to_peft(where, pname, v.detach().cpu()) for k, v, where, pname in _entries(model, adapter_name)}
+    tensors = _trim_by_rank_pattern(model, adapter_name, tensors)
     write_safetensors(directory / WEIGHTS_FILE, tensors, metadata={"format": "pt"})
     write_json(directory / CONFIG_FILE, peft_config_dict(model, adapter_name, base_model_name_or_path))
     return directory
@@ -151,17 +215,27 @@ def save_adapter(model: nn.Module, directory: str | Path, adapter_name: str = "d
 def config_from_peft(data: dict) -> LoraConfig:
     """Translate a PEFT ``adapter_config.json`` into a ``LoraConfig``, reporting every unsupported field."""
     errors = []
-    if data.get("peft_type", "LORA") != "LORA":
-        errors.append(f"peft_type={data.get('peft_type')!r}: lorakit reads LORA adapters here.")
+    peft_type = data.get("peft_type", "LORA")
+    variants = {t: v for v, t in PEFT_TYPES.items()}
+    if peft_type not in variants:
+        errors.append(f"peft_type={peft_type!r}: lorakit reads {sorted(variants)} adapters.")
     for key, default in UNSUPPORTED.items():
         if data.get(key, default) not in (default, [], {}):
             errors.append(f"{key}={data[key]!r} is not supported by lorakit's PEFT loader.")
     if errors:
         raise ConfigError(errors, "PEFT adapter config")
-    kwargs = {ours: data[peft] for ours, peft in CONFIG_KEYS.items() if peft in data}
-    init = data.get("init_lora_weights", True)
+    kwargs, ada = {"variant": variants[peft_type]}, {}
+    for ours, peft in TYPE_CONFIG_KEYS[peft_type].items():
+        if peft in data and data[peft] is not None:
+            (ada if ours.startswith("adalora.") else kwargs)[ours.split(".")[-1]] = data[peft]
+    if peft_type == "ADALORA":
+        masks = data.get("rank_pattern") or None
+        ada["rank_pattern"] = {k.rsplit(".", 1)[0]: list(v) for k, v in masks.items()} if masks else None
+        kwargs.pop("rank_pattern", None)
+        kwargs["adalora"] = ada
+    init = data.get(INIT_FIELD[peft_type], True)
     kwargs["init"] = "gaussian" if init == "gaussian" else init.split("_niter")[0] if isinstance(init, str) else "kaiming"
-    if kwargs["init"] not in INIT_TO_PEFT:
+    if kwargs["init"] not in INIT_TO_PEFT or peft_type == "ADALORA":
         kwargs["init"] = "kaiming"  # eva/loftq/corda only shape the start; loaded weights replace it
     for key in ("rank_pattern", "alpha_pattern"):
         kwargs[key] = kwargs.get(key) or {}
@@ -190,6 +264,7 @@ def load_adapter(model: nn.Module, path: str | Path, adapter_name: str = "defaul
     config = config_from_peft(json.loads((path / CONFIG_FILE).read_text()))
     grad_flags = [(p, p.requires_grad) for p in model.parameters()]
     inject(model, config, adapter_name, activate=False, trainable=trainable, init=False)
+    _resize_by_rank_pattern(model, config, adapter_name)
     entries = {key: (t, spec, pname) for key, t, spec, pname in _entries(model, adapter_name)}
     problems = [f"missing key {k} (expected shape {tuple(t.shape)})" for k, (t, _, _) in entries.items()
                 if k not in tensors]
@@ -220,3 +295,27 @@ def load_adapter(model: nn.Module, path: str | Path, adapter_name: str = "defaul
 
         set_active_adapters(model, adapter_name)
     return model
+
+
+def _rank_masks(config: LoraConfig) -> dict:
+    return (config.adalora.rank_pattern or {}) if config.variant == "adalora" and config.adalora else {}
+
+
+def _trim_by_rank_pattern(model: nn.Module, adapter_name: str, tensors: dict) -> dict:
+    """AdaLoRA as PEFT saves it: only the kept singular triplets of each layer are written."""
+    masks = _rank_masks(model.lorakit_configs[adapter_name])
+    for path, layer in lora_layers(model):
+        if path in masks and adapter_name in layer.adapters:
+            keep = torch.tensor(masks[path], dtype=torch.bool)
+            if layer.adapters[adapter_name].lora_E.shape[0] == keep.numel():  # not yet trimmed
+                for p, dim in (("lora_A", 0), ("lora_E", 0), ("lora_B", 1)):
+                    key = peft_key(path, layer.spec.kind, p, "adalora")
+                    tensors[key] = tensors[key].index_select(dim, keep.nonzero().flatten()).contiguous()
+    return tensors
+
+
+def _resize_by_rank_pattern(model: nn.Module, config: LoraConfig, adapter_name: str) -> None:
+    masks = _rank_masks(config)
+    for path, layer in lora_layers(model):
+        if path in masks and adapter_name in layer.adapters:
+            layer.adapters[adapter_name].keep(torch.tensor(masks[path], dtype=torch.bool))

@@ -24,6 +24,14 @@ CASES = {
                                      alpha_pattern={"q_proj": 16}, layers_to_transform=[1])),
     "gpt2-conv1d": ("gpt2", dict(target_modules=["c_attn", "c_proj"], r=4)),
     "gpt2-all-linear-rslora": ("gpt2", dict(target_modules="all-linear", r=4, use_rslora=True)),
+    # DoRA (adapters/dora.py): every layer kind, plus dropout and principal inits underneath it
+    "dora-mlp": ("mlp", dict(target_modules=["lin0", "lin1"], variant="dora", bias="lora_only")),
+    "dora-mlp-dropout-pissa": ("mlp", dict(target_modules=["lin0", "lin1"], variant="dora", dropout=0.2,
+                                           init="pissa", r=4)),
+    "dora-conv": ("conv", dict(target_modules=CONVS, r=4, variant="dora", modules_to_save=["head"])),
+    "dora-emb": ("emb", dict(target_modules=["emb", "lin"], r=4, variant="dora")),
+    "dora-gpt2-conv1d": ("gpt2", dict(target_modules=["c_attn", "c_proj"], r=4, variant="dora")),
+    "dora-llama-rslora": ("llama", dict(target_modules="all-linear", r=4, variant="dora", use_rslora=True)),
 }
 
 params = pytest.mark.parametrize("case", list(CASES))

@@ -1,10 +1,11 @@
 """Adapter variants, one file each, all following the protocol in :mod:`lorakit.adapters.base`."""
 
 from .base import Adapter, BaseSpec, apply_weight, scaling, spec_for
+from .dora import DoraAdapter
 from .lora import LoraAdapter
 
 #: variant name -> adapter class; ``LoraConfig.variant`` selects from this table.
-VARIANTS: dict[str, type[Adapter]] = {"lora": LoraAdapter}
+VARIANTS: dict[str, type[Adapter]] = {"lora": LoraAdapter, "dora": DoraAdapter}
 
 
 def variant_class(name: str) -> type[Adapter]:
@@ -14,5 +15,5 @@ def variant_class(name: str) -> type[Adapter]:
         raise ValueError(f"unknown adapter variant {name!r}; expected one of {sorted(VARIANTS)}.") from None
 
 
-__all__ = ["Adapter", "BaseSpec", "LoraAdapter", "VARIANTS", "apply_weight", "scaling", "spec_for",
+__all__ = ["Adapter", "BaseSpec", "DoraAdapter", "LoraAdapter", "VARIANTS", "apply_weight", "scaling", "spec_for",
            "variant_class"]

@@ -25,7 +25,11 @@ PARAM_KEYS = {
     ("linear", "lora_A"): "lora_A.weight", ("linear", "lora_B"): "lora_B.weight",
     ("conv", "lora_A"): "lora_A.weight", ("conv", "lora_B"): "lora_B.weight",
     ("embedding", "lora_A"): "lora_embedding_A", ("embedding", "lora_B"): "lora_embedding_B",
+    ("linear", "magnitude"): "lora_magnitude_vector", ("conv", "magnitude"): "lora_magnitude_vector",
+    ("embedding", "magnitude"): "lora_magnitude_vector",
 }
+#: (layer kind, lorakit parameter) -> PEFT's stored shape; PEFT keeps a conv DoRA magnitude as (1, out, 1, ...)
+PEFT_SHAPES = {("conv", "magnitude"): lambda p, spec: p.view(1, -1, *([1] * len(spec.kernel_size)))}
 #: lorakit config field -> PEFT config field
 CONFIG_KEYS = {
     "r": "r", "alpha": "lora_alpha", "dropout": "lora_dropout", "target_modules": "target_modules",
@@ -37,7 +41,9 @@ INIT_TO_PEFT = {"kaiming": True, "gaussian": "gaussian", "pissa": "pissa", "olor
 #: PEFT fields lorakit cannot honour unless they hold these (default) values
 UNSUPPORTED = {"lora_bias": False, "layer_replication": None, "target_parameters": None, "use_qalora": False,
                "trainable_token_indices": None, "alora_invocation_tokens": None, "use_bdlora": None,
-               "use_dora": False}
+               }
+#: lorakit variant -> PEFT's flag for it (PEFT has no variant field, one boolean per variant)
+VARIANT_FLAGS = {"dora": "use_dora"}
 
 
 def peft_key(module_path: str, kind: str, param: str) -> str:
@@ -58,7 +64,8 @@ def adapter_state_dict(model: nn.Module, adapter_name: str = "default") -> dict[
     for path, layer in lora_layers(model):
         if adapter_name in layer.adapters:
             for pname, p in layer.adapters[adapter_name].named_parameters():
-                out[peft_key(path, layer.spec.kind, pname)] = p
+                reshape = PEFT_SHAPES.get((layer.spec.kind, pname))
+                out[peft_key(path, layer.spec.kind, pname)] = reshape(p, layer.spec) if reshape else p
             if configs[adapter_name].bias == "lora_only" and getattr(layer.base_layer, "bias", None) is not None:
                 out[f"{PREFIX}{path}.base_layer.bias"] = layer.base_layer.bias
     if configs[adapter_name].bias == "all":
@@ -79,7 +86,7 @@ def peft_config_dict(model: nn.Module, adapter_name: str = "default", base_model
     if base_model_name_or_path is None:
         base_model_name_or_path = getattr(getattr(model, "config", None), "_name_or_path", None) or None
     out.update(peft_type="LORA", task_type=None, base_model_name_or_path=base_model_name_or_path,
-               inference_mode=True, fan_in_fan_out=False, lora_bias=False, use_dora=False,
+               inference_mode=True, fan_in_fan_out=False, lora_bias=False, use_dora=cfg.variant == "dora",
                revision=None, auto_mapping=None, layer_replication=None, megatron_config=None,
                megatron_core="megatron.core", loftq_config={}, created_with="lorakit")
     return out
@@ -117,6 +124,11 @@ def config_from_peft(data: dict) -> LoraConfig:
     if errors:
         raise ConfigError(errors, "PEFT adapter config")
     kwargs = {ours: data[peft] for ours, peft in CONFIG_KEYS.items() if peft in data}
+    flagged = [variant for variant, flag in VARIANT_FLAGS.items() if data.get(flag)]
+    if len(flagged) > 1:
+        raise ConfigError([f"PEFT config sets {[VARIANT_FLAGS[v] for v in flagged]}; at most one variant "
+                           "flag can be true."], "PEFT adapter config")
+    kwargs["variant"] = flagged[0] if flagged else "lora"
     init = data.get("init_lora_weights", True)
     kwargs["init"] = "gaussian" if init == "gaussian" else init.split("_niter")[0] if isinstance(init, str) else "kaiming"
     if kwargs["init"] not in INIT_TO_PEFT:

@@ -107,8 +107,8 @@ def test_fused_and_generic_paths_agree():
     fused.sum().backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     model.zero_grad()
-    assert all(l.adapters["default"].fused_forward(x, l.base_layer, 1.0) is not None
-               for _, l in lorakit.lora_layers(model)), "the fused path should apply here"
+    assert model.lin0.adapters["default"].fused_forward(x, model.lin0.base_layer, 1.0) is not None, \
+        "the fused path should apply here"
     for _, layer in lorakit.lora_layers(model):
         layer.adapters["default"].fused_forward = lambda *a: None  # force the generic path
     generic = model(x)

@@ -42,6 +42,8 @@ INIT_TO_PEFT = {"kaiming": True, "gaussian": "gaussian", "pissa": "pissa", "olor
 UNSUPPORTED = {"lora_bias": False, "layer_replication": None, "target_parameters": None, "use_qalora": False,
                "trainable_token_indices": None, "alora_invocation_tokens": None, "use_bdlora": None,
                }
+#: extra adapter_config.json entry holding lorakit's QLoRA settings (PEFT ignores it with a warning)
+QUANT_KEY, QUANT_FIELDS = "lorakit_quantization", ("quantize", "double_quant", "compute_dtype")
 #: lorakit variant -> PEFT's flag for it (PEFT has no variant field, one boolean per variant)
 VARIANT_FLAGS = {"dora": "use_dora"}
 
@@ -89,6 +91,8 @@ def peft_config_dict(model: nn.Module, adapter_name: str = "default", base_model
                inference_mode=True, fan_in_fan_out=False, lora_bias=False, use_dora=cfg.variant == "dora",
                revision=None, auto_mapping=None, layer_replication=None, megatron_config=None,
                megatron_core="megatron.core", loftq_config={}, created_with="lorakit")
+    if cfg.quantize != "none":  # PEFT keeps this in the base model; lorakit re-quantises from it on load
+        out[QUANT_KEY] = {k: getattr(cfg, k) for k in QUANT_FIELDS}
     return out
 
 
@@ -129,6 +133,8 @@ def config_from_peft(data: dict) -> LoraConfig:
         raise ConfigError([f"PEFT config sets {[VARIANT_FLAGS[v] for v in flagged]}; at most one variant "
                            "flag can be true."], "PEFT adapter config")
     kwargs["variant"] = flagged[0] if flagged else "lora"
+    quant = data.get(QUANT_KEY) or {}
+    kwargs.update({k: quant[k] for k in QUANT_FIELDS if k in quant})
     init = data.get("init_lora_weights", True)
     kwargs["init"] = "gaussian" if init == "gaussian" else init.split("_niter")[0] if isinstance(init, str) else "kaiming"
     if kwargs["init"] not in INIT_TO_PEFT:

@@ -190,3 +190,39 @@ def test_config_errors_name_the_field():
     msg = str(err.value)
     assert "quantize='int3': expected one of ['none', 'nf4', 'fp4']" in msg
     assert "compute_dtype='float8'" in msg and "double_quant='yes'" in msg
+
+
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+@pytest.mark.parametrize("variant", ["lora", "dora"])
+def test_principal_init_on_4bit_base_quantises_the_residual(init, variant):
+    """QPiSSA (Meng et al. 2024): factor the full-precision W, then quantise only W − s·BA."""
+    g = torch.Generator().manual_seed(0)
+    u, v = torch.randn(64, 6, generator=g), torch.randn(6, 48, generator=g)
+    w = u @ v + 0.05 * torch.randn(64, 48, generator=g)  # strong principal part + small rest
+    dense = nn.Sequential()
+    dense.add_module("lin", nn.Linear(48, 64, bias=False))
+    with torch.no_grad():
+        dense.lin.weight.copy_(w)
+    model = lorakit.inject(copy.deepcopy(dense), lorakit.LoraConfig(target_modules=["lin"], r=8, alpha=8,
+                                                                    init=init, quantize="nf4", variant=variant))
+    layer = model.lin
+    assert isinstance(layer.base_layer, Linear4bit)
+    adapter = layer.adapters["default"]
+    residual_q = layer.base_layer.dequantize()
+    effective = layer.merged_weight()  # what the fresh layer computes with
+    assert_close(effective, residual_q + adapter.delta_weight().detach(), atol=1e-5, msg="W_res,q + s·BA")
+    qlora_error = (Linear4bit(w).dequantize() - w).norm()
+    assert (effective - w).norm() < 0.5 * qlora_error, "principal part kept exactly, only the rest quantised"
+
+
+def test_principal_init_on_an_already_quantised_model_requantises_the_residual():
+    model = build("mlp")
+    lorakit.quant.quantize_model(model, "fp4", double_quant=False)
+    before = model.lin0.dequantize()
+    lorakit.inject(model, lorakit.LoraConfig(target_modules=["lin0"], r=4, init="pissa"))
+    base = model.lin0.base_layer
+    assert isinstance(base, Linear4bit) and (base.quant_type, base.double_quant) == ("fp4", False)
+    adapter = model.lin0.adapters["default"]
+    assert_close(base.dequantize() + adapter.delta_weight().detach(), before, atol=0.05,
+                 msg="PiSSA of dequant(W), residual re-quantised")
+    assert not torch.allclose(base.dequantize(), before), "the base now holds the residual"

@@ -133,6 +133,8 @@ def inject(model: nn.Module, config: LoraConfig, adapter_name: str = "default", 
     for name in names:
         module = model.get_submodule(name)
         dense = None
+        if principal and getattr(module, "is_quantized", False):  # already 4-bit: factor dequant(W)
+            quantize[name] = _QuantJob.requantize(module)
         if name in quantize:  # QLoRA: the base becomes 4-bit (PiSSA/OLoRA first factor the dense weight)
             dense = quantize[name].dense()
             module = dense if principal else quantize.pop(name).build(dense)
@@ -168,19 +170,24 @@ def inject(model: nn.Module, config: LoraConfig, adapter_name: str = "default", 
 
 
 class _QuantJob:
-    """One layer to quantise: its dense (out, in) copy and the config's 4-bit settings."""
+    """One layer to (re-)quantise: its dense (out, in) weight and the 4-bit settings to use."""
 
-    def __init__(self, module: nn.Module, config: LoraConfig):
-        self.module, self.config = module, config
+    def __init__(self, module: nn.Module, quant_type: str, double_quant: bool, compute_dtype):
+        self.module, self.settings = module, (quant_type, double_quant, compute_dtype)
+
+    @classmethod
+    def requantize(cls, module: nn.Module) -> _QuantJob:
+        return cls(module, module.quant_type, module.double_quant, module.compute_dtype)
 
     def dense(self) -> nn.Linear:
+        if getattr(self.module, "is_quantized", False):
+            return self.module.dequantized_linear()
         return _dense_copy(self.module)
 
     def build(self, dense: nn.Linear) -> nn.Module:
-        from .quant import COMPUTE_DTYPES, Linear4bit
+        from .quant import Linear4bit
 
-        c = self.config
-        return Linear4bit.from_linear(dense, c.quantize, c.double_quant, COMPUTE_DTYPES[c.compute_dtype])
+        return Linear4bit.from_linear(dense, *self.settings)
 
 
 def _dense_copy(module: nn.Module) -> nn.Linear:
@@ -195,7 +202,7 @@ def _dense_copy(module: nn.Module) -> nn.Linear:
     return dense
 
 
-def _quantizer(model: nn.Module, config: LoraConfig) -> dict[str, _QuantJob]:
+def _quantizer(model: nn.Module, config: LoraConfig) -> dict:
     """name -> job for every layer ``config.quantize`` turns 4-bit: all Linear/Conv1D except the output
     head and ``modules_to_save`` (what QLoRA's reference script quantises). Empty when quantize is none."""
     if config.quantize == "none":
@@ -205,7 +212,10 @@ def _quantizer(model: nn.Module, config: LoraConfig) -> dict[str, _QuantJob]:
     saved = config.modules_to_save or []
     skip = _output_head_names(model) | {n for n, _ in model.named_modules()
                                         if any(n == s or n.endswith("." + s) for s in saved)}
-    return {n: _QuantJob(model.get_submodule(n), config) for n in quantizable_names(model, skip)}
+    from .quant import COMPUTE_DTYPES
+
+    settings = (config.quantize, config.double_quant, COMPUTE_DTYPES[config.compute_dtype])
+    return {n: _QuantJob(model.get_submodule(n), *settings) for n in quantizable_names(model, skip)}
 
 
 def _add_saved_copy(model: nn.Module, name: str, adapter_name: str) -> None:

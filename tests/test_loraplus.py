@@ -4,10 +4,10 @@ import copy
 
 import pytest
 import torch
+from models import build
 
 import lorakit
 from lorakit.loraplus import create_loraplus_optimizer, loraplus_param_groups
-from models import build
 
 CASES = {
     "mlp-bias-save": ("mlp", dict(target_modules=["lin0", "lin1"], bias="all", modules_to_save=["head"])),

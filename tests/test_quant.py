@@ -5,12 +5,12 @@ import copy
 
 import pytest
 import torch
+from contract import assert_close, randomize
+from models import build, example_input, run
 from torch import nn
 
 import lorakit
-from contract import assert_close, randomize
 from lorakit.quant import DYNAMIC, FP4, NF4, Linear4bit, dequantize_model, pack_nibbles, unpack_nibbles
-from models import build, example_input, run
 
 
 def test_nf4_codebook_from_normal_quantiles():

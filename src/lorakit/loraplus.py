@@ -28,7 +28,7 @@ except Exception:  # pragma: no cover - transformers is optional
 
 def _no_decay_ids(model: nn.Module) -> set[int]:
     ids = set()
-    for mname, module in model.named_modules():
+    for module in model.modules():
         for pname, p in module.named_parameters(recurse=False):
             if isinstance(module, tuple(_NORMS)) or "bias" in pname:
                 ids.add(id(p))

@@ -65,7 +65,10 @@ def _nearest(x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
     keep[1:] = values[1:] != values[:-1]
     values, order = values[keep], order[keep]
     mids = (values[1:] + values[:-1]) / 2
-    return order[torch.bucketize(x, mids)]
+    pos = torch.bucketize(x.reshape(-1), mids, out_int32=True)
+    if torch.equal(order, torch.arange(order.numel(), device=order.device)):
+        return pos.view(x.shape)  # sorted codebook (NF4, the dynamic map): position is the code
+    return order.index_select(0, pos).view(x.shape)
 
 
 def quantize_blockwise(x: torch.Tensor, code: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,9 +83,16 @@ def quantize_blockwise(x: torch.Tensor, code: torch.Tensor, block: int) -> tuple
 
 
 def dequantize_blockwise(idx: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, block: int) -> torch.Tensor:
-    vals = code.to(absmax.device)[idx.long()]
-    pad = (-vals.numel()) % block
-    return (F.pad(vals, (0, pad)).view(-1, block) * absmax[:, None]).reshape(-1)[: vals.numel()]
+    vals = code.to(absmax.device).index_select(0, idx.reshape(-1).int())
+    return _scale_blocks(vals, absmax, block)
+
+
+def _scale_blocks(vals: torch.Tensor, absmax: torch.Tensor, block: int) -> torch.Tensor:
+    """vals (flat, fresh) times each block's absmax, in place where the length allows it."""
+    numel, pad = vals.numel(), (-vals.numel()) % block
+    if pad:
+        return (F.pad(vals, (0, pad)).view(-1, block) * absmax[:, None]).reshape(-1)[:numel]
+    return vals.view(-1, block).mul_(absmax[:, None]).view(-1)
 
 
 def pack_nibbles(idx: torch.Tensor) -> torch.Tensor:
@@ -142,17 +152,18 @@ class Linear4bit(nn.Linear):
         return dequantize_blockwise(self.absmax_q, self.absmax2, DYNAMIC, DQ_BLOCK) + self.absmax_offset
 
     def dequantize(self) -> torch.Tensor:
-        """dequant(W) as float32 (out, in)."""
-        idx = unpack_nibbles(self.qweight, self.out_features * self.in_features)
-        return dequantize_blockwise(idx, self.block_absmax(), CODEBOOKS[self.quant_type], BLOCK).view(
-            self.out_features, self.in_features)
+        """dequant(W) as float32 (out, in): one gather through a 256-entry byte -> (high, low) value table."""
+        numel = self.out_features * self.in_features
+        pairs = _byte_table(self.quant_type, self.qweight.device).index_select(0, self.qweight.int())
+        vals = pairs.view(torch.float32)[:numel] if numel % 2 else pairs.view(torch.float32)
+        return _scale_blocks(vals, self.block_absmax(), BLOCK).view(self.out_features, self.in_features)
 
     @property
     def weight(self) -> torch.Tensor:
         return self.dequantize().to(self.compute_dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x.to(self.compute_dtype), self.weight, self.bias)
+        return _Linear4bitFunction.apply(x.to(self.compute_dtype), self.bias, self)
 
     def dequantized_linear(self) -> nn.Linear:
         """A dense ``nn.Linear`` with dequant(W) (what merging writes into)."""
@@ -171,6 +182,35 @@ class Linear4bit(nn.Linear):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"quant_type={self.quant_type}, double_quant={self.double_quant}, compute_dtype={self.compute_dtype}")
+
+
+_TABLES: dict = {}
+
+
+def _byte_table(quant_type: str, device) -> torch.Tensor:
+    """The two float32 code values each byte value holds (high nibble first), bit-cast to one int64 each
+    so that dequantising is a single 1-D gather."""
+    key = (quant_type, str(device))
+    if key not in _TABLES:
+        code, b = CODEBOOKS[quant_type].to(device), torch.arange(256, device=device)
+        _TABLES[key] = torch.stack([code[b >> 4], code[b & 0xF]], dim=1).view(torch.int64).reshape(256)
+    return _TABLES[key]
+
+
+class _Linear4bitFunction(torch.autograd.Function):
+    """y = x·dequant(W)ᵀ + b that keeps no dense W for backward: it dequantises again there (as QLoRA
+    does), so training memory holds the 4-bit weights only. The frozen W gets no gradient."""
+
+    @staticmethod
+    def forward(ctx, x, bias, layer):
+        ctx.layer, ctx.has_bias = layer, bias is not None
+        return F.linear(x, layer.weight, bias)
+
+    @staticmethod
+    def backward(ctx, dy):
+        dx = dy @ ctx.layer.weight if ctx.needs_input_grad[0] else None
+        db = dy.reshape(-1, dy.shape[-1]).sum(0) if ctx.needs_input_grad[1] else None
+        return dx, db, None
 
 
 def quantizable_names(model: nn.Module, skip: set[str]) -> list[str]:

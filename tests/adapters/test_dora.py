@@ -5,14 +5,13 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
+from contract import assert_close, randomize
+from models import build, example_input, run
 from torch import nn
 
 import lorakit
-from contract import assert_close, randomize
 from lorakit.adapters import BaseSpec, DoraAdapter, spec_for
 from lorakit.adapters._fused_dora import dora_linear
-from models import build, example_input, run
 
 
 def _dense_norm(adapter: DoraAdapter, weight: torch.Tensor) -> torch.Tensor:
@@ -94,7 +93,7 @@ def test_fused_kernel_matches_autograd_reference(bias, zero_magnitude):
     dy = torch.randn(ref.shape, generator=g, dtype=torch.float64)
     ref.backward(dy)
     out.backward(dy)
-    for name, p, q in zip(["x", "A", "B", "m", "bias"], leaves, ref_leaves):
+    for name, p, q in zip(["x", "A", "B", "m", "bias"], leaves, ref_leaves, strict=False):
         assert_close(p.grad, q.grad, atol=1e-9, msg=f"grad {name}")
 
 
@@ -193,7 +192,7 @@ def test_peft_saved_dora_runs_identically_in_lorakit(case, tmp_path):
     expected = run(theirs, name, x)
     theirs.save_pretrained(tmp_path)
     ours = lorakit.load_adapter(copy.deepcopy(base), tmp_path)
-    assert {a.__class__.__name__ for _, l in lorakit.lora_layers(ours) for a in l.adapters.values()} == {"DoraAdapter"}
+    assert {a.__class__.__name__ for _, layer in lorakit.lora_layers(ours) for a in layer.adapters.values()} == {"DoraAdapter"}
     assert_close(run(ours, name, x), expected, atol=1e-5, msg="lorakit output of a PEFT DoRA")
     lorakit.merge(ours)
     assert_close(run(ours, name, x), expected, atol=1e-4, msg="lorakit merged")

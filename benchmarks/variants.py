@@ -8,14 +8,14 @@
     .venv/bin/python benchmarks/variants.py [--rounds 4 --steps 3 --rank 16]
 """
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001  (_common must load before torch: it sets the allocator)
 
 import argparse
 import copy
 import gc
 import time
 
-from _common import _status, rotated, setup  # noqa: I001  (first: it sets the allocator before torch loads)
+from _common import _status, rotated, setup
 from train_step import build_model, make_step
 
 import torch

@@ -74,9 +74,10 @@ def _reference_dora(x, w, b, a, bb, m, s):
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("zero_magnitude", [False, True])
-def test_fused_kernel_matches_autograd_reference(bias, zero_magnitude):
+@pytest.mark.parametrize("tokens", [(3, 5), (1, 2)])  # more / fewer tokens than inputs: both backward forms
+def test_fused_kernel_matches_autograd_reference(bias, zero_magnitude, tokens):
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(3, 5, 12, generator=g, dtype=torch.float64)
+    x = torch.randn(*tokens, 12, generator=g, dtype=torch.float64)
     w, a, bb = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((7, 12), (4, 12), (7, 4)))
     m = torch.rand(7, generator=g, dtype=torch.float64) + 0.5
     if zero_magnitude:

@@ -8,6 +8,7 @@ differentiates one by one. Here the forward is one base GEMM, the rank-r update 
     dm = Σ_t dy ⊙ z / n = (Σ_t dy ⊙ y − b·Σ_t dy) / m
     dz = dy ⊙ c;  g = dz B
     dx = dz W + s·g A;  dA = s·gᵀ x;  dB = s·dzᵀ u   with u = x Aᵀ saved from the forward
+(dz is never formed when W ⊙ c is smaller: dz W = dy (c ⊙ W), dz B = dy (c ⊙ B), dzᵀu = c ⊙ (dyᵀu).)
 Saved: x (usually alive anyway), u (T×r) and y (the output, which the next op usually keeps too).
 """
 
@@ -39,33 +40,38 @@ class DoraLinearFunction(torch.autograd.Function):
         s = ctx.scale
         need_x, need_w, need_bias, need_a, need_b, need_m = ctx.needs_input_grad[:6]
         dy2 = dy.reshape(-1, dy.shape[-1])
-        dx = dw = dbias = da = db = dm = None
+        w = weight.t() if ctx.fifo else weight  # (out, in)
+        dx = dw = dbias = da = db = dm = prod = None
         dsum = dy2.sum(0) if (need_bias or (need_m and bias is not None)) else None
         if need_bias:
             dbias = dsum
         if need_m:
-            t = (dy2 * y).sum(0)
+            prod = dy2 * y
+            t = prod.sum(0)
             if bias is not None:
                 t -= bias * dsum
             dm = t / magnitude
             zero = (magnitude == 0).nonzero().flatten()
             if zero.numel():  # c = 0 there, so z cannot come from y: recompute those columns
-                w = weight.t() if ctx.fifo else weight
                 z = x2 @ w[zero].t() + s * (u @ lora_b[zero].t())
                 dm[zero] = (dy2[:, zero] * z).sum(0) / norm[zero]
-        dz = dy2 * c
+        col = c[:, None]
+        # dz = dy ⊙ c feeds three products; when there are more tokens than inputs it is cheaper to
+        # scale W and B (out × in, out × r) than to form dz (tokens × out).
+        scale_weights = w.shape[1] < dy2.shape[0]
+        dz = None if scale_weights else (torch.mul(dy2, c, out=prod) if prod is not None else dy2 * c)
         if need_x or need_a:
-            g = dz @ lora_b
+            g = dy2 @ (lora_b * col) if scale_weights else dz @ lora_b
         if need_x:
-            dx = dz @ (weight.t() if ctx.fifo else weight)
+            dx = dy2 @ (w * col) if scale_weights else dz @ w
             dx.addmm_(g, lora_a, alpha=s)
             dx = dx.view(ctx.in_shape)
         if need_a:
             da = torch.mm(g.t(), x2).mul_(s)
         if need_b:
-            db = torch.mm(dz.t(), u).mul_(s)
+            db = torch.mm(dy2.t(), u).mul_(col * s) if scale_weights else torch.mm(dz.t(), u).mul_(s)
         if need_w:
-            dw = dz.t() @ x2
+            dw = torch.mm(dy2.t(), x2).mul_(col) if scale_weights else dz.t() @ x2
             dw = dw.t() if ctx.fifo else dw
         return dx, dw, dbias, da, db, dm, None, None, None
 

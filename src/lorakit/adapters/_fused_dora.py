@@ -5,7 +5,7 @@ differentiates one by one. Here the forward is one base GEMM, the rank-r update 
 (``addmm_``), and the per-output scale and bias applied in place. The backward is written out:
 
     z  = (y − b)/c                   (never stored: recovered from the output)
-    dm = Σ_t dy ⊙ z / n = (Σ_t dy ⊙ y − b·Σ_t dy) / m
+    dm = Σ_t dy ⊙ z / n = (Σ_t dy ⊙ y − b·Σ_t dy) / m     (one fused dot per output column)
     dz = dy ⊙ c;  g = dz B
     dx = dz W + s·g A;  dA = s·gᵀ x;  dB = s·dzᵀ u   with u = x Aᵀ saved from the forward
 (dz is never formed when W ⊙ c is smaller: dz W = dy (c ⊙ W), dz B = dy (c ⊙ B), dzᵀu = c ⊙ (dyᵀu).)
@@ -41,13 +41,12 @@ class DoraLinearFunction(torch.autograd.Function):
         need_x, need_w, need_bias, need_a, need_b, need_m = ctx.needs_input_grad[:6]
         dy2 = dy.reshape(-1, dy.shape[-1])
         w = weight.t() if ctx.fifo else weight  # (out, in)
-        dx = dw = dbias = da = db = dm = prod = None
+        dx = dw = dbias = da = db = dm = None
         dsum = dy2.sum(0) if (need_bias or (need_m and bias is not None)) else None
         if need_bias:
             dbias = dsum
         if need_m:
-            prod = dy2 * y
-            t = prod.sum(0)
+            t = torch.linalg.vecdot(dy2, y, dim=0)  # Σ_t dy ⊙ y without a tokens × out temporary
             if bias is not None:
                 t -= bias * dsum
             dm = t / magnitude
@@ -59,7 +58,7 @@ class DoraLinearFunction(torch.autograd.Function):
         # dz = dy ⊙ c feeds three products; when there are more tokens than inputs it is cheaper to
         # scale W and B (out × in, out × r) than to form dz (tokens × out).
         scale_weights = w.shape[1] < dy2.shape[0]
-        dz = None if scale_weights else (torch.mul(dy2, c, out=prod) if prod is not None else dy2 * c)
+        dz = None if scale_weights else dy2 * c
         if need_x or need_a:
             g = dy2 @ (lora_b * col) if scale_weights else dz @ lora_b
         if need_x:

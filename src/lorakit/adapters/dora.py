@@ -79,11 +79,16 @@ class DoraAdapter(LoraAdapter):
         dtype = torch.promote_types(weight.dtype, torch.float32)
         w2 = self._out_in(weight.detach()).to(dtype)
         out, g = self.spec.out_features, self.spec.groups if self.spec.kind == "conv" else 1
-        a = self.lora_A.detach().reshape(self.r, -1).to(dtype).reshape(g, self.r // g, -1)  # (g, r/g, K)
-        b = self.lora_B.detach().reshape(out, -1).to(dtype).reshape(g, out // g, -1)  # (g, out/g, r/g)
-        wa = torch.bmm(w2.reshape(g, out // g, -1), a.transpose(1, 2))  # (g, out/g, r/g)
-        cross = (wa * b).sum(-1).reshape(out)
-        quad = (torch.bmm(b, torch.bmm(a, a.transpose(1, 2))) * b).sum(-1).reshape(out)
+        a = self.lora_A.detach().reshape(self.r, -1).to(dtype)  # (r, K)
+        b = self.lora_B.detach().reshape(out, -1).to(dtype)  # (out, r/g)
+        if g == 1:  # plain mm: CPU bmm is several times slower for this (out, K) x (K, r) shape
+            wa, aa = w2 @ a.t(), a @ a.t()  # (out, r), (r, r)
+            cross, quad = (wa * b).sum(-1), ((b @ aa) * b).sum(-1)
+        else:  # group i's outputs only see A's rows of group i
+            a, b = a.reshape(g, self.r // g, -1), b.reshape(g, out // g, -1)
+            wa = torch.bmm(w2.reshape(g, out // g, -1), a.transpose(1, 2))  # (g, out/g, r/g)
+            cross = (wa * b).sum(-1).reshape(out)
+            quad = (torch.bmm(b, torch.bmm(a, a.transpose(1, 2))) * b).sum(-1).reshape(out)
         sq = self._weight_sq(weight, w2).to(dtype) + (2 * self.scale) * cross + self.scale ** 2 * quad
         return sq.clamp_min_(0).sqrt_().to(weight.dtype)
 

@@ -32,10 +32,12 @@ CASES = {
     "dora-emb": ("emb", dict(target_modules=["emb", "lin"], r=4, variant="dora")),
     "dora-gpt2-conv1d": ("gpt2", dict(target_modules=["c_attn", "c_proj"], r=4, variant="dora")),
     "dora-llama-rslora": ("llama", dict(target_modules="all-linear", r=4, variant="dora", use_rslora=True)),
+    "dora-gpt2-olora": ("gpt2", dict(target_modules=["c_attn", "c_fc"], r=4, variant="dora", init="olora")),
     # QLoRA (quant.py): 4-bit bases under LoRA and DoRA
     "qlora-nf4-mlp-save": ("mlp", dict(target_modules=["lin0", "lin1"], quantize="nf4", modules_to_save=["head"])),
     "qlora-fp4-nodq-mlp": ("mlp", dict(target_modules=["lin1"], quantize="fp4", double_quant=False)),
-    "qlora-nf4-llama": ("llama", dict(target_modules=["q_proj", "v_proj", "up_proj"], r=4, quantize="nf4")),
+    "qlora-nf4-llama-rslora": ("llama", dict(target_modules=["q_proj", "v_proj", "up_proj"], r=4, quantize="nf4",
+                                             use_rslora=True)),
     "qlora-nf4-gpt2-conv1d": ("gpt2", dict(target_modules=["c_attn"], r=4, quantize="nf4")),
     "qdora-nf4-mlp": ("mlp", dict(target_modules=["lin0", "lin1"], variant="dora", quantize="nf4")),
     "qdora-nf4-llama": ("llama", dict(target_modules="all-linear", r=4, variant="dora", quantize="nf4")),

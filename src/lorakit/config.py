@@ -97,7 +97,8 @@ class LoraConfig:
                 e += _check_regex(f"{name} key", key)
                 if not isinstance(value, (int, float)) or value <= 0 or (cast is int and int(value) != value):
                     e.append(f"{name}[{key!r}]={value!r}: expected a positive {cast.__name__}.")
-        if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
+        if isinstance(self.target_modules, str) and self.target_modules != "all-linear" \
+                and self.layers_to_transform is not None:
             e.append("layers_to_transform cannot be combined with a regex target_modules; "
                      "put the layer indices into the regex instead.")
         ltt = self.layers_to_transform

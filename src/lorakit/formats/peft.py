@@ -28,8 +28,6 @@ PARAM_KEYS = {
     ("linear", "magnitude"): "lora_magnitude_vector", ("conv", "magnitude"): "lora_magnitude_vector",
     ("embedding", "magnitude"): "lora_magnitude_vector",
 }
-#: (layer kind, lorakit parameter) -> PEFT's stored shape; PEFT keeps a conv DoRA magnitude as (1, out, 1, ...)
-PEFT_SHAPES = {("conv", "magnitude"): lambda p, spec: p.view(1, -1, *([1] * len(spec.kernel_size)))}
 #: lorakit config field -> PEFT config field
 CONFIG_KEYS = {
     "r": "r", "alpha": "lora_alpha", "dropout": "lora_dropout", "target_modules": "target_modules",
@@ -42,10 +40,10 @@ INIT_TO_PEFT = {"kaiming": True, "gaussian": "gaussian", "pissa": "pissa", "olor
 UNSUPPORTED = {"lora_bias": False, "layer_replication": None, "target_parameters": None, "use_qalora": False,
                "trainable_token_indices": None, "alora_invocation_tokens": None, "use_bdlora": None,
                }
-#: extra adapter_config.json entry holding lorakit's QLoRA settings (PEFT ignores it with a warning)
-QUANT_KEY, QUANT_FIELDS = "lorakit_quantization", ("quantize", "double_quant", "compute_dtype")
 #: lorakit variant -> PEFT's flag for it (PEFT has no variant field, one boolean per variant)
 VARIANT_FLAGS = {"dora": "use_dora"}
+#: extra adapter_config.json entry holding lorakit's QLoRA settings (PEFT ignores it with a warning)
+QUANT_KEY, QUANT_FIELDS = "lorakit_quantization", ("quantize", "double_quant", "compute_dtype")
 
 
 def peft_key(module_path: str, kind: str, param: str) -> str:
@@ -57,27 +55,80 @@ def peft_key(module_path: str, kind: str, param: str) -> str:
                          f"known: {sorted(PARAM_KEYS)}") from None
 
 
-def adapter_state_dict(model: nn.Module, adapter_name: str = "default") -> dict[str, torch.Tensor]:
-    """The live tensors of one adapter under PEFT's key names (adapter factors, biases, saved copies)."""
+def _entries(model: nn.Module, adapter_name: str):
+    """(PEFT key, live tensor, layer spec or None, lorakit parameter name or None) for one adapter."""
     configs = getattr(model, "lorakit_configs", {})
     if adapter_name not in configs:
         raise ValueError(f"unknown adapter {adapter_name!r}; this model has {sorted(configs)}.")
-    out: dict[str, torch.Tensor] = {}
+    bias = configs[adapter_name].bias
     for path, layer in lora_layers(model):
         if adapter_name in layer.adapters:
             for pname, p in layer.adapters[adapter_name].named_parameters():
-                reshape = PEFT_SHAPES.get((layer.spec.kind, pname))
-                out[peft_key(path, layer.spec.kind, pname)] = reshape(p, layer.spec) if reshape else p
-            if configs[adapter_name].bias == "lora_only" and getattr(layer.base_layer, "bias", None) is not None:
-                out[f"{PREFIX}{path}.base_layer.bias"] = layer.base_layer.bias
-    if configs[adapter_name].bias == "all":
+                yield peft_key(path, layer.spec.kind, pname), p, layer.spec, pname
+            if bias == "lora_only" and getattr(layer.base_layer, "bias", None) is not None:
+                yield f"{PREFIX}{path}.base_layer.bias", layer.base_layer.bias, None, None
+    if bias == "all":
         for pname, p in model_biases(model):
-            out[PREFIX + pname] = p
+            yield PREFIX + pname, p, None, None
     for path, saved in _saved_modules(model):
         if adapter_name in saved.modules_to_save:
             for pname, t in saved.modules_to_save[adapter_name].state_dict(keep_vars=True).items():
-                out[f"{PREFIX}{path}.{pname}"] = t
-    return out
+                yield f"{PREFIX}{path}.{pname}", t, None, None
+
+
+def adapter_state_dict(model: nn.Module, adapter_name: str = "default") -> dict[str, torch.Tensor]:
+    """The live tensors of one adapter under PEFT's key names (adapter factors, biases, saved copies)."""
+    return {key: t for key, t, _, _ in _entries(model, adapter_name)}
+
+
+def _grouped_a_to_peft(spec, a: torch.Tensor) -> torch.Tensor:
+    """lorakit's grouped A (r, in/g, *k) as PEFT's ungrouped A (r, in, *k): block-diagonal, zeros elsewhere."""
+    g, r = spec.groups, a.shape[0]
+    if g == 1:
+        return a
+    full = a.new_zeros(r, spec.in_features, *a.shape[2:])
+    ri, ci = r // g, spec.in_features // g
+    for i in range(g):
+        full[i * ri:(i + 1) * ri, i * ci:(i + 1) * ci] = a[i * ri:(i + 1) * ri]
+    return full
+
+
+def _grouped_a_from_peft(spec, full: torch.Tensor) -> torch.Tensor:
+    g, r = spec.groups, full.shape[0]
+    if g == 1 or full.shape[1] != spec.in_features:
+        return full  # already lorakit's layout (or wrong: the shape check reports it)
+    ri, ci = r // g, spec.in_features // g
+    blocks = [full[i * ri:(i + 1) * ri, i * ci:(i + 1) * ci] for i in range(g)]
+    off = full.abs().sum() - sum(b.abs().sum() for b in blocks)
+    if off > 0:
+        raise ValueError("this PEFT adapter's lora_A on a grouped convolution mixes channel groups (PEFT's layout, "
+                         "which cannot be merged into grouped weights); lorakit keeps grouped convs mergeable and "
+                         "cannot represent it. Exclude the grouped conv from target_modules when training with PEFT.")
+    return torch.cat(blocks)
+
+
+def _magnitude_to_peft(spec, m: torch.Tensor) -> torch.Tensor:
+    """PEFT stores a conv DoRA magnitude as (1, out, 1, ...) (its keepdim norm, transposed)."""
+    return m.reshape(1, -1, *([1] * len(spec.kernel_size)))
+
+
+def _magnitude_from_peft(spec, m: torch.Tensor) -> torch.Tensor:
+    return m.reshape(-1) if m.numel() == spec.out_features else m  # else the shape check reports it
+
+
+#: (layer kind, parameter) -> (to PEFT layout, from PEFT layout), used where the spec needs it
+LAYOUTS = {("conv", "lora_A"): (_grouped_a_to_peft, _grouped_a_from_peft),
+           ("conv", "magnitude"): (_magnitude_to_peft, _magnitude_from_peft)}
+
+
+def _to_peft(spec, pname, t):
+    conv = LAYOUTS.get((spec.kind, pname)) if spec is not None else None
+    return conv[0](spec, t) if conv else t
+
+
+def _from_peft(spec, pname, t):
+    conv = LAYOUTS.get((spec.kind, pname)) if spec is not None else None
+    return conv[1](spec, t) if conv else t
 
 
 def peft_config_dict(model: nn.Module, adapter_name: str = "default", base_model_name_or_path=None) -> dict:
@@ -90,7 +141,7 @@ def peft_config_dict(model: nn.Module, adapter_name: str = "default", base_model
     out.update(peft_type="LORA", task_type=None, base_model_name_or_path=base_model_name_or_path,
                inference_mode=True, fan_in_fan_out=False, lora_bias=False, use_dora=cfg.variant == "dora",
                revision=None, auto_mapping=None, layer_replication=None, megatron_config=None,
-               megatron_core="megatron.core", loftq_config={}, created_with="lorakit")
+               megatron_core="megatron.core", loftq_config={})
     if cfg.quantize != "none":  # PEFT keeps this in the base model; lorakit re-quantises from it on load
         out[QUANT_KEY] = {k: getattr(cfg, k) for k in QUANT_FIELDS}
     return out
@@ -111,7 +162,7 @@ def save_adapter(model: nn.Module, directory: str | Path, adapter_name: str = "d
                  base_model_name_or_path: str | None = None) -> Path:
     """Write ``adapter_name`` as a PEFT adapter directory (loadable by ``peft.PeftModel.from_pretrained``)."""
     directory = Path(directory)
-    tensors = {k: v.detach().cpu() for k, v in adapter_state_dict(model, adapter_name).items()}
+    tensors = {k: _to_peft(spec, pname, v.detach().cpu()) for k, v, spec, pname in _entries(model, adapter_name)}
     write_safetensors(directory / WEIGHTS_FILE, tensors, metadata={"format": "pt"})
     write_json(directory / CONFIG_FILE, peft_config_dict(model, adapter_name, base_model_name_or_path))
     return directory
@@ -166,12 +217,22 @@ def load_adapter(model: nn.Module, path: str | Path, adapter_name: str = "defaul
     config = config_from_peft(json.loads((path / CONFIG_FILE).read_text()))
     grad_flags = [(p, p.requires_grad) for p in model.parameters()]
     inject(model, config, adapter_name, activate=False, trainable=trainable, init=False)
-    live = adapter_state_dict(model, adapter_name)
-    problems = [f"missing key {k} (expected shape {tuple(v.shape)})" for k, v in live.items() if k not in tensors]
+    entries = {key: (t, spec, pname) for key, t, spec, pname in _entries(model, adapter_name)}
+    problems = [f"missing key {k} (expected shape {tuple(t.shape)})" for k, (t, _, _) in entries.items()
+                if k not in tensors]
     problems += [f"unexpected key {k} (shape {tuple(v.shape)}) matches nothing in the model"
-                 for k, v in tensors.items() if k not in live]
-    problems += [f"shape mismatch for {k}: file has {tuple(tensors[k].shape)}, model expects {tuple(v.shape)}"
-                 for k, v in live.items() if k in tensors and tensors[k].shape != v.shape]
+                 for k, v in tensors.items() if k not in entries]
+    converted = {}
+    for key, (t, spec, pname) in entries.items():
+        if key in tensors:
+            try:
+                converted[key] = _from_peft(spec, pname, tensors[key])
+            except ValueError as exc:
+                problems.append(f"{key}: {exc}")
+                continue
+            if converted[key].shape != t.shape:
+                problems.append(f"shape mismatch for {key}: file has {tuple(tensors[key].shape)}, "
+                                f"model expects {tuple(t.shape)}")
     if problems:
         delete_adapter(model, adapter_name)
         for p, flag in grad_flags:
@@ -179,8 +240,8 @@ def load_adapter(model: nn.Module, path: str | Path, adapter_name: str = "defaul
         raise ValueError(f"adapter at {path} does not fit this model ({len(problems)} problems); the model was "
                          "left unchanged. Is it for another base model?\n  - " + "\n  - ".join(problems[:50]))
     with torch.no_grad():
-        for key, target in live.items():
-            target.copy_(tensors[key].to(target.dtype))
+        for key, (target, _, _) in entries.items():
+            target.copy_(converted[key].to(target.dtype))
     if activate:
         from ..model import set_active_adapters
 

@@ -4,12 +4,13 @@ Quantisation is a property of the frozen *base* weight, not an adapter: ``Linear
 ``nn.Linear`` whose weight is stored packed and dequantised per forward, so LoRA, DoRA and any
 other variant run on it unchanged (y = x·dequant(W)ᵀ + b + adapter(x)).
 
-Storage follows bitsandbytes' reference algorithm, so packed bytes are reproducible:
+Storage follows bitsandbytes' reference algorithm (``backends/default/ops.py``); codes, scales and
+packed bytes are bit-identical to it (tests/test_quant.py checks this when bitsandbytes is installed):
 
 1. the weight is flattened row-major into blocks of 64 (a block may span rows; the tail is its own);
 2. absmax = max|x| per block; x/absmax is rounded to the nearest code of the 16-value codebook
    (NF4: quantiles of N(0,1), exact float32 values below; FP4: E2M1 in bnb's bit order);
-3. two codes per byte, the even element in the high nibble;
+3. two codes per byte, the even element in the high nibble (an odd tail is padded with the code of 0);
 4. double quantisation: the fp32 absmax values minus their mean are quantised again with bnb's
    signed 8-bit dynamic map in blocks of 256, keeping one fp32 absmax per 256 blocks and the mean.
 
@@ -59,11 +60,9 @@ DYNAMIC = dynamic_map()
 
 
 def _nearest(x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest code value (ties to the lower value; duplicate values use the first index)."""
+    """Index of the nearest code value: bucketize at the midpoints of the stably sorted codebook, as
+    bitsandbytes' reference does (so FP4's +0/−0 tie goes to −0 for x > 0 and to +0 otherwise)."""
     values, order = torch.sort(code, stable=True)
-    keep = torch.ones_like(values, dtype=torch.bool)
-    keep[1:] = values[1:] != values[:-1]
-    values, order = values[keep], order[keep]
     mids = (values[1:] + values[:-1]) / 2
     pos = torch.bucketize(x.reshape(-1), mids, out_int32=True)
     if torch.equal(order, torch.arange(order.numel(), device=order.device)):
@@ -77,8 +76,12 @@ def quantize_blockwise(x: torch.Tensor, code: torch.Tensor, block: int) -> tuple
     pad = (-flat.numel()) % block
     blocks = F.pad(flat, (0, pad)).view(-1, block)
     absmax = blocks.abs().amax(1).clamp_min(1e-38)  # an all-zero block would otherwise divide by 0
-    scaled = (blocks / absmax[:, None]).clamp_(-1, 1)
-    idx = _nearest(scaled, code.to(scaled.device))
+    # bitsandbytes' reference multiplies full blocks by 1/absmax but divides the tail block; the two
+    # differ in the last bit, which decides values sitting on a midpoint, so do exactly the same.
+    scaled = blocks * (1.0 / absmax)[:, None]
+    if pad:
+        scaled[-1] = blocks[-1] / absmax[-1]
+    idx = _nearest(scaled.clamp_(-1, 1), code.to(scaled.device))
     return idx.reshape(-1)[: flat.numel()], absmax
 
 
@@ -95,9 +98,10 @@ def _scale_blocks(vals: torch.Tensor, absmax: torch.Tensor, block: int) -> torch
     return vals.view(-1, block).mul_(absmax[:, None]).view(-1)
 
 
-def pack_nibbles(idx: torch.Tensor) -> torch.Tensor:
-    """Two 4-bit codes per byte, element 2k in the high nibble, 2k+1 in the low one (odd tail padded with 0)."""
-    idx = F.pad(idx.to(torch.uint8), (0, idx.numel() % 2))
+def pack_nibbles(idx: torch.Tensor, pad_code: int = 0) -> torch.Tensor:
+    """Two 4-bit codes per byte, element 2k in the high nibble, 2k+1 in the low one (an odd tail is
+    padded with ``pad_code``; bitsandbytes pads with the code of 0.0)."""
+    idx = F.pad(idx.to(torch.uint8), (0, idx.numel() % 2), value=pad_code)
     return (idx[0::2] << 4) | idx[1::2]
 
 
@@ -125,7 +129,8 @@ class Linear4bit(nn.Linear):
         self.out_features, self.in_features = weight.shape
         self.quant_type, self.double_quant, self.compute_dtype = quant_type, double_quant, compute_dtype
         idx, absmax = quantize_blockwise(weight, CODEBOOKS[quant_type], BLOCK)
-        self.register_buffer("qweight", pack_nibbles(idx))
+        zero = int(_nearest(torch.zeros(1), CODEBOOKS[quant_type]))
+        self.register_buffer("qweight", pack_nibbles(idx, zero))
         if double_quant:
             offset = absmax.mean()
             q, absmax2 = quantize_blockwise(absmax - offset, DYNAMIC, DQ_BLOCK)

@@ -68,9 +68,13 @@ class LoraLayer(nn.Module):
     @torch.no_grad()
     def merged_weight(self, names: list[str] | None = None):
         """The base weight with the given (default: active) unmerged adapters folded in; changes nothing."""
-        new = self.base_layer.weight.detach()
+        stored = new = self.base_layer.weight.detach()
         for name in self._pending(names):
-            new = self.adapters[name].merge(new, self.active.get(name, 1.0))
+            adapter = self.adapters[name]
+            if getattr(adapter, "merge_reads_base", False):  # e.g. DoRA's norm is of the stored weight
+                new = adapter.merge(new, self.active.get(name, 1.0), base_weight=stored)
+            else:
+                new = adapter.merge(new, self.active.get(name, 1.0))
         return new
 
     @torch.no_grad()

@@ -197,3 +197,22 @@ def test_peft_saved_dora_runs_identically_in_lorakit(case, tmp_path):
     assert_close(run(ours, name, x), expected, atol=1e-5, msg="lorakit output of a PEFT DoRA")
     lorakit.merge(ours)
     assert_close(run(ours, name, x), expected, atol=1e-4, msg="lorakit merged")
+
+
+@pytest.mark.parametrize("order", [("lora", "dora"), ("dora", "lora"), ("dora", "dora2")])
+def test_stacked_adapters_merge_exactly(order):
+    torch.manual_seed(0)
+    model = build("mlp")
+    for name in order:
+        variant = "lora" if name == "lora" else "dora"
+        lorakit.inject(model, lorakit.LoraConfig(target_modules=["lin0", "lin1"], variant=variant), name)
+    randomize(model)
+    lorakit.set_active_adapters(model, {order[0]: 0.7, order[1]: 1.0})
+    x = example_input("mlp")
+    before = {n: layer.weight.detach().clone() for n, layer in lorakit.lora_layers(model)}
+    expected = model(x)
+    lorakit.merge(model)
+    assert_close(model(x), expected, atol=1e-5, msg="merged stack")
+    lorakit.unmerge(model)
+    for n, layer in lorakit.lora_layers(model):
+        assert_close(layer.weight, before[n], atol=1e-6, msg=f"unmerge {n}")

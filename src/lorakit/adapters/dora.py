@@ -18,8 +18,9 @@ write, tracked by torch's version counter); W Aᵀ costs out·in·r FLOPs once p
 
 Strength σ (ComfyUI-style adapter weight) interpolates in weight space: W_σ = W + σ·(W' − W).
 Merging writes W_σ and remembers c, so unmerge is exact: W = (W_σ − σ·c·s·BA)/(1 − σ + σ·c).
-With several adapters on one layer DoRA rescales the output accumulated before it (as PEFT does);
-merged and unmerged outputs agree exactly when DoRA is the layer's only active adapter.
+With several adapters on one layer DoRA rescales the output accumulated before it (as PEFT does)
+and its norm is always that of the layer's stored weight, in the forward and in ``merge`` alike, so
+a stack such as LoRA + DoRA gives the same output merged and unmerged, in any order.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class DoraAdapter(LoraAdapter):
     """LoRA factors plus a trainable magnitude ``magnitude`` (shape (out,)); see module docstring."""
 
     fusable = False  # the plain-LoRA kernel does not apply; ``fused_forward`` is DoRA's own
+    merge_reads_base = True  # LoraLayer passes the stored base weight to ``merge``
 
     def __init__(self, spec: BaseSpec, r: int, alpha: float, dropout: float = 0.0,
                  use_rslora: bool = False, init: str | None = "kaiming", base: nn.Module | None = None):
@@ -137,8 +139,11 @@ class DoraAdapter(LoraAdapter):
         return c.view(-1, *([1] * (weight.dim() - 1)))
 
     @torch.no_grad()
-    def merge(self, weight: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
-        c = self._scale_vector(weight).detach().to(weight.dtype)
+    def merge(self, weight: torch.Tensor, strength: float = 1.0,
+              base_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """W + σ·(c ⊙ (W + s·BA) − W), with c = m/‖W_stored + s·BA‖ from the layer's stored weight
+        (``base_weight``, as the forward uses), so stacks with other adapters merge exactly."""
+        c = self._scale_vector(weight if base_weight is None else base_weight).detach().to(weight.dtype)
         delta = self.delta_weight().detach().to(weight.dtype)
         denom = 1 - strength + strength * c
         self._merged_scale = c

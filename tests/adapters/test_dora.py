@@ -216,3 +216,19 @@ def test_stacked_adapters_merge_exactly(order):
     lorakit.unmerge(model)
     for n, layer in lorakit.lora_layers(model):
         assert_close(layer.weight, before[n], atol=1e-6, msg=f"unmerge {n}")
+
+
+def test_unmerge_restores_rows_merge_cannot_invert():
+    # strength 2 and c = 1/2 make 1 − σ + σc = 0: that row of the merged weight no longer depends on W
+    torch.manual_seed(0)
+    model = lorakit.inject(build("mlp"), lorakit.LoraConfig(target_modules=["lin0"], variant="dora"))
+    randomize(model)
+    layer, adapter = model.lin0, model.lin0.adapters["default"]
+    with torch.no_grad():
+        adapter.magnitude[3] = adapter.weight_norm(layer.weight)[3] / 2
+    lorakit.set_active_adapters(model, {"default": 2.0})
+    before = layer.weight.detach().clone()
+    lorakit.merge(model)
+    lorakit.unmerge(model)
+    assert torch.isfinite(layer.weight).all()
+    assert_close(layer.weight, before, atol=1e-6, msg="unmerge with a singular row")

@@ -50,8 +50,8 @@ class DoraLinearFunction(torch.autograd.Function):
             if bias is not None:
                 t -= bias * dsum
             dm = t / magnitude
-            zero = (magnitude == 0).nonzero().flatten()
-            if zero.numel():  # c = 0 there, so z cannot come from y: recompute those columns
+            if not magnitude.all():  # c = 0 somewhere, so z cannot come from y: recompute those columns
+                zero = (magnitude == 0).nonzero().flatten()
                 z = x2 @ w[zero].t() + s * (u @ lora_b[zero].t())
                 dm[zero] = (dy2[:, zero] * z).sum(0) / norm[zero]
         col = c[:, None]

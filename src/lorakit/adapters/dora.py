@@ -70,7 +70,12 @@ class DoraAdapter(LoraAdapter):
         return weight.reshape(weight.shape[0], -1)
 
     def _weight_sq(self, weight: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
-        key = (weight.data_ptr(), weight._version, weight.dtype, tuple(weight.shape))
+        # Only a Parameter has a stable identity; temporaries (merge inputs, dequantised 4-bit weights)
+        # could reuse a freed address, so they are never cached. Writes through ``.data`` bypass the
+        # version counter: change base weights with ``copy_`` under no_grad (as LoraLayer.merge does).
+        if not isinstance(weight, nn.Parameter):
+            return w2.pow(2).sum(1)
+        key = (id(weight), weight.data_ptr(), weight._version, weight.dtype, tuple(weight.shape))
         if self._wsq is None or self._wsq[0] != key:
             self._wsq = (key, w2.pow(2).sum(1))
         return self._wsq[1]
@@ -83,16 +88,18 @@ class DoraAdapter(LoraAdapter):
         out, g = self.spec.out_features, self.spec.groups if self.spec.kind == "conv" else 1
         a = self.lora_A.detach().reshape(self.r, -1).to(dtype)  # (r, K)
         b = self.lora_B.detach().reshape(out, -1).to(dtype)  # (out, r/g)
+        s = self.scale
+        # 2s·rowsum((W Aᵀ) ⊙ B) + s²·rowsum((B A Aᵀ) ⊙ B) = rowsum(P ⊙ B), P = 2s·W Aᵀ + s²·B (A Aᵀ):
+        # few, fused ops, since this runs for every adapted layer on every step
         if g == 1:  # plain mm: CPU bmm is several times slower for this (out, K) x (K, r) shape
-            wa, aa = w2 @ a.t(), a @ a.t()  # (out, r), (r, r)
-            cross, quad = (wa * b).sum(-1), ((b @ aa) * b).sum(-1)
+            p = torch.addmm(w2 @ a.t(), b, a @ a.t(), beta=2 * s, alpha=s * s)  # (out, r)
+            both = torch.linalg.vecdot(p, b)
         else:  # group i's outputs only see A's rows of group i
             a, b = a.reshape(g, self.r // g, -1), b.reshape(g, out // g, -1)
-            wa = torch.bmm(w2.reshape(g, out // g, -1), a.transpose(1, 2))  # (g, out/g, r/g)
-            cross = (wa * b).sum(-1).reshape(out)
-            quad = (torch.bmm(b, torch.bmm(a, a.transpose(1, 2))) * b).sum(-1).reshape(out)
-        sq = self._weight_sq(weight, w2).to(dtype) + (2 * self.scale) * cross + self.scale ** 2 * quad
-        return sq.clamp_min_(0).sqrt_().to(weight.dtype)
+            p = torch.baddbmm(torch.bmm(w2.reshape(g, out // g, -1), a.transpose(1, 2)), b,
+                              torch.bmm(a, a.transpose(1, 2)), beta=2 * s, alpha=s * s)  # (g, out/g, r/g)
+            both = torch.linalg.vecdot(p, b).reshape(out)
+        return both.add_(self._weight_sq(weight, w2).to(dtype)).clamp_min_(0).sqrt_().to(weight.dtype)
 
     # -- protocol ----------------------------------------------------------------------------------
     def _scale_vector(self, weight: torch.Tensor) -> torch.Tensor:

@@ -79,14 +79,16 @@ def main():
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--rank", type=int, default=16)
-    ap.add_argument("--skip-qlora-step", action="store_true")
+    ap.add_argument("--skip-qlora-step", action="store_true", help="QLoRA steps dequantise every matmul: slow on CPU")
+    ap.add_argument("--only", default="", help="comma-separated subset of step candidates, e.g. floor,lora,dora")
+    ap.add_argument("--no-memory", action="store_true", help="skip the QLoRA memory/quantise section")
     args = ap.parse_args()
     setup(2)
     import peft
 
     import lorakit
 
-    mem = qlora_memory(args.rank)
+    mem = None if args.no_memory else qlora_memory(args.rank)
     base = build_model()
     batch = torch.randint(0, 8000, (4, 256))
     cfg = dict(r=args.rank, alpha=2 * args.rank, target_modules="all-linear")
@@ -94,16 +96,17 @@ def main():
     def ours(**extra):
         return lorakit.inject(copy.deepcopy(base), lorakit.LoraConfig(**cfg, **extra))
 
-    steps = {
-        "floor": _floor_step(copy.deepcopy(base), batch),
-        "lora": make_step(ours(), batch),
-        "lora+": _loraplus_step(ours(), batch),
-        "dora": make_step(ours(variant="dora"), batch),
-        "peft-dora": make_step(peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(
+    builders = {
+        "floor": lambda: _floor_step(copy.deepcopy(base), batch),
+        "lora": lambda: make_step(ours(), batch),
+        "lora+": lambda: _loraplus_step(ours(), batch),
+        "dora": lambda: make_step(ours(variant="dora"), batch),
+        "peft-dora": lambda: make_step(peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(
             r=args.rank, lora_alpha=2 * args.rank, target_modules="all-linear", use_dora=True)), batch),
+        "qlora-nf4": lambda: make_step(ours(quantize="nf4"), batch),
     }
-    if not args.skip_qlora_step:
-        steps["qlora-nf4"] = make_step(ours(quantize="nf4"), batch)
+    wanted = args.only.split(",") if args.only else [n for n in builders if n != "qlora-nf4" or not args.skip_qlora_step]
+    steps = {n: builders[n]() for n in wanted}
     for fn in steps.values():  # warm-up (allocates optimizer state)
         fn()
     ms = rotated(steps, rounds=args.rounds, steps=args.steps)
@@ -113,12 +116,14 @@ def main():
     print(f"{'':12s}{'step ms':>10s}{'/ floor':>9s}")
     for name in steps:
         print(f"{name:12s}{ms[name]:10.1f}{ms[name] / ms['floor']:9.3f}")
-    print(f"dora / floor      = {ms['dora'] / ms['floor']:.3f}   (goal <= 1.15)")
-    print(f"dora / peft-dora  = {ms['dora'] / ms['peft-dora']:.3f}   (goal <= 0.80)")
-    print(f"peft-dora / floor = {ms['peft-dora'] / ms['floor']:.3f}")
-    print(f"lora+ / lora      = {ms['lora+'] / ms['lora']:.3f}   (LoRA+ overhead per step)")
-    if "qlora-nf4" in ms:
-        print(f"qlora-nf4 / lora  = {ms['qlora-nf4'] / ms['lora']:.3f}   (dequantise per matmul, no GPU kernel)")
+    ratios = [("dora", "floor", "(goal <= 1.15)"), ("dora", "peft-dora", "(goal <= 0.80)"), ("peft-dora", "floor", ""),
+              ("dora", "lora", ""), ("lora+", "lora", "(LoRA+ overhead per step)"),
+              ("qlora-nf4", "lora", "(dequantise per matmul, no GPU kernel)")]
+    for a, b, note in ratios:
+        if a in ms and b in ms:
+            print(f"{a + ' / ' + b:18s}= {ms[a] / ms[b]:.3f}   {note}")
+    if mem is None:
+        return
     print(f"QLoRA NF4+DQ: {mem['per_param']:.4f} bytes per base linear weight (goal <= 0.52) over "
           f"{mem['n_layers']} layers / {mem['linear_params'] / 1e6:.1f}M weights")
     print(f"  model storage fp32 {mem['bytes_fp32'] / 2**20:.1f} MiB -> {mem['bytes_q'] / 2**20:.1f} MiB "

@@ -3,11 +3,11 @@
 import json
 
 import pytest
+from models import build
 from safetensors.torch import load_file
 
 import lorakit
 from lorakit.formats.peft import config_from_peft
-from models import build
 
 
 def test_dora_magnitude_keys_and_peft_shapes(tmp_path):

@@ -46,6 +46,15 @@ class PeakRSS:
         self.peak = _status("VmHWM") - self.start
 
 
+def peak_in_subprocess(script: str, *args: str) -> int:
+    """Peak RSS growth (bytes) reported by ``script --peak-of ARGS`` run in a fresh interpreter, so
+    every candidate starts from a clean heap (fork would deadlock torch's OpenMP pool)."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, script, "--peak-of", *args], check=True, capture_output=True, text=True)
+    return int(out.stdout.strip().splitlines()[-1])
+
+
 def median_ms(fn, steps: int) -> float:
     times = []
     for _ in range(steps):
@@ -64,3 +73,21 @@ def rotated(candidates: dict, rounds: int, steps: int) -> dict[str, float]:
         for n in order:
             per[n].append(median_ms(candidates[n], steps))
     return {n: statistics.median(v) for n, v in per.items()}
+
+
+def saved_bytes(fn, model) -> int:
+    """Activation bytes autograd keeps for backward during ``fn()``: distinct storages, not counting
+    ``model``'s parameters (resident anyway)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in params:
+            st = t.untyped_storage()
+            seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    del out
+    return sum(seen.values())

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import time
 
-from _common import PeakRSS, rotated, setup
+from _common import PeakRSS, peak_in_subprocess, rotated, saved_bytes, setup
 
 import torch
 
@@ -26,13 +27,41 @@ def build_model():
     return LlamaForCausalLM(cfg).float().eval()  # eval: no dropout anywhere, same work for all three
 
 
-def make_step(model, batch):
+def build_candidates(rank: int):
+    """The three models (frozen floor, lorakit, PEFT), their step functions and injection times."""
+    import peft
+
+    import lorakit
+
+    base = build_model()
+    batch = torch.randint(0, 8000, (4, 256), generator=torch.Generator().manual_seed(0))
+    floor = copy.deepcopy(base)
+    for p in floor.parameters():
+        p.requires_grad_(False)
+    m_lk, m_pf = copy.deepcopy(base), copy.deepcopy(base)
+    t = time.perf_counter()
+    lorakit.inject(m_lk, lorakit.LoraConfig(r=rank, alpha=2 * rank, target_modules="all-linear"))
+    inject_lk = time.perf_counter() - t
+    t = time.perf_counter()
+    m_pf = peft.get_peft_model(m_pf, peft.LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear"))
+    inject_pf = time.perf_counter() - t
+
+    def floor_loss():  # the embedding output requires grad so the frozen model still builds a graph
+        return floor(inputs_embeds=floor.get_input_embeddings()(batch).requires_grad_(), labels=batch).loss
+
+    models = {"floor": floor, "lorakit": m_lk, "peft": m_pf}
+    losses = {"floor": floor_loss, "lorakit": lambda: m_lk(input_ids=batch, labels=batch).loss,
+              "peft": lambda: m_pf(input_ids=batch, labels=batch).loss}
+    steps = {name: make_step(models[name], losses[name]) for name in models}
+    return models, losses, steps, {"lorakit": inject_lk, "peft": inject_pf}
+
+
+def make_step(model, loss_fn):
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4) if params else None
 
     def step():
-        out = model(input_ids=batch, labels=batch)
-        out.loss.backward()
+        loss_fn().backward()
         if opt is not None:
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -44,53 +73,36 @@ def main():
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--peak-of", help=argparse.SUPPRESS)
     args = ap.parse_args()
     setup(2)
+    if args.peak_of:  # child mode: one warm-up step, then the peak RSS of one more step
+        _, _, steps, _ = build_candidates(args.rank)
+        steps[args.peak_of]()
+        with PeakRSS() as p:
+            steps[args.peak_of]()
+        print(p.peak)
+        return
     import peft
 
-    import lorakit
-
-    base = build_model()
-    batch = torch.randint(0, 8000, (4, 256))
-
-    floor = copy.deepcopy(base)
-    for p in floor.parameters():
-        p.requires_grad_(False)
-    floor.get_input_embeddings().weight.requires_grad_(False)
-
-    m_lk, m_pf = copy.deepcopy(base), copy.deepcopy(base)
-    t = time.perf_counter()
-    lorakit.inject(m_lk, lorakit.LoraConfig(r=args.rank, alpha=2 * args.rank, target_modules="all-linear"))
-    inject_lk = time.perf_counter() - t
-    t = time.perf_counter()
-    m_pf = peft.get_peft_model(m_pf, peft.LoraConfig(r=args.rank, lora_alpha=2 * args.rank,
-                                                    target_modules="all-linear"))
-    inject_pf = time.perf_counter() - t
-
-    # The floor must still build a graph: let the input embedding output require grad.
-    def floor_step_fn():
-        emb = floor.get_input_embeddings()(batch).requires_grad_()
-        floor(inputs_embeds=emb, labels=batch).loss.backward()
-
-    steps = {"floor": floor_step_fn, "lorakit": make_step(m_lk, batch), "peft": make_step(m_pf, batch)}
+    models, losses, steps, inject_s = build_candidates(args.rank)
     for fn in steps.values():  # warm-up (allocates optimizer state)
         fn()
-    mem = {}
-    for name, fn in steps.items():
-        with PeakRSS() as p:
-            fn()
-        mem[name] = p.peak / 2**20
+    saved = {name: saved_bytes(losses[name], models[name]) / 2**20 for name in models}
+    mem = {name: statistics.median(peak_in_subprocess(__file__, name, "--rank", str(args.rank)) for _ in range(3))
+           / 2**20 for name in models}
     ms = rotated(steps, rounds=args.rounds, steps=args.steps)
-    print(f"torch {torch.__version__}, peft {peft.__version__}, threads {torch.get_num_threads()}, r={args.rank}")
-    print(f"{'':10s}{'step ms':>10s}{'peak MiB':>10s}")
-    for name in steps:
-        print(f"{name:10s}{ms[name]:10.1f}{mem[name]:10.1f}")
+    print(f"torch {torch.__version__}, peft {peft.__version__}, threads {torch.get_num_threads()}, r={args.rank}, "
+          f"{args.rounds} rotated rounds x {args.steps} steps")
+    print(f"{'':10s}{'step ms':>10s}{'peak MiB':>10s}{'saved activations MiB':>24s}")
+    for name in models:
+        print(f"{name:10s}{ms[name]:10.1f}{mem[name]:10.1f}{saved[name]:24.1f}")
     print(f"lorakit / floor = {ms['lorakit'] / ms['floor']:.3f}   (goal <= 1.10)")
     print(f"lorakit / peft  = {ms['lorakit'] / ms['peft']:.3f}   (goal <= 0.90)")
     print(f"peft / floor    = {ms['peft'] / ms['floor']:.3f}")
     print(f"peak memory lorakit / peft = {mem['lorakit'] / mem['peft']:.3f}   (goal <= 1.00)")
-    print(f"injection: lorakit {1e3 * inject_lk:.1f} ms, peft {1e3 * inject_pf:.1f} ms, "
-          f"ratio {inject_lk / inject_pf:.3f}   (goal <= 0.5)")
+    print(f"injection: lorakit {1e3 * inject_s['lorakit']:.1f} ms, peft {1e3 * inject_s['peft']:.1f} ms, "
+          f"ratio {inject_s['lorakit'] / inject_s['peft']:.3f}   (goal <= 0.5)")
 
 
 if __name__ == "__main__":

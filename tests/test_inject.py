@@ -113,3 +113,17 @@ def test_inject_does_not_touch_other_models():
     lorakit.inject(copy.deepcopy(base), lorakit.LoraConfig(target_modules=["lin0"], init="pissa"))
     for k, v in base.state_dict().items():
         assert torch.equal(v, before[k])
+
+
+def test_second_all_linear_adapter_reaches_wrapped_layers():
+    m = lorakit.inject(build("llama"), lorakit.LoraConfig(target_modules=["q_proj"]))
+    lorakit.inject(m, lorakit.LoraConfig(target_modules="all-linear"), adapter_name="b")
+    layers = dict(lorakit.lora_layers(m))
+    assert len(layers) == 14 and list(layers["model.layers.0.self_attn.q_proj"].adapters) == ["default", "b"]
+
+
+def test_user_module_named_adapters_is_still_targetable():
+    model = torch.nn.Sequential()
+    model.add_module("adapters", torch.nn.Linear(3, 3))
+    lorakit.inject(model, lorakit.LoraConfig(target_modules=["adapters"]))
+    assert [n for n, _ in lorakit.lora_layers(model)] == ["adapters"]

@@ -70,15 +70,15 @@ def resolve_targets(model: nn.Module, config: LoraConfig) -> list[str]:
     ltt = config.layers_to_transform
     ltt = [ltt] if isinstance(ltt, int) else ltt
     names = []
-    for name, module in model.named_modules():
-        if not name or isinstance(module, (SavedModule,)) or _inside_wrapper(name, model):
-            continue
-        if any(name == s or name.endswith("." + s) or ("." + s + ".") in ("." + name) for s in saved):
+    for name, module in plain_modules(model):
+        if isinstance(module, SavedModule) or _name_matches(name, saved) or \
+                any(("." + s + ".") in ("." + name) for s in saved):
             continue
         if config.exclude_modules is not None and _name_matches(name, config.exclude_modules):
             continue
         if selector == "all-linear":
-            if not isinstance(module, _LINEAR) or name in heads:
+            layer = module.base_layer if isinstance(module, LoraLayer) else module
+            if not isinstance(layer, _LINEAR) or name in heads:
                 continue
         elif not _name_matches(name, selector):
             continue
@@ -91,13 +91,19 @@ def resolve_targets(model: nn.Module, config: LoraConfig) -> list[str]:
     return names
 
 
-def _inside_wrapper(name: str, model: nn.Module) -> bool:
-    return ".base_layer" in name or ".adapters." in name or name.endswith(".adapters") or \
-        ".original_module" in name or ".modules_to_save" in name
+def plain_modules(model: nn.Module):
+    """(name, module) for the user's own modules: wrappers are listed, their insides are not."""
+    inside: list[str] = []
+    for name, module in model.named_modules():
+        if not name or any(name.startswith(p) for p in inside):
+            continue
+        if isinstance(module, (LoraLayer, SavedModule)):
+            inside.append(name + ".")
+        yield name, module
 
 
 def _module_listing(model: nn.Module, limit: int = 60) -> str:
-    items = [f"{n} ({type(m).__name__})" for n, m in model.named_modules() if n and not _inside_wrapper(n, model)]
+    items = [f"{n} ({type(m).__name__})" for n, m in plain_modules(model)]
     more = f", ... ({len(items) - limit} more)" if len(items) > limit else ""
     return ", ".join(items[:limit]) + more
 
@@ -219,8 +225,7 @@ def _quantizer(model: nn.Module, config: LoraConfig) -> dict:
 
 
 def _add_saved_copy(model: nn.Module, name: str, adapter_name: str) -> None:
-    hits = [n for n, m in model.named_modules()
-            if (n == name or n.endswith("." + name)) and not _inside_wrapper(n, model)]
+    hits = [n for n, _ in plain_modules(model) if n == name or n.endswith("." + name)]
     if not hits:
         raise ValueError(f"modules_to_save entry {name!r} matched no module. "
                          f"Modules in this model: {_module_listing(model)}")

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, LoraConfig
-from ..inject import _inside_wrapper, _name_matches, inject, model_biases
+from ..inject import _name_matches, inject, model_biases, plain_modules
 from ..model import _saved_modules, delete_adapter, lora_layers
 from ._io import read_safetensors, write_json, write_safetensors
 
@@ -153,7 +153,7 @@ def _portable_targets(model: nn.Module, cfg: LoraConfig, adapter_name: str):
         return sorted(cfg.target_modules) if not isinstance(cfg.target_modules, str) else cfg.target_modules
     chosen = {p for p, layer in lora_layers(model) if adapter_name in layer.adapters}
     leaves = sorted({p.rsplit(".", 1)[-1] for p in chosen})
-    names = [n for n, _ in model.named_modules() if n and not _inside_wrapper(n, model)]
+    names = [n for n, _ in plain_modules(model)]
     exact = {n for n in names if _name_matches(n, leaves)} == chosen
     return leaves if exact else sorted(chosen)
 

@@ -220,11 +220,11 @@ class _Linear4bitFunction(torch.autograd.Function):
 
 def quantizable_names(model: nn.Module, skip: set[str]) -> list[str]:
     """Linear/Conv1D modules QLoRA quantises: all of them except names in ``skip`` and modules inside wrappers."""
-    from .inject import _LINEAR, _inside_wrapper
+    from .inject import _LINEAR, plain_modules
 
-    return [n for n, m in model.named_modules()
-            if n and isinstance(m, _LINEAR) and not getattr(m, "is_quantized", False) and n not in skip
-            and not _inside_wrapper(n, model) and not any(n.startswith(s + ".") for s in skip)]
+    return [n for n, m in plain_modules(model)
+            if isinstance(m, _LINEAR) and not getattr(m, "is_quantized", False) and n not in skip
+            and not any(n.startswith(s + ".") for s in skip)]
 
 
 def quantize_model(model: nn.Module, quant_type: str = "nf4", double_quant: bool = True,

@@ -31,6 +31,10 @@ def _floor_step(model, batch):
     return step
 
 
+def _lm_step(model, batch):
+    return make_step(model, lambda: model(input_ids=batch, labels=batch).loss)
+
+
 def _loraplus_step(model, batch):
     from lorakit.loraplus import create_loraplus_optimizer
 
@@ -98,12 +102,12 @@ def main():
 
     builders = {
         "floor": lambda: _floor_step(copy.deepcopy(base), batch),
-        "lora": lambda: make_step(ours(), batch),
+        "lora": lambda: _lm_step(ours(), batch),
         "lora+": lambda: _loraplus_step(ours(), batch),
-        "dora": lambda: make_step(ours(variant="dora"), batch),
-        "peft-dora": lambda: make_step(peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(
+        "dora": lambda: _lm_step(ours(variant="dora"), batch),
+        "peft-dora": lambda: _lm_step(peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(
             r=args.rank, lora_alpha=2 * args.rank, target_modules="all-linear", use_dora=True)), batch),
-        "qlora-nf4": lambda: make_step(ours(quantize="nf4"), batch),
+        "qlora-nf4": lambda: _lm_step(ours(quantize="nf4"), batch),
     }
     wanted = args.only.split(",") if args.only else [n for n in builders if n != "qlora-nf4" or not args.skip_qlora_step]
     steps = {n: builders[n]() for n in wanted}

@@ -71,7 +71,7 @@ def _nearest(x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
 
 
 def quantize_blockwise(x: torch.Tensor, code: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flatten ``x``, scale each ``block`` by its absmax, round to ``code``: (indices (int64), absmax fp32)."""
+    """Flatten ``x``, scale each ``block`` by its absmax, round to ``code``: (indices (int32), absmax fp32)."""
     flat = x.detach().reshape(-1).float()
     pad = (-flat.numel()) % block
     blocks = F.pad(flat, (0, pad)).view(-1, block)

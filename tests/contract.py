@@ -10,6 +10,7 @@ import copy
 import torch
 
 import lorakit
+from lorakit.quant import quantize_model
 from models import build, example_input, run
 
 ATOL = 1e-5
@@ -17,6 +18,10 @@ ATOL = 1e-5
 
 def make(model_name: str, cfg: dict, seed: int = 0):
     base = build(model_name, seed)
+    if cfg.get("quantize", "none") != "none":  # QLoRA: "the base" is the 4-bit model the adapter sits on
+        skip = {n for n, _ in base.named_modules() if n.split(".")[-1] in (cfg.get("modules_to_save") or [])}
+        skip |= {n for n, m in base.named_modules() if m is getattr(base, "get_output_embeddings", lambda: None)()}
+        quantize_model(base, cfg["quantize"], cfg.get("double_quant", True), skip=skip)
     model = lorakit.inject(copy.deepcopy(base), lorakit.LoraConfig(**cfg))
     return base, model
 

@@ -38,6 +38,23 @@ CASES = {
     "adalora-mlp": ("mlp", dict(variant="adalora", target_modules=["lin0", "lin1"], r=4, dropout=0.1)),
     "adalora-conv": ("conv", dict(variant="adalora", target_modules=CONVS, r=4, modules_to_save=["head"])),
     "adalora-gpt2": ("gpt2", dict(variant="adalora", target_modules=["c_attn", "c_proj"], r=4)),
+    # DoRA (adapters/dora.py): every layer kind, plus dropout and principal inits underneath it
+    "dora-mlp": ("mlp", dict(target_modules=["lin0", "lin1"], variant="dora", bias="lora_only")),
+    "dora-mlp-dropout-pissa": ("mlp", dict(target_modules=["lin0", "lin1"], variant="dora", dropout=0.2,
+                                           init="pissa", r=4)),
+    "dora-conv": ("conv", dict(target_modules=CONVS, r=4, variant="dora", modules_to_save=["head"])),
+    "dora-emb": ("emb", dict(target_modules=["emb", "lin"], r=4, variant="dora")),
+    "dora-gpt2-conv1d": ("gpt2", dict(target_modules=["c_attn", "c_proj"], r=4, variant="dora")),
+    "dora-llama-rslora": ("llama", dict(target_modules="all-linear", r=4, variant="dora", use_rslora=True)),
+    "dora-gpt2-olora": ("gpt2", dict(target_modules=["c_attn", "c_fc"], r=4, variant="dora", init="olora")),
+    # QLoRA (quant.py): 4-bit bases under LoRA and DoRA
+    "qlora-nf4-mlp-save": ("mlp", dict(target_modules=["lin0", "lin1"], quantize="nf4", modules_to_save=["head"])),
+    "qlora-fp4-nodq-mlp": ("mlp", dict(target_modules=["lin1"], quantize="fp4", double_quant=False)),
+    "qlora-nf4-llama-rslora": ("llama", dict(target_modules=["q_proj", "v_proj", "up_proj"], r=4, quantize="nf4",
+                                             use_rslora=True)),
+    "qlora-nf4-gpt2-conv1d": ("gpt2", dict(target_modules=["c_attn"], r=4, quantize="nf4")),
+    "qdora-nf4-mlp": ("mlp", dict(target_modules=["lin0", "lin1"], variant="dora", quantize="nf4")),
+    "qdora-nf4-llama": ("llama", dict(target_modules="all-linear", r=4, variant="dora", quantize="nf4")),
 }
 
 params = pytest.mark.parametrize("case", list(CASES))

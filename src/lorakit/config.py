@@ -62,6 +62,13 @@ class LoraConfig:
     """LoHa/LoKr on k×k convolutions: Tucker (CP) form with an (r, r, kh, kw) core instead of a flat (r, in·k·k) factor."""
     adalora: AdaLoraConfig | None = None
     """AdaLoRA schedule (variant ``adalora``); ``r`` is the initial rank. ``None`` uses the defaults."""
+    quantize: str = "none"
+    """QLoRA base weights: ``nf4`` or ``fp4`` stores every Linear/Conv1D except the output head and
+    ``modules_to_save`` in 4 bits (:mod:`lorakit.quant`); ``none`` keeps them as they are."""
+    double_quant: bool = True
+    """With ``quantize``: also quantise the per-block scales to 8 bits (0.516 instead of 0.5625 bytes/weight)."""
+    compute_dtype: str = "float32"
+    """With ``quantize``: dtype the 4-bit weights are dequantised to for each matmul (float32/bfloat16/float16)."""
 
     def __post_init__(self):
         if isinstance(self.adalora, dict):
@@ -117,6 +124,14 @@ class LoraConfig:
         ltt = self.layers_to_transform
         if ltt is not None and not (isinstance(ltt, int) or (isinstance(ltt, list) and all(isinstance(i, int) for i in ltt))):
             e.append(f"layers_to_transform={ltt!r}: expected an int or a list of ints.")
+        from .quant import COMPUTE_DTYPES, QUANT_TYPES
+
+        if self.quantize not in QUANT_TYPES:
+            e.append(f"quantize={self.quantize!r}: expected one of {list(QUANT_TYPES)}.")
+        if not isinstance(self.double_quant, bool):
+            e.append(f"double_quant={self.double_quant!r}: expected true or false.")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            e.append(f"compute_dtype={self.compute_dtype!r}: expected one of {list(COMPUTE_DTYPES)}.")
         if self.modules_to_save is not None and not _is_str_list(self.modules_to_save):
             e.append(f"modules_to_save={self.modules_to_save!r}: expected a list of module names.")
         return e

@@ -134,8 +134,16 @@ def inject(model: nn.Module, config: LoraConfig, adapter_name: str = "default", 
     for p in model.parameters():
         p.requires_grad_(False)
     cls = variant_class(config.variant)
+    quantize = _quantizer(model, config)
+    principal = init and config.init in ("pissa", "olora")
     for name in names:
         module = model.get_submodule(name)
+        dense = None
+        if principal and getattr(module, "is_quantized", False):  # already 4-bit: factor dequant(W)
+            quantize[name] = _QuantJob.requantize(module)
+        if name in quantize:  # QLoRA: the base becomes 4-bit (PiSSA/OLoRA first factor the dense weight)
+            dense = quantize[name].dense()
+            module = dense if principal else quantize.pop(name).build(dense)
         layer = module if isinstance(module, LoraLayer) else LoraLayer(module)
         spec = layer.spec if isinstance(module, LoraLayer) else spec_for(module)
         r = int(pattern_value(name, config.rank_pattern, config.r))
@@ -143,6 +151,10 @@ def inject(model: nn.Module, config: LoraConfig, adapter_name: str = "default", 
         options = cls.config_options(config) if hasattr(cls, "config_options") else {}  # variant-only fields
         adapter = cls(spec, r=r, alpha=alpha, dropout=config.dropout, use_rslora=config.use_rslora,
                       init=config.init if init else None, base=layer.base_layer, **options)
+        if name in quantize:  # QPiSSA (Meng et al. 2024): quantise the residual W − s·BA, not W
+            layer.base_layer = quantize.pop(name).build(dense)
+            if hasattr(adapter, "init_magnitude"):  # DoRA's m must describe the weight actually used
+                adapter.init_magnitude(layer.base_layer)
         weight = layer.base_layer.weight
         adapter.to(device=weight.device, dtype=weight.dtype if weight.is_floating_point() else None)
         adapter.train(layer.base_layer.training)  # a new module starts in train mode; follow the model
@@ -150,6 +162,8 @@ def inject(model: nn.Module, config: LoraConfig, adapter_name: str = "default", 
         layer.train(layer.base_layer.training)
         if layer is not module:
             _set_module(model, name, layer)
+    for name, job in quantize.items():  # quantised layers without an adapter of this config
+        _set_module(model, name, job.build(job.dense()))
     for name in config.modules_to_save or []:
         _add_saved_copy(model, name, adapter_name)
     configs = dict(getattr(model, "lorakit_configs", {}))
@@ -160,6 +174,55 @@ def inject(model: nn.Module, config: LoraConfig, adapter_name: str = "default", 
         set_active_adapters(model, adapter_name)
     _apply_trainable(model)
     return model
+
+
+class _QuantJob:
+    """One layer to (re-)quantise: its dense (out, in) weight and the 4-bit settings to use."""
+
+    def __init__(self, module: nn.Module, quant_type: str, double_quant: bool, compute_dtype):
+        self.module, self.settings = module, (quant_type, double_quant, compute_dtype)
+
+    @classmethod
+    def requantize(cls, module: nn.Module) -> _QuantJob:
+        return cls(module, module.quant_type, module.double_quant, module.compute_dtype)
+
+    def dense(self) -> nn.Linear:
+        if getattr(self.module, "is_quantized", False):
+            return self.module.dequantized_linear()
+        return _dense_copy(self.module)
+
+    def build(self, dense: nn.Linear) -> nn.Module:
+        from .quant import Linear4bit
+
+        return Linear4bit.from_linear(dense, *self.settings)
+
+
+def _dense_copy(module: nn.Module) -> nn.Linear:
+    """An nn.Linear view of a Linear or Conv1D base, sharing nothing the caller may still use."""
+    if isinstance(module, nn.Linear):
+        return module
+    dense = nn.Linear(module.weight.shape[0], module.weight.shape[1], bias=module.bias is not None,
+                      device=module.weight.device, dtype=module.weight.dtype)
+    dense.weight.data.copy_(module.weight.detach().t())
+    if module.bias is not None:
+        dense.bias.data.copy_(module.bias.detach())
+    return dense
+
+
+def _quantizer(model: nn.Module, config: LoraConfig) -> dict:
+    """name -> job for every layer ``config.quantize`` turns 4-bit: all Linear/Conv1D except the output
+    head and ``modules_to_save`` (what QLoRA's reference script quantises). Empty when quantize is none."""
+    if config.quantize == "none":
+        return {}
+    from .quant import quantizable_names
+
+    saved = config.modules_to_save or []
+    skip = _output_head_names(model) | {n for n, _ in model.named_modules()
+                                        if any(n == s or n.endswith("." + s) for s in saved)}
+    from .quant import COMPUTE_DTYPES
+
+    settings = (config.quantize, config.double_quant, COMPUTE_DTYPES[config.compute_dtype])
+    return {n: _QuantJob(model.get_submodule(n), *settings) for n in quantizable_names(model, skip)}
 
 
 def _add_saved_copy(model: nn.Module, name: str, adapter_name: str) -> None:

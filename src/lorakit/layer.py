@@ -36,6 +36,10 @@ class LoraLayer(nn.Module):
         live = [(n, s) for n, s in self.active.items() if n not in self.merged]
         if len(live) == 1 and not args and not kwargs:
             adapter = self.adapters[live[0][0]]
+            fused = getattr(adapter, "fused_forward", None)  # a variant's own single-adapter kernel
+            out = fused(x, self.base_layer, live[0][1]) if fused is not None else None
+            if out is not None:
+                return out
             if self._can_fuse(adapter, x):
                 base = self.base_layer
                 return lora_linear(x, base.weight, base.bias, adapter.lora_A, adapter.lora_B,
@@ -64,9 +68,13 @@ class LoraLayer(nn.Module):
     @torch.no_grad()
     def merged_weight(self, names: list[str] | None = None):
         """The base weight with the given (default: active) unmerged adapters folded in; changes nothing."""
-        new = self.base_layer.weight.detach()
+        stored = new = self.base_layer.weight.detach()
         for name in self._pending(names):
-            new = self.adapters[name].merge(new, self.active.get(name, 1.0))
+            adapter = self.adapters[name]
+            if getattr(adapter, "merge_reads_base", False):  # e.g. DoRA's norm is of the stored weight
+                new = adapter.merge(new, self.active.get(name, 1.0), base_weight=stored)
+            else:
+                new = adapter.merge(new, self.active.get(name, 1.0))
         return new
 
     @torch.no_grad()
@@ -82,7 +90,12 @@ class LoraLayer(nn.Module):
         if safe and not torch.isfinite(new).all():
             raise ValueError(f"merging adapters {todo} would put NaN/Inf into the weight; nothing was merged. "
                              "Check the adapter weights (lorakit inspect) before merging.")
-        self.base_layer.weight.data.copy_(new)
+        if getattr(self.base_layer, "is_quantized", False):
+            # A 4-bit base cannot hold W + ΔW: merging swaps in a dense nn.Linear (dequantised W + ΔW)
+            # and keeps the packed module, so unmerging everything restores it bit for bit.
+            self.__dict__["_quantized_base"] = self.base_layer
+            self.base_layer = self.base_layer.dequantized_linear()
+        self.base_layer.weight.copy_(new)  # copy_, not .data.copy_: bumps the version counter caches key on
         for name in todo:
             self.merged[name] = self.active.get(name, 1.0)
 
@@ -94,7 +107,11 @@ class LoraLayer(nn.Module):
         new = weight.data
         for name in reversed(names):
             new = self.adapters[name].unmerge(new, self.merged.pop(name))
-        weight.data.copy_(new)
+        weight.copy_(new)
+        quantized = self.__dict__.get("_quantized_base")
+        if quantized is not None and not self.merged:
+            self.base_layer = quantized
+            del self.__dict__["_quantized_base"]
 
     def extra_repr(self) -> str:
         return f"adapters={list(self.adapters)}, active={self.active}, merged={list(self.merged)}"

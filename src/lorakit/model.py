@@ -146,10 +146,13 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
 def merge_and_unload(model: nn.Module, safe: bool = False) -> nn.Module:
     """Merge the active adapters and return ``model`` with every wrapper replaced by a plain module.
 
-    Saved copies (``modules_to_save``) of the active adapter replace their originals.
+    Saved copies (``modules_to_save``) of the active adapter replace their originals. 4-bit layers
+    (QLoRA) come back as dense ``nn.Linear`` holding dequant(W) + ΔW, unadapted ones as dequant(W).
     """
+    from .quant import dequantize_model
+
     merge(model, safe=safe)
-    return unload(model, keep_merged=True)
+    return dequantize_model(unload(model, keep_merged=True))  # a merged QLoRA model is dense throughout
 
 
 def unload(model: nn.Module, keep_merged: bool = False) -> nn.Module:

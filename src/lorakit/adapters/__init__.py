@@ -2,13 +2,14 @@
 
 from .adalora import AdaLoraAdapter
 from .base import Adapter, BaseSpec, apply_weight, scaling, spec_for
+from .dora import DoraAdapter
 from .loha import LohaAdapter
 from .lokr import LokrAdapter
 from .lora import LoraAdapter
 
 #: variant name -> adapter class; ``LoraConfig.variant`` selects from this table.
-VARIANTS: dict[str, type[Adapter]] = {"lora": LoraAdapter, "loha": LohaAdapter, "lokr": LokrAdapter,
-                                   "adalora": AdaLoraAdapter}
+VARIANTS: dict[str, type[Adapter]] = {"lora": LoraAdapter, "dora": DoraAdapter, "loha": LohaAdapter,
+                                   "lokr": LokrAdapter, "adalora": AdaLoraAdapter}
 
 
 def variant_class(name: str) -> type[Adapter]:
@@ -18,5 +19,6 @@ def variant_class(name: str) -> type[Adapter]:
         raise ValueError(f"unknown adapter variant {name!r}; expected one of {sorted(VARIANTS)}.") from None
 
 
-__all__ = ["AdaLoraAdapter", "Adapter", "BaseSpec", "LohaAdapter", "LokrAdapter", "LoraAdapter", "VARIANTS", "apply_weight", "scaling", "spec_for",
+__all__ = ["AdaLoraAdapter", "Adapter", "BaseSpec", "DoraAdapter", "LohaAdapter", "LokrAdapter", "LoraAdapter",
+           "VARIANTS", "apply_weight", "scaling", "spec_for",
            "variant_class"]

@@ -25,6 +25,8 @@ PARAM_KEYS = {
     ("linear", "lora_A"): "lora_A.weight", ("linear", "lora_B"): "lora_B.weight",
     ("conv", "lora_A"): "lora_A.weight", ("conv", "lora_B"): "lora_B.weight",
     ("embedding", "lora_A"): "lora_embedding_A", ("embedding", "lora_B"): "lora_embedding_B",
+    ("linear", "magnitude"): "lora_magnitude_vector", ("conv", "magnitude"): "lora_magnitude_vector",
+    ("embedding", "magnitude"): "lora_magnitude_vector",
 }
 # LyCORIS factors (PEFT keeps them in ParameterDicts, so the key is the bare name)
 PARAM_KEYS.update({(kind, p): p for kind in ("linear", "conv") for p in (
@@ -33,7 +35,7 @@ PARAM_KEYS.update({(kind, p): p for kind in ("linear", "conv") for p in (
 #: (variant, layer kind, parameter) -> PEFT suffix where a variant names a parameter differently
 VARIANT_PARAM_KEYS = {("adalora", kind, p): p for kind in ("linear", "conv") for p in ("lora_A", "lora_B", "lora_E")}
 #: lorakit variant -> PEFT peft_type
-PEFT_TYPES = {"lora": "LORA", "loha": "LOHA", "lokr": "LOKR", "adalora": "ADALORA"}
+PEFT_TYPES = {"lora": "LORA", "dora": "LORA", "loha": "LOHA", "lokr": "LOKR", "adalora": "ADALORA"}
 #: lorakit config field -> PEFT config field
 CONFIG_KEYS = {
     "r": "r", "alpha": "lora_alpha", "dropout": "lora_dropout", "target_modules": "target_modules",
@@ -61,7 +63,11 @@ INIT_TO_PEFT = {"kaiming": True, "gaussian": "gaussian", "pissa": "pissa", "olor
 #: PEFT fields lorakit cannot honour unless they hold these (default) values
 UNSUPPORTED = {"lora_bias": False, "layer_replication": None, "target_parameters": None, "use_qalora": False,
                "trainable_token_indices": None, "alora_invocation_tokens": None, "use_bdlora": None,
-               "use_dora": False}
+               }
+#: lorakit variant -> PEFT's flag for it (PEFT has no variant field, one boolean per variant)
+VARIANT_FLAGS = {"dora": "use_dora"}
+#: extra adapter_config.json entry holding lorakit's QLoRA settings (PEFT ignores it with a warning)
+QUANT_KEY, QUANT_FIELDS = "lorakit_quantization", ("quantize", "double_quant", "compute_dtype")
 
 
 def peft_key(module_path: str, kind: str, param: str, variant: str = "lora") -> str:
@@ -102,6 +108,8 @@ def adapter_state_dict(model: nn.Module, adapter_name: str = "default") -> dict[
 def _grouped_a_to_peft(spec, a: torch.Tensor) -> torch.Tensor:
     """lorakit's grouped A (r, in/g, *k) as PEFT's ungrouped A (r, in, *k): block-diagonal, zeros elsewhere."""
     g, r = spec.groups, a.shape[0]
+    if g == 1:
+        return a
     full = a.new_zeros(r, spec.in_features, *a.shape[2:])
     ri, ci = r // g, spec.in_features // g
     for i in range(g):
@@ -111,7 +119,7 @@ def _grouped_a_to_peft(spec, a: torch.Tensor) -> torch.Tensor:
 
 def _grouped_a_from_peft(spec, full: torch.Tensor) -> torch.Tensor:
     g, r = spec.groups, full.shape[0]
-    if full.shape[1] != spec.in_features:
+    if g == 1 or full.shape[1] != spec.in_features:
         return full  # already lorakit's layout (or wrong: the shape check reports it)
     ri, ci = r // g, spec.in_features // g
     blocks = [full[i * ri:(i + 1) * ri, i * ci:(i + 1) * ci] for i in range(g)]
@@ -123,24 +131,28 @@ def _grouped_a_from_peft(spec, full: torch.Tensor) -> torch.Tensor:
     return torch.cat(blocks)
 
 
-#: (variant, layer kind, parameter) -> (to PEFT layout, from PEFT layout), used where the spec needs it
-LAYOUTS = {("lora", "conv", "lora_A"): (_grouped_a_to_peft, _grouped_a_from_peft)}
+def _magnitude_to_peft(spec, m: torch.Tensor) -> torch.Tensor:
+    """PEFT stores a conv DoRA magnitude as (1, out, 1, ...) (its keepdim norm, transposed)."""
+    return m.reshape(1, -1, *([1] * len(spec.kernel_size)))
 
 
-def _layout(where, pname):
-    if where is None:
-        return None
-    spec, variant = where
-    return LAYOUTS.get((variant, spec.kind, pname)) if spec.groups > 1 else None
+def _magnitude_from_peft(spec, m: torch.Tensor) -> torch.Tensor:
+    return m.reshape(-1) if m.numel() == spec.out_features else m  # else the shape check reports it
+
+
+_GROUPED = (_grouped_a_to_peft, _grouped_a_from_peft)
+#: (variant, layer kind, parameter) -> (to PEFT layout, from PEFT layout)
+LAYOUTS = {("lora", "conv", "lora_A"): _GROUPED, ("dora", "conv", "lora_A"): _GROUPED,
+           ("dora", "conv", "magnitude"): (_magnitude_to_peft, _magnitude_from_peft)}
 
 
 def _to_peft(where, pname, t):
-    conv = _layout(where, pname)
+    conv = LAYOUTS.get((where[1], where[0].kind, pname)) if where is not None else None
     return conv[0](where[0], t) if conv else t
 
 
 def _from_peft(where, pname, t):
-    conv = _layout(where, pname)
+    conv = LAYOUTS.get((where[1], where[0].kind, pname)) if where is not None else None
     return conv[1](where[0], t) if conv else t
 
 
@@ -158,12 +170,14 @@ def peft_config_dict(model: nn.Module, adapter_name: str = "default", base_model
     out.update(peft_type=peft_type, task_type=None, base_model_name_or_path=base_model_name_or_path,
                inference_mode=True, revision=None, auto_mapping=None)
     if peft_type in ("LORA", "ADALORA"):
-        out.update(fan_in_fan_out=False, lora_bias=False, use_dora=False, layer_replication=None,
+        out.update(fan_in_fan_out=False, lora_bias=False, use_dora=cfg.variant == "dora", layer_replication=None,
                    megatron_config=None, megatron_core="megatron.core", loftq_config={})
     else:
         out.update(rank_dropout=0.0, module_dropout=0.0)
     if peft_type == "ADALORA":
         _adalora_config_out(cfg, out)
+    if cfg.quantize != "none":  # PEFT keeps this in the base model; lorakit re-quantises from it on load
+        out[QUANT_KEY] = {k: getattr(cfg, k) for k in QUANT_FIELDS}
     return out
 
 
@@ -216,7 +230,7 @@ def config_from_peft(data: dict) -> LoraConfig:
     """Translate a PEFT ``adapter_config.json`` into a ``LoraConfig``, reporting every unsupported field."""
     errors = []
     peft_type = data.get("peft_type", "LORA")
-    variants = {t: v for v, t in PEFT_TYPES.items()}
+    variants = {t: v for v, t in PEFT_TYPES.items() if v not in VARIANT_FLAGS}  # flags pick DoRA
     if peft_type not in variants:
         errors.append(f"peft_type={peft_type!r}: lorakit reads {sorted(variants)} adapters.")
     for key, default in UNSUPPORTED.items():
@@ -233,6 +247,14 @@ def config_from_peft(data: dict) -> LoraConfig:
         ada["rank_pattern"] = {k.rsplit(".", 1)[0]: list(v) for k, v in masks.items()} if masks else None
         kwargs.pop("rank_pattern", None)
         kwargs["adalora"] = ada
+    flagged = [variant for variant, flag in VARIANT_FLAGS.items() if data.get(flag)]
+    if len(flagged) > 1:
+        raise ConfigError([f"PEFT config sets {[VARIANT_FLAGS[v] for v in flagged]}; at most one variant "
+                           "flag can be true."], "PEFT adapter config")
+    if flagged:
+        kwargs["variant"] = flagged[0]
+    quant = data.get(QUANT_KEY) or {}
+    kwargs.update({k: quant[k] for k in QUANT_FIELDS if k in quant})
     init = data.get(INIT_FIELD[peft_type], True)
     kwargs["init"] = "gaussian" if init == "gaussian" else init.split("_niter")[0] if isinstance(init, str) else "kaiming"
     if kwargs["init"] not in INIT_TO_PEFT or peft_type == "ADALORA":

@@ -13,9 +13,8 @@ import copy
 import statistics
 import time
 
-from _common import PeakRSS, peak_in_subprocess, rotated, saved_bytes, setup
-
 import torch
+from _common import PeakRSS, peak_in_subprocess, rotated, saved_bytes, setup
 
 
 def build_model():

@@ -8,10 +8,10 @@ from __future__ import annotations
 import copy
 
 import torch
+from models import build, example_input, run
 
 import lorakit
 from lorakit.quant import quantize_model
-from models import build, example_input, run
 
 ATOL = 1e-5
 
@@ -69,18 +69,18 @@ def check_merge(name, cfg):
     base, model = make(name, cfg)
     randomize(model)
     x = example_input(name)
-    before = {n: l.weight.detach().clone() for n, l in lorakit.lora_layers(model)}
+    before = {n: layer.weight.detach().clone() for n, layer in lorakit.lora_layers(model)}
     unmerged = run(model, name, x)
     lorakit.merge(model)
-    merged_once = {n: l.weight.detach().clone() for n, l in lorakit.lora_layers(model)}
+    merged_once = {n: layer.weight.detach().clone() for n, layer in lorakit.lora_layers(model)}
     assert_close(run(model, name, x), unmerged, atol=1e-4, msg="merged vs unmerged")
     lorakit.merge(model)
-    for n, l in lorakit.lora_layers(model):
-        assert torch.equal(l.weight, merged_once[n]), f"merging twice changed {n}"
+    for n, layer in lorakit.lora_layers(model):
+        assert torch.equal(layer.weight, merged_once[n]), f"merging twice changed {n}"
     lorakit.unmerge(model)
     lorakit.unmerge(model)
-    for n, l in lorakit.lora_layers(model):
-        assert_close(l.weight, before[n], atol=1e-5, msg=f"unmerge restores {n}")
+    for n, layer in lorakit.lora_layers(model):
+        assert_close(layer.weight, before[n], atol=1e-5, msg=f"unmerge restores {n}")
     assert_close(run(model, name, x), unmerged, atol=1e-5, msg="after unmerge")
     lorakit.merge(model)
     plain = lorakit.merge_and_unload(model)

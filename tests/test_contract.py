@@ -1,9 +1,8 @@
 """The contract matrix: every case (layer type x init x scaling x bias mode x config) through the
 shared invariants in ``contract.py``. Variants add rows here."""
 
-import pytest
-
 import contract
+import pytest
 
 CONVS = ["conv1d", "conv", "conv_strided", "conv_grouped", "conv_reflect", "pw"]
 

@@ -4,9 +4,9 @@ import copy
 
 import pytest
 import torch
+from models import build
 
 import lorakit
-from models import build
 
 
 def adapted(model):

@@ -4,10 +4,10 @@ import copy
 
 import pytest
 import torch
-
-import lorakit
 from contract import randomize
 from models import build, example_input, run
+
+import lorakit
 
 
 def two_adapters():
@@ -103,11 +103,11 @@ def test_safe_merge_refuses_nan_and_changes_nothing():
     with torch.no_grad():
         layer.adapters["b"].lora_B[0, 0] = float("nan")
     lorakit.set_active_adapters(m, ["a", "b"])
-    weights = {n: l.weight.clone() for n, l in lorakit.lora_layers(m)}
+    weights = {n: layer.weight.clone() for n, layer in lorakit.lora_layers(m)}
     with pytest.raises(ValueError, match="NaN/Inf into 1 layer"):
         lorakit.merge(m, safe=True)
-    for n, l in lorakit.lora_layers(m):
-        assert torch.equal(l.weight, weights[n]) and not l.merged
+    for n, layer in lorakit.lora_layers(m):
+        assert torch.equal(layer.weight, weights[n]) and not layer.merged
 
 
 def test_merge_and_unload_with_saved_module():

@@ -85,7 +85,7 @@ def disable_adapters(model: nn.Module):
     try:
         yield model
     finally:
-        for m, was in zip(modules, previous):
+        for m, was in zip(modules, previous, strict=True):
             m.disabled = was
         for name, done in merged.items():
             model.get_submodule(name).merge(list(done))

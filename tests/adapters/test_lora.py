@@ -30,7 +30,7 @@ def test_fused_linear_matches_autograd(bias, fifo):
     ref = F.linear(x, wt, b) + s * (x @ a.t()) @ bb.t()
     ref_grads = torch.autograd.grad(ref, [t for t in (x, w, b, a, bb) if t is not None], dy)
     torch.testing.assert_close(y, ref)
-    for got, want in zip(grads, ref_grads):
+    for got, want in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 

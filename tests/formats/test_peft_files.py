@@ -5,10 +5,10 @@ import json
 
 import pytest
 import torch
+from models import build
 from safetensors.torch import load_file, save_file
 
 import lorakit
-from models import build
 
 
 @pytest.fixture

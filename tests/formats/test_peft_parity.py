@@ -5,10 +5,10 @@ import copy
 import peft
 import pytest
 import torch
-
-import lorakit
 from contract import randomize
 from models import build, example_input, run
+
+import lorakit
 
 CASES = {
     "mlp": ("mlp", dict(r=4, alpha=8, target_modules=["lin0", "lin1"], bias="lora_only", modules_to_save=["head"])),
@@ -56,7 +56,7 @@ def test_peft_to_lorakit(case, tmp_path):
     pm = peft.get_peft_model(copy.deepcopy(base), peft_config(cfg))
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():
-        for pname, p in pm.named_parameters():
+        for p in pm.parameters():
             if p.requires_grad:
                 p.add_(torch.randn(p.shape, generator=g) * 0.2)
     x = example_input(name)

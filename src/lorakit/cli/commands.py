@@ -1,3 +1,5 @@
 """Imports every command module so that each registers on ``lorakit.cli.app``."""
-from . import files  # noqa: F401  (LoRA file tools: convert, inspect, merge-loras, resize, extract)
-from . import train  # noqa: F401  (train, validate, predict, generate, merge, quickstart)
+from . import (
+    files,  # noqa: F401  (LoRA file tools: convert, inspect, merge-loras, resize, extract)
+    train,  # noqa: F401  (train, validate, predict, generate, merge, quickstart)
+)

@@ -17,11 +17,15 @@ import argparse
 import copy
 
 from _common import rotated, setup
-from train_step import build_model, make_step
+from train_step import build_model, make_step as _make_step
 
 import torch
 
 TOTAL = 10_000  # a long schedule, so every timed step is in AdaLoRA's budget phase
+
+
+def make_step(model, batch):
+    return _make_step(model, lambda: model(input_ids=batch, labels=batch).loss)
 
 
 def lorakit_adalora_step(model, batch):

@@ -8,12 +8,13 @@ import statistics
 import sys
 import time
 
-# Big tensors go straight to mmap, so freed memory leaves RSS at once and peak RSS per phase is honest.
-if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None and sys.platform.startswith("linux"):
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
-    os.execv(sys.executable, [sys.executable, *sys.argv])
+import torch
 
-import torch  # noqa: E402
+# Memory probes run in child processes whose big tensors go straight to mmap, so freed memory leaves
+# RSS at once and peak RSS per phase is honest. Timing runs keep glibc's default allocator: a fixed
+# mmap threshold makes every large temporary page-fault, which inflates all step times (the floor's
+# too) and penalises implementations with more temporaries, so it must not be used for timing.
+EXACT_RSS_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
 def setup(threads: int = 2, seed: int = 0) -> None:
@@ -46,13 +47,19 @@ class PeakRSS:
         self.peak = _status("VmHWM") - self.start
 
 
-def peak_in_subprocess(script: str, *args: str) -> int:
-    """Peak RSS growth (bytes) reported by ``script --peak-of ARGS`` run in a fresh interpreter, so
-    every candidate starts from a clean heap (fork would deadlock torch's OpenMP pool)."""
+def run_exact_rss(script: str, *args: str) -> str:
+    """Last stdout line of ``script ARGS`` run in a fresh interpreter with ``EXACT_RSS_ENV`` (each
+    candidate starts from a clean heap; fork would deadlock torch's OpenMP pool)."""
     import subprocess
 
-    out = subprocess.run([sys.executable, script, "--peak-of", *args], check=True, capture_output=True, text=True)
-    return int(out.stdout.strip().splitlines()[-1])
+    out = subprocess.run([sys.executable, script, *args], check=True, capture_output=True, text=True,
+                         env={**os.environ, **EXACT_RSS_ENV})
+    return out.stdout.strip().splitlines()[-1]
+
+
+def peak_in_subprocess(script: str, *args: str) -> int:
+    """Peak RSS growth (bytes) reported by ``script --peak-of ARGS`` (see ``run_exact_rss``)."""
+    return int(run_exact_rss(script, "--peak-of", *args))
 
 
 def median_ms(fn, steps: int) -> float:

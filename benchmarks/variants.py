@@ -8,14 +8,15 @@
     .venv/bin/python benchmarks/variants.py [--rounds 4 --steps 3 --rank 16]
 """
 
-from __future__ import annotations  # noqa: I001  (_common must load before torch: it sets the allocator)
+from __future__ import annotations  # noqa: I001  (_common and train_step are local modules)
 
 import argparse
 import copy
 import gc
+import json
 import time
 
-from _common import _status, rotated, setup
+from _common import _status, rotated, run_exact_rss, setup
 from train_step import build_model, make_step
 
 import torch
@@ -86,13 +87,17 @@ def main():
     ap.add_argument("--skip-qlora-step", action="store_true", help="QLoRA steps dequantise every matmul: slow on CPU")
     ap.add_argument("--only", default="", help="comma-separated subset of step candidates, e.g. floor,lora,dora")
     ap.add_argument("--no-memory", action="store_true", help="skip the QLoRA memory/quantise section")
+    ap.add_argument("--memory-json", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     setup(2)
+    if args.memory_json:  # child mode (exact-RSS allocator): the QLoRA memory section only
+        print(json.dumps(qlora_memory(args.rank)))
+        return
     import peft
 
     import lorakit
 
-    mem = None if args.no_memory else qlora_memory(args.rank)
+    mem = None if args.no_memory else json.loads(run_exact_rss(__file__, "--memory-json", "--rank", str(args.rank)))
     base = build_model()
     batch = torch.randint(0, 8000, (4, 256))
     cfg = dict(r=args.rank, alpha=2 * args.rank, target_modules="all-linear")

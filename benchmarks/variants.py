@@ -91,6 +91,11 @@ def main():
     args = ap.parse_args()
     setup(2)
     if args.memory_json:  # child mode (exact-RSS allocator): the QLoRA memory section only
+        import peft  # noqa: F401  (library code resident before the baseline, as in a real process)
+        import transformers  # noqa: F401
+
+        import lorakit.quant  # noqa: F401
+
         print(json.dumps(qlora_memory(args.rank)))
         return
     import peft

@@ -36,6 +36,15 @@ def randomize(model, seed: int = 0, scale: float = 0.3) -> None:
                 p.copy_(torch.randn(p.shape, generator=g) * scale + (1.0 if p.ndim == 1 else 0.0))
 
 
+@torch.no_grad()
+def randomize_trainable(model, seed: int = 0, scale: float = 0.3) -> None:
+    """Overwrite every trainable parameter with N(0, scale²) values (a trained-looking adapter)."""
+    g = torch.Generator().manual_seed(seed)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
+
+
 def assert_close(a, b, atol=ATOL, rtol=1e-4, msg=""):
     assert a.shape == b.shape, f"{msg}: shapes {a.shape} vs {b.shape}"
     diff = (a - b).abs().max().item()

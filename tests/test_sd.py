@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from sd_models import random_lora, sd1_parts, sdxl_parts, te_out, unet_out
+from sd_models import random_lora, te_out, unet_out
 
 import lorakit
 from lorakit import sd
@@ -13,16 +13,6 @@ from lorakit.formats import kohya
 
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")
-
-
-@pytest.fixture(scope="module")
-def sd1():
-    return sd1_parts()
-
-
-@pytest.fixture(scope="module")
-def sdxl():
-    return sdxl_parts()
 
 
 def _outputs(parts):

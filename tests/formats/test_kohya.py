@@ -7,21 +7,11 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from sd_models import random_lora, sd1_parts, sdxl_parts, unet_out
+from sd_models import random_lora, unet_out
 
 from lorakit import sd
 from lorakit.formats import kohya
 from lorakit.formats.sd_io import convert, read_lora
-
-
-@pytest.fixture(scope="module")
-def sd1():
-    return sd1_parts()
-
-
-@pytest.fixture(scope="module")
-def sdxl():
-    return sdxl_parts()
 
 
 def _raw(path):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import peft
 import torch
+from contract import randomize_trainable
 from models import build, example_input, run
 
 import lorakit
@@ -20,19 +21,13 @@ TARGETS = ["q_proj", "v_proj"]
 SCHEDULE = dict(target_r=2, tinit=1, tfinal=2, deltaT=1, total_step=6)
 
 
-def _randomise(model, seed=5):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
 
 
 def test_lorakit_to_peft(tmp_path):
     base = build("llama")
     lk = lorakit.inject(copy.deepcopy(base), lorakit.LoraConfig(variant="adalora", r=4, alpha=8, target_modules=TARGETS,
                                                                adalora=dict(SCHEDULE)))
-    _randomise(lk)
+    randomize_trainable(lk, seed=5)
     train(lk, [AdaLoraCallback()], batches(6), lm_loss, torch.optim.SGD([p for p in lk.parameters() if p.requires_grad],
                                                                         lr=0.05))
     lk.eval()
@@ -55,7 +50,7 @@ def test_peft_to_lorakit(tmp_path):
     base = build("llama")
     pm = peft.get_peft_model(copy.deepcopy(base), peft.AdaLoraConfig(task_type="CAUSAL_LM", init_r=4, lora_alpha=8,
                                                                       target_modules=TARGETS, **SCHEDULE))
-    _randomise(pm)
+    randomize_trainable(pm, seed=5)
     opt = torch.optim.SGD([p for p in pm.parameters() if p.requires_grad], lr=0.05)
     for t, ids in enumerate(batches(6), start=1):
         pm(input_ids=ids, labels=ids).loss.backward()

@@ -7,6 +7,7 @@ import warnings
 import peft
 import pytest
 import torch
+from contract import randomize_trainable
 from models import build, example_input, run
 
 import lorakit
@@ -21,19 +22,13 @@ CASES = [
 PEFT_CONFIGS = {"loha": peft.LoHaConfig, "lokr": peft.LoKrConfig}
 
 
-def _randomise(model, seed=3):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
 
 
 @pytest.mark.parametrize("variant,model_name,targets,kw", CASES)
 def test_lorakit_to_peft(variant, model_name, targets, kw, tmp_path):
     base = build(model_name)
     lk = lorakit.inject(copy.deepcopy(base), lorakit.LoraConfig(variant=variant, target_modules=targets, **kw))
-    _randomise(lk)
+    randomize_trainable(lk, seed=3)
     x = example_input(model_name)
     lorakit.save_adapter(lk, tmp_path)
     cfg = json.loads((tmp_path / "adapter_config.json").read_text())
@@ -49,7 +44,7 @@ def test_lorakit_to_peft(variant, model_name, targets, kw, tmp_path):
 def test_peft_to_lorakit(variant, model_name, targets, kw, tmp_path):
     base = build(model_name)
     pm = peft.get_peft_model(copy.deepcopy(base), PEFT_CONFIGS[variant](target_modules=targets, **kw))
-    _randomise(pm)
+    randomize_trainable(pm, seed=3)
     pm.save_pretrained(tmp_path)
     x = example_input(model_name)
     lk = lorakit.load_adapter(copy.deepcopy(base), tmp_path)

@@ -13,8 +13,7 @@ import copy
 import torch
 from torch import nn
 
-from .adapters import Adapter, spec_for
-from .adapters._fused import lora_linear
+from .adapters import spec_for
 
 
 class LoraLayer(nn.Module):
@@ -34,27 +33,15 @@ class LoraLayer(nn.Module):
         if self.disabled:
             return self.base_layer(x, *args, **kwargs)
         live = [(n, s) for n, s in self.active.items() if n not in self.merged]
-        if len(live) == 1 and not args and not kwargs:
-            adapter = self.adapters[live[0][0]]
-            fused = getattr(adapter, "fused_forward", None)  # a variant's own single-adapter kernel
-            out = fused(x, self.base_layer, live[0][1]) if fused is not None else None
+        if len(live) == 1 and not args and not kwargs:  # one live adapter: its own kernel, if it has one
+            name, strength = live[0]
+            out = self.adapters[name].fused_forward(x, self.base_layer, strength)
             if out is not None:
                 return out
-            if self._can_fuse(adapter, x):
-                base = self.base_layer
-                return lora_linear(x, base.weight, base.bias, adapter.lora_A, adapter.lora_B,
-                                   adapter.scale * live[0][1], self.spec.fan_in_fan_out)
         result = self.base_layer(x, *args, **kwargs)
         for name, strength in live:
             result = self.adapters[name](x, result, self.base_layer, strength)
         return result
-
-    def _can_fuse(self, adapter: Adapter, x: torch.Tensor) -> bool:
-        weight = getattr(self.base_layer, "weight", None)
-        return (adapter.fusable and self.spec.kind == "linear" and type(weight) is nn.Parameter
-                and not (adapter.training and adapter.dropout > 0)
-                and x.dtype == weight.dtype == adapter.lora_A.dtype
-                and not torch.is_autocast_enabled(x.device.type))
 
     # -- merging ----------------------------------------------------------------------------------
     @property

@@ -117,9 +117,6 @@ class Adapter(nn.Module):
     dense ΔW through the base operation, which is right for any variant but not the fastest.
     """
 
-    #: True when the layer may use the fused single-adapter kernel for nn.Linear / Conv1D.
-    fusable = False
-
     def __init__(self, spec: BaseSpec, dropout: float = 0.0):
         super().__init__()
         self.spec = spec
@@ -137,6 +134,10 @@ class Adapter(nn.Module):
     def forward(self, x, result, base: nn.Module, strength: float = 1.0):
         delta = self.delta_weight().to(result.dtype)
         return result + strength * apply_weight(self.spec, self.drop(x).to(result.dtype), delta)
+
+    def fused_forward(self, x: torch.Tensor, base: nn.Module, strength: float):
+        """The layer's output from a single-adapter kernel, or None to take the generic path."""
+        return None
 
     def merge(self, weight: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
         return weight + strength * self.delta_weight().to(weight.dtype)

@@ -37,7 +37,6 @@ from .lora import LoraAdapter
 class DoraAdapter(LoraAdapter):
     """LoRA factors plus a trainable magnitude ``magnitude`` (shape (out,)); see module docstring."""
 
-    fusable = False  # the plain-LoRA kernel does not apply; ``fused_forward`` is DoRA's own
     merge_reads_base = True  # LoraLayer passes the stored base weight to ``merge``
 
     def __init__(self, spec: BaseSpec, r: int, alpha: float, dropout: float = 0.0,
@@ -107,13 +106,10 @@ class DoraAdapter(LoraAdapter):
 
     def fused_forward(self, x: torch.Tensor, base: nn.Module, strength: float):
         """One-GEMM path for a Linear/Conv1D base at strength 1, or None where it does not apply."""
-        weight = getattr(base, "weight", None)
-        if (self.spec.kind != "linear" or strength != 1.0 or type(weight) is not nn.Parameter
-                or (self.training and self.dropout > 0) or not x.dtype == weight.dtype == self.lora_A.dtype
-                or torch.is_autocast_enabled(x.device.type)):
+        if strength != 1.0 or not self.fusable_on(x, base):
             return None
-        norm = self.weight_norm(weight).to(self.magnitude.dtype)
-        return dora_linear(x, weight, base.bias, self.lora_A, self.lora_B, self.magnitude, norm, self.scale,
+        norm = self.weight_norm(base.weight).to(self.magnitude.dtype)
+        return dora_linear(x, base.weight, base.bias, self.lora_A, self.lora_B, self.magnitude, norm, self.scale,
                            self.spec.fan_in_fan_out)
 
     def _lora_out(self, h: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._fused import lora_linear
 from .base import Adapter, BaseSpec, conv_nd, scaling, to_weight_layout
 
 INITS = ("kaiming", "gaussian", "pissa", "olora")
@@ -29,8 +30,6 @@ INITS = ("kaiming", "gaussian", "pissa", "olora")
 
 class LoraAdapter(Adapter):
     """Plain LoRA factors for one base layer (see module docstring for shapes and formula)."""
-
-    fusable = True
 
     def __init__(self, spec: BaseSpec, r: int, alpha: float, dropout: float = 0.0,
                  use_rslora: bool = False, init: str | None = "kaiming", base: nn.Module | None = None):
@@ -93,6 +92,20 @@ class LoraAdapter(Adapter):
                              a.reshape(g, self.r // g, -1))
             return prod.reshape(spec.out_features, *a.shape[1:]) * self.scale
         return to_weight_layout(spec, (b @ a) * self.scale)
+
+    def fusable_on(self, x: torch.Tensor, base: nn.Module) -> bool:
+        """Whether a fused kernel may run: a dense Linear/Conv1D base, no live dropout, one dtype, no autocast."""
+        weight = getattr(base, "weight", None)
+        return (self.spec.kind == "linear" and type(weight) is nn.Parameter
+                and not (self.training and self.dropout > 0)
+                and x.dtype == weight.dtype == self.lora_A.dtype
+                and not torch.is_autocast_enabled(x.device.type))
+
+    def fused_forward(self, x: torch.Tensor, base: nn.Module, strength: float):
+        if not self.fusable_on(x, base):
+            return None
+        return lora_linear(x, base.weight, base.bias, self.lora_A, self.lora_B, self.scale * strength,
+                           self.spec.fan_in_fan_out)
 
     def forward(self, x, result, base: nn.Module, strength: float = 1.0):
         spec, s = self.spec, self.scale * strength

@@ -1,7 +1,7 @@
 """Training-step benchmark: lorakit vs PEFT vs the frozen floor, in one process.
 
 Model: LlamaConfig(8 layers, hidden 512, intermediate 1408, 8 heads, vocab 8000), batch 4 x 256,
-LoRA r=16 (alpha 32) on all linear layers, fp32, 2 threads, AdamW.
+LoRA r=16 (alpha 32) on all linear layers, fp32, 2 threads, fused AdamW.
 
     .venv/bin/python benchmarks/train_step.py [--rounds 6 --steps 5]
 """
@@ -14,7 +14,7 @@ import statistics
 import time
 
 import torch
-from _common import PeakRSS, peak_in_subprocess, rotated, saved_bytes, setup
+from _common import PeakRSS, adamw, peak_in_subprocess, rotated, saved_bytes, setup
 
 
 def build_model():
@@ -57,7 +57,7 @@ def build_candidates(rank: int):
 
 def make_step(model, loss_fn):
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4) if params else None
+    opt = adamw(params, lr=1e-4) if params else None
 
     def step():
         loss_fn().backward()

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import setup
+from _common import adamw, setup
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # benchmark the tree this file is in
 
@@ -31,7 +31,7 @@ def lorakit_run(configs: dict, out: Path, steps: int, rnd: int) -> float:
     raw = dict(configs["lora"])
     raw["train"] = {**raw["train"], "max_steps": steps, "output_dir": str(out / f"lorakit-{rnd}"),
                     "progress": False, "plot": False}
-    raw["data"] = {**raw["data"], "eval": None}
+    raw["data"] = {**raw["data"], "eval": None, "test": None}
     return run(from_dict(raw), quiet=True).summary["samples_per_s"]
 
 
@@ -60,7 +60,7 @@ def peft_run(configs: dict, steps: int, rnd: int) -> float:
     model = get_peft_model(model, LoraConfig(r=lc["r"], lora_alpha=lc["alpha"], target_modules=lc["target_modules"],
                                              modules_to_save=lc["modules_to_save"]))
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=t["lr"], weight_decay=t["weight_decay"])
+    opt = adamw(params, lr=t["lr"], weight_decay=t["weight_decay"])
     sched = get_linear_schedule_with_warmup(opt, int(0.06 * steps + 0.999), steps)
     bs = t["batch_size"]
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(rnd)).tolist()

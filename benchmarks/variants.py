@@ -39,7 +39,7 @@ def _lm_step(model, batch):
 def _loraplus_step(model, batch):
     from lorakit.loraplus import create_loraplus_optimizer
 
-    opt = create_loraplus_optimizer(model, torch.optim.AdamW, lr=1e-4)
+    opt = create_loraplus_optimizer(model, torch.optim.AdamW, lr=1e-4, fused=True)
 
     def step():
         model(input_ids=batch, labels=batch).loss.backward()

@@ -11,12 +11,12 @@ All in one process with rotated rounds (benchmarks/_common.py), fp32, 2 threads,
 ``--small`` uses a 2-layer, hidden-256 Llama with batch 2 x 128 (for a busy machine; same code paths).
 """
 
-from __future__ import annotations  # noqa: I001  (_common must load before torch: it sets the allocator)
+from __future__ import annotations  # noqa: I001  (_common and train_step are local modules)
 
 import argparse
 import copy
 
-from _common import rotated, setup
+from _common import adamw, rotated, setup
 from train_step import build_model, make_step as _make_step
 
 import torch
@@ -32,7 +32,7 @@ def lorakit_adalora_step(model, batch):
     from lorakit.train import TrainState
     from lorakit.train.adalora import AdaLoraCallback
 
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    opt = adamw([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     cb, state = AdaLoraCallback(), TrainState(model=model, optimizer=opt, total_steps=TOTAL)
     cb.on_train_begin(state)
 
@@ -48,7 +48,7 @@ def lorakit_adalora_step(model, batch):
 
 
 def peft_adalora_step(model, batch):
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    opt = adamw([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     count = [0]
 
     def step():

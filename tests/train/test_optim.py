@@ -7,7 +7,7 @@ from torch import nn
 
 from lorakit.train.adam8bit import AdamW8bit, dequantize, quantize, state_bytes
 from lorakit.train.config import TrainArgs
-from lorakit.train.optim import make_scheduler, param_groups
+from lorakit.train.optim import make_optimizer, make_scheduler, param_groups
 
 HF = {
     "constant": lambda o, w, t, c: transformers.get_constant_schedule_with_warmup(o, w),
@@ -93,3 +93,28 @@ def test_lr_groups_first_regex_wins_and_loraplus_error_is_clear(monkeypatch):
     monkeypatch.setitem(sys.modules, "lorakit.loraplus", None)
     with pytest.raises(ImportError, match="train.loraplus_ratio needs lorakit.loraplus"):
         param_groups(model, TrainArgs(loraplus_ratio=16.0))
+
+
+def test_adamw_uses_the_fused_kernel_and_matches_the_reference_steps():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4))
+    ref = [p.detach().clone().requires_grad_() for p in model.parameters()]
+    args = TrainArgs(lr=1e-2, weight_decay=0.1)
+    opt = make_optimizer(model, args, torch.device("cpu"))
+    assert opt.defaults["fused"] is True
+    ref_opt = torch.optim.AdamW(ref, lr=1e-2, weight_decay=0.1, betas=tuple(args.betas), eps=args.eps,
+                                foreach=False)
+    x = torch.randn(32, 8)
+    for _ in range(5):
+        for params, o in ((list(model.parameters()), opt), (ref, ref_opt)):
+            h = torch.tanh(x @ params[0].t() + params[1]) @ params[2].t() + params[3]
+            h.square().mean().backward()
+            o.step()
+            o.zero_grad(set_to_none=True)
+    for p, r in zip(model.parameters(), ref, strict=True):
+        torch.testing.assert_close(p, r, rtol=1e-5, atol=1e-6)
+    # a non-float trainable tensor cannot take the fused path: the plain implementation is used instead
+    odd = torch.nn.Parameter(torch.zeros(2, dtype=torch.complex64))
+    from lorakit.train.optim import adamw_impl
+
+    assert adamw_impl([{"params": [odd]}]) == {}

@@ -40,14 +40,23 @@ def test_classifier_learns_and_plots(tmp_path, bert_path):
     rows = tiny.classification_rows()
     tiny.write_jsonl(tmp_path / "train.jsonl", rows)
     tiny.write_jsonl(tmp_path / "eval.jsonl", rows[:8])
+    test = [{**r, "label": "other" if r["label"] == "home" else "home"} for r in rows[8:14]]  # flipped: acc 0
+    tiny.write_jsonl(tmp_path / "test.jsonl", test)
     cfg = from_dict({"model": {"path": str(bert_path), "task": "classification"},
-                     "data": {"train": str(tmp_path / "train.jsonl"), "eval": str(tmp_path / "eval.jsonl")},
+                     "data": {"train": str(tmp_path / "train.jsonl"), "eval": str(tmp_path / "eval.jsonl"),
+                              "test": str(tmp_path / "test.jsonl")},
                      "lora": {"r": 4, "alpha": 8, "target_modules": ["query", "value"], "modules_to_save": ["classifier"]},
                      "train": {"output_dir": str(tmp_path / "run"), "epochs": 12, "batch_size": 8, "lr": 2e-2,
                                "eval_every": 4, "progress": False}})
     result = run(cfg, quiet=True)
     assert result.labels == ["home", "other"]
     assert result.summary["final_eval"]["eval_accuracy"] == 1.0
+    # the test file is evaluated once, on its own labels: the trained model's own predictions decide it
+    enc = result.tokenizer([r["text"] for r in test], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        pred = result.model(**enc).logits.argmax(-1).tolist()
+    expected = sum(result.labels[p] == r["label"] for p, r in zip(pred, test, strict=True)) / len(test)
+    assert result.summary["test"]["test_accuracy"] == pytest.approx(expected) and expected < 0.5
     assert json.loads((tmp_path / "run" / "adapter" / "labels.json").read_text()) == ["home", "other"]
     assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
 

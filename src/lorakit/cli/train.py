@@ -14,7 +14,8 @@ from . import app
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
-SET_HELP = "Override a config value: --set section.key=value (value parsed as YAML). Repeatable."
+SET_HELP = ("Override a config value: --set section.key=value, or a deeper path such as "
+            "quickstart.methods.lora.train.lr=3.0e-3 (value parsed as YAML). Repeatable.")
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help=SET_HELP)]  # noqa: UP045
 AdapterOpt = Annotated[Optional[list[str]],  # noqa: UP045
                        typer.Option("--adapter", "-a", help="Adapter dir, or dir:strength. Repeatable.")]

@@ -46,7 +46,10 @@ class DataArgs:
     train: str = ""
     """Training file: .txt (one document per blank-line-separated block), .jsonl or .csv."""
     eval: str | None = None
-    """Optional evaluation file in the same format."""
+    """Optional validation file in the same format: evaluated during training (``eval_every``) and
+    at the end; use it, never ``test``, to choose hyperparameters."""
+    test: str | None = None
+    """Optional held-out test file, evaluated once after training (``test_*`` in summary.json)."""
     format: Literal["auto", "text", "jsonl", "instruction", "classification"] = "auto"
     """``text``/``jsonl`` (plain text, ``text_field``), ``instruction`` (prompt/response or chat
     ``messages``; loss on the response only), ``classification`` (text + label). ``auto`` guesses
@@ -250,7 +253,7 @@ def problems(cfg: RunConfig, check_paths: bool = True) -> list[str]:
                  "(save one with model.save_pretrained(dir) and tokenizer.save_pretrained(dir)).")
     if not d.train:
         e.append("data.train: missing; set it to a .txt, .jsonl or .csv file.")
-    for key in ("train", "eval"):
+    for key in ("train", "eval", "test"):
         path = getattr(d, key)
         if check_paths and path and not Path(path).is_file():
             e.append(f"data.{key}={path!r}: file not found (paths are relative to the working directory).")
@@ -296,18 +299,26 @@ def problems(cfg: RunConfig, check_paths: bool = True) -> list[str]:
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """``section.key=value`` (value parsed as YAML) into the raw mapping."""
+    """``section.key=value`` or a deeper path (``quickstart.methods.lora.train.lr=3e-3``; the value is
+    parsed as YAML) into the raw mapping; missing mappings along the path are created."""
     errors = []
     for item in overrides:
         key, sep, raw = item.partition("=")
         parts = key.strip().split(".")
-        if not sep or len(parts) != 2 or not all(parts):
+        if not sep or len(parts) < 2 or not all(parts):
             errors.append(f"--set {item!r}: expected section.key=value, e.g. --set train.lr=1e-4")
             continue
-        section = data.setdefault(parts[0], {})
-        if section is None:
-            section = data[parts[0]] = {}
-        section[parts[1]] = yaml.safe_load(raw) if raw.strip() else None
+        node = data
+        for depth, part in enumerate(parts[:-1]):
+            if node.get(part) is None:
+                node[part] = {}
+            if not isinstance(node[part], dict):
+                errors.append(f"--set {item!r}: {'.'.join(parts[:depth + 1])} is {node[part]!r}, not a mapping, "
+                              "so it has no keys to set; set it as a whole instead")
+                break
+            node = node[part]
+        else:
+            node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
     if errors:
         raise ConfigError(errors, "--set overrides")
     return data

@@ -1,9 +1,9 @@
 """Home Assistant intent data for the quickstart: English sentence templates from the
 ``home-assistant-intents`` package, expanded at random with ``hassil``'s parsed expressions.
 
-The split is by *template*: each intent's templates are shuffled and a fraction is held out, so every
-test sentence comes from a template that no training sentence came from (new phrasings, not just new
-slot values).
+The split is by *template*: each intent's templates are shuffled and two fractions are held out, one
+for validation (choosing hyperparameters) and one for the test, so every validation or test sentence
+comes from a template that no training sentence came from (new phrasings, not just new slot values).
 """
 
 from __future__ import annotations
@@ -27,10 +27,13 @@ class IntentArgs:
     max_intents: int | None = None
     """Keep only the N intents with the most templates."""
     test_fraction: float = 0.25
-    """Fraction of each intent's templates held out (at least one)."""
+    """Fraction of each intent's templates held out for the test set (at least one)."""
+    val_fraction: float = 0.15
+    """Fraction of each intent's templates held out for validation (at least one)."""
     sentences_per_template: int = 4
     max_train_per_intent: int = 60
     max_test_per_intent: int = 20
+    """Also the cap for validation sentences."""
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -95,8 +98,11 @@ def _templates(args: IntentArgs):
     return out
 
 
-def intent_splits(args: IntentArgs) -> tuple[list[dict], list[dict], dict]:
-    """(train rows, test rows, info) as ``{"text", "label", "template"}`` rows, split by template."""
+def intent_splits(args: IntentArgs) -> tuple[dict[str, list[dict]], dict]:
+    """({"train", "val", "test": rows}, info), rows as ``{"text", "label", "template"}``, split by template."""
+    if args.min_templates < 3:
+        raise ValueError(f"quickstart.min_templates={args.min_templates}: each intent needs at least 3 templates "
+                         "(one for the test, one for validation, one to train on); set it to 3 or more.")
     rng = random.Random(args.seed)
     by_intent = _templates(args)
     if args.intents is not None:
@@ -105,13 +111,16 @@ def intent_splits(args: IntentArgs) -> tuple[list[dict], list[dict], dict]:
             raise ValueError(f"quickstart.intents: {missing} have no usable templates; choose from {sorted(by_intent)}.")
     chosen = sorted((n for n, t in by_intent.items() if len(t) >= args.min_templates),
                     key=lambda n: (-len(by_intent[n]), n))[: args.max_intents]
-    train, test = [], []
+    splits: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
     for name in sorted(chosen):
         templates = list(enumerate(by_intent[name]))
         rng.shuffle(templates)
         n_test = max(1, round(args.test_fraction * len(templates)))
-        for split, part, limit in ((test, templates[:n_test], args.max_test_per_intent),
-                                   (train, templates[n_test:], args.max_train_per_intent)):
+        n_val = max(1, round(args.val_fraction * len(templates)))
+        parts = (("test", templates[:n_test], args.max_test_per_intent),
+                 ("val", templates[n_test:n_test + n_val], args.max_test_per_intent),
+                 ("train", templates[n_test + n_val:], args.max_train_per_intent))
+        for split, part, limit in parts:
             rows, seen = [], set()
             for tid, (sentence, lists, rules) in part:
                 for _ in range(args.sentences_per_template):
@@ -120,10 +129,13 @@ def intent_splits(args: IntentArgs) -> tuple[list[dict], list[dict], dict]:
                         seen.add(text)
                         rows.append({"text": text, "label": name, "template": f"{name}/{tid}"})
             rng.shuffle(rows)
-            split += rows[:limit]
-    rng.shuffle(train)
-    seen_train = {r["text"] for r in train}  # two templates can produce the same sentence
-    test = [r for r in test if r["text"] not in seen_train]
-    info = {"intents": sorted(chosen), "train": len(train), "test": len(test),
-            "train_templates": len({r["template"] for r in train}), "test_templates": len({r["template"] for r in test})}
-    return train, test, info
+            splits[split] += rows[:limit]
+    rng.shuffle(splits["train"])
+    seen = {r["text"] for r in splits["train"]}  # two templates can produce the same sentence
+    for split in ("val", "test"):
+        splits[split] = [r for r in splits[split] if r["text"] not in seen]
+        seen |= {r["text"] for r in splits[split]}
+    info = {"intents": sorted(chosen)}
+    for split, rows in splits.items():
+        info[split], info[f"{split}_templates"] = len(rows), len({r["template"] for r in rows})
+    return splits, info

@@ -48,15 +48,16 @@ def prepare(config: str | Path | None = None, overrides: list[str] | None = None
     qs = dict(raw.pop("quickstart", None) or {})
     methods = qs.pop("methods", None) or {"lora": {"train": {"method": "lora"}}}
     out = Path(output_dir or raw.get("train", {}).get("output_dir") or "runs/quickstart")
-    train_rows, test_rows, info = intent_splits(_intent_args(qs))
+    splits, info = intent_splits(_intent_args(qs))
     data_dir = out / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
-    for name, rows in (("train", train_rows), ("test", test_rows)):
+    for name, rows in splits.items():
         (data_dir / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     configs = {}
     for method, over in methods.items():
         merged = _merge(raw, over or {})
-        merged.setdefault("data", {}).update(train=str(data_dir / "train.jsonl"), eval=str(data_dir / "test.jsonl"))
+        merged.setdefault("data", {}).update(train=str(data_dir / "train.jsonl"), eval=str(data_dir / "val.jsonl"),
+                                             test=str(data_dir / "test.jsonl"))
         merged.setdefault("train", {})["output_dir"] = str(out / method)
         if merged["train"].get("method", method) != "lora":
             merged.pop("lora", None)
@@ -75,15 +76,16 @@ def quickstart(config: str | Path | None = None, overrides: list[str] | None = N
     configs, info, out = prepare(config, overrides, output_dir)
     parsed = {m: from_dict(c) for m, c in configs.items()}  # every method's errors before any training
     console.print(f"[bold]Home Assistant intents[/]: {len(info['intents'])} intents, {info['train']} train sentences "
-                  f"from {info['train_templates']} templates, {info['test']} test sentences from "
-                  f"{info['test_templates']} held-out templates")
+                  f"from {info['train_templates']} templates; held-out templates: {info['val']} validation sentences "
+                  f"from {info['val_templates']}, {info['test']} test sentences from {info['test_templates']}")
     rows = []
     for method, cfg in parsed.items():
         console.rule(f"[bold]{method}")
         result = run(cfg)
         s = result.summary
-        final = s["final_eval"] or {}
-        rows.append({"method": method, "test_accuracy": final.get("eval_accuracy"), "test_loss": final.get("eval_loss"),
+        final, test = s["final_eval"] or {}, s["test"] or {}
+        rows.append({"method": method, "val_accuracy": final.get("eval_accuracy"),
+                     "test_accuracy": test.get("test_accuracy"), "test_loss": test.get("test_loss"),
                      "trainable_params": s["trainable_params"], "trainable_percent": s["trainable_percent"],
                      "saved_bytes": s["saved_bytes"], "saved_path": s["saved_path"],
                      "train_seconds": s["train_seconds"], "samples_per_s": s["samples_per_s"], "steps": s["steps"]})
@@ -102,11 +104,12 @@ def results_table(rows: list[dict]):
     from rich.table import Table
 
     table = Table(title="all-MiniLM-L6-v2 on Home Assistant intents (test = unseen templates)")
-    for col in ("method", "test accuracy", "trainable params", "saved size", "train time", "samples/s"):
+    for col in ("method", "val accuracy", "test accuracy", "trainable params", "saved size", "train time",
+                "samples/s"):
         table.add_column(col, justify="left" if col == "method" else "right")
     for r in rows:
-        acc = "-" if r["test_accuracy"] is None else f"{100 * r['test_accuracy']:.2f}%"
-        table.add_row(r["method"], acc, f"{r['trainable_params']:,} ({r['trainable_percent']:.2f}%)",
+        val, acc = ("-" if v is None else f"{100 * v:.2f}%" for v in (r["val_accuracy"], r["test_accuracy"]))
+        table.add_row(r["method"], val, acc, f"{r['trainable_params']:,} ({r['trainable_percent']:.2f}%)",
                       _size(r["saved_bytes"]), f"{r['train_seconds']:.1f} s", f"{r['samples_per_s']:.1f}")
     return table
 

@@ -59,4 +59,6 @@ def format_summary(summary: dict) -> str:
     if summary.get("best_eval"):
         best = ", ".join(f"{k}={v:.4g}" for k, v in summary["best_eval"].items() if isinstance(v, (int, float)))
         lines.append(f"best eval: {best}")
+    if summary.get("test"):
+        lines.append("held-out test: " + ", ".join(f"{k}={v:.4g}" for k, v in summary["test"].items()))
     return "\n".join(lines)

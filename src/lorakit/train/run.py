@@ -97,7 +97,8 @@ def run(cfg: RunConfig, callbacks: list[Callback] | None = None, resume: bool = 
         tokenizer = load_tokenizer(cfg.model.path)
         records = read_records(d.train)[: d.limit]
         samples, labels = tokenize(records, d, tokenizer, cfg.model.task)
-        eval_samples = tokenize(read_records(d.eval), d, tokenizer, cfg.model.task, labels)[0] if d.eval else None
+        held_out = {k: tokenize(read_records(path), d, tokenizer, cfg.model.task, labels)[0]
+                    for k, path in (("eval", d.eval), ("test", d.test)) if path}
         model = select_trainable(load_model(cfg.model, labels), cfg)
         if t.gradient_checkpointing:
             model.config.use_cache = False
@@ -122,7 +123,8 @@ def run(cfg: RunConfig, callbacks: list[Callback] | None = None, resume: bool = 
         if world > 1:
             wrapped = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None)
-        eval_batches = _fixed_batches(eval_samples, t.batch_size, tokenizer.pad_token_id) if eval_samples else None
+        held_out = {k: _fixed_batches(v, t.batch_size, tokenizer.pad_token_id) for k, v in held_out.items() if v}
+        eval_batches = held_out.get("eval")
         cbs: list[Callback] = [NanGuard(check_grads=t.mixed_precision != "fp16"), *(callbacks or [])]
         if eval_batches:
             cbs.append(Evaluator(lambda m: evaluate(m, eval_batches, device), t.eval_every))
@@ -155,7 +157,8 @@ def run(cfg: RunConfig, callbacks: list[Callback] | None = None, resume: bool = 
                    "samples_per_s": state.samples_seen / max(seconds, 1e-9),
                    "tokens_per_s": state.tokens_seen / max(seconds, 1e-9), "world_size": world,
                    "final_loss": state.loss, "best_eval": evaluator.best if evaluator else None,
-                   "final_eval": {k: v for k, v in state.metrics.items() if k.startswith("eval_")} or None}
+                   "final_eval": {k: v for k, v in state.metrics.items() if k.startswith("eval_")} or None,
+                   "test": _test_metrics(model, held_out.get("test"), device)}
         if main:
             write_json(run_dir / "summary.json", summary)
             if t.plot:
@@ -166,6 +169,14 @@ def run(cfg: RunConfig, callbacks: list[Callback] | None = None, resume: bool = 
     finally:
         if started:
             dist.destroy_process_group()
+
+
+def _test_metrics(model, batches: list[dict] | None, device: torch.device) -> dict | None:
+    """The trained model on the held-out test file, once (not seen by the Evaluator or callbacks)."""
+    if not batches:
+        return None
+    with torch.no_grad():
+        return {f"test_{k}": v for k, v in evaluate(model, batches, device).items()}
 
 
 def _fixed_batches(samples: list[dict], size: int, pad_id: int) -> list[dict]:

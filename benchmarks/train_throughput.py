@@ -2,8 +2,9 @@
 
 Both train all-MiniLM-L6-v2 as an intent classifier with LoRA r=8 (alpha 16) on query/value plus the
 classifier head, on the same quickstart data (examples/quickstart.yaml), batch 16, AdamW, linear
-schedule with warmup, grad-norm clipping 1.0, fp32, 2 threads, for the same number of steps. Only the
-training loop is timed (samples/s); model loading and tokenisation are not. Rounds rotate the order.
+schedule with warmup, grad-norm clipping 1.0, fp32, 2 threads, for the same number of steps over the
+very same batches (lorakit's tokenisation, permutation and padding feed both). Only the training loop
+is timed (samples/s); model loading and tokenisation are not. Rounds rotate the order.
 
     .venv/bin/python benchmarks/train_throughput.py [--rounds 3 --steps 40]
 """
@@ -11,6 +12,7 @@ training loop is timed (samples/s); model loading and tokenisation are not. Roun
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 import tempfile
@@ -36,8 +38,6 @@ def lorakit_run(configs: dict, out: Path, steps: int, rnd: int) -> float:
 
 
 def peft_run(configs: dict, steps: int, rnd: int) -> float:
-    import json
-
     from peft import LoraConfig, get_peft_model
     from transformers import (
         AutoModelForSequenceClassification,
@@ -45,38 +45,35 @@ def peft_run(configs: dict, steps: int, rnd: int) -> float:
         get_linear_schedule_with_warmup,
     )
 
-    from lorakit.train.config import resolve_path
+    from lorakit.train.config import from_dict, resolve_path
+    from lorakit.train.data import Batches, read_records, tokenize
 
-    raw = configs["lora"]
-    path, t = str(resolve_path(raw["model"]["path"])), raw["train"]
-    rows = [json.loads(r) for r in Path(raw["data"]["train"]).read_text().splitlines()]
-    labels = sorted({r["label"] for r in rows})
+    cfg = from_dict(configs["lora"])
+    t, lc = cfg.train, cfg.lora
+    path = str(resolve_path(cfg.model.path))
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    enc = tok([r["text"] for r in rows], truncation=True, max_length=raw["data"]["max_length"])["input_ids"]
-    y = [labels.index(r["label"]) for r in rows]
-    torch.manual_seed(t["seed"])
+    # the very batches lorakit's run sees (same tokenisation, permutation and padding), so both do the same work
+    samples, labels = tokenize(read_records(cfg.data.train), cfg.data, tok, "classification")
+    batches = Batches(samples, t.batch_size, t.seed, pad_id=tok.pad_token_id)
+    torch.manual_seed(t.seed)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(labels), local_files_only=True)
-    lc = raw["lora"]
-    model = get_peft_model(model, LoraConfig(r=lc["r"], lora_alpha=lc["alpha"], target_modules=lc["target_modules"],
-                                             modules_to_save=lc["modules_to_save"]))
+    model = get_peft_model(model, LoraConfig(r=lc.r, lora_alpha=lc.alpha, target_modules=lc.target_modules,
+                                             modules_to_save=lc.modules_to_save))
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = adamw(params, lr=t["lr"], weight_decay=t["weight_decay"])
+    opt = adamw(params, lr=t.lr, weight_decay=t.weight_decay)
     sched = get_linear_schedule_with_warmup(opt, int(0.06 * steps + 0.999), steps)
-    bs = t["batch_size"]
-    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(rnd)).tolist()
     model.train()
-    samples, start = 0, time.perf_counter()
-    for step in range(steps):
-        idx = [order[(step * bs + i) % len(order)] for i in range(bs)]
-        batch = tok.pad({"input_ids": [enc[i] for i in idx]}, return_tensors="pt")
-        out = model(**batch, labels=torch.tensor([y[i] for i in idx]))
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, t["max_grad_norm"])
+    samples_seen, start = 0, time.perf_counter()
+    stream = (batch for epoch in itertools.count() for batch in batches.epoch(epoch))
+    for _ in range(steps):
+        batch = next(stream)
+        model(**batch).loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        samples += bs
-    return samples / (time.perf_counter() - start)
+        samples_seen += batch["input_ids"].shape[0]
+    return samples_seen / (time.perf_counter() - start)
 
 
 def main() -> None:

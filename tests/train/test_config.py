@@ -1,6 +1,7 @@
 """--set overrides: any depth, values parsed as YAML, every bad item reported at once."""
 
 import pytest
+import yaml
 
 from lorakit.config import ConfigError
 from lorakit.train.config import apply_overrides
@@ -24,3 +25,16 @@ def test_bad_overrides_are_all_reported_and_nothing_half_applied_is_hidden():
     assert "train.lr_groups is 5, not a mapping" in text
     assert "--set 'train..lr=3'" in text
     assert data == {"train": {"lr": 1e-3, "lr_groups": 5}}
+
+
+def test_exponent_floats_are_numbers_in_files_and_overrides(tmp_path):
+    from lorakit.train.config import load_config, read_yaml
+
+    # YAML 1.1 (PyYAML's default) reads 2e-4 as a string; every config means the number
+    assert read_yaml("a: 2e-4\nb: -1E+3\nc: 1_000\nd: '2e-4'\ne: 1e4x") == {
+        "a": 2e-4, "b": -1000.0, "c": 1000, "d": "2e-4", "e": "1e4x"}
+    assert yaml.safe_load("a: 2e-4") == {"a": "2e-4"}  # the stock loader is left as it was
+    (tmp_path / "run.yaml").write_text("model: {path: m}\ndata: {train: t.jsonl}\nlora: {r: 4}\n"
+                                       "train: {lr: 2e-4, lr_groups: {classifier: 1e-2}}\n")
+    cfg = load_config(tmp_path / "run.yaml", ["train.weight_decay=1e-2"], check_paths=False)
+    assert (cfg.train.lr, cfg.train.lr_groups, cfg.train.weight_decay) == (2e-4, {"classifier": 1e-2}, 1e-2)

@@ -15,6 +15,7 @@ and ``ConfigError`` reports them at once.
 from __future__ import annotations
 
 import difflib
+import re
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -23,6 +24,20 @@ from typing import Literal
 import yaml
 
 from ..config import ConfigError, LoraConfig
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML that reads ``2e-4`` as the number it means (YAML 1.2); YAML 1.1 makes it a string."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                              list("-+0123456789"))
+
+
+def read_yaml(text: str):
+    """Parse a config (or a ``--set`` value) with the safe loader above."""
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader: builds no arbitrary Python objects
+
 
 TASKS = ("causal_lm", "classification")
 FORMATS = ("auto", "text", "jsonl", "instruction", "classification")
@@ -318,7 +333,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
                 break
             node = node[part]
         else:
-            node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+            node[parts[-1]] = read_yaml(raw) if raw.strip() else None
     if errors:
         raise ConfigError(errors, "--set overrides")
     return data
@@ -349,7 +364,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None, check_path
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError([f"{path} is not valid YAML: {exc}"]) from exc
     return from_dict(apply_overrides(data, overrides or []), check_paths)

@@ -13,11 +13,9 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
-import yaml
-
 from ..config import ConfigError
 from ..formats._io import write_json
-from .config import apply_overrides, from_dict
+from .config import apply_overrides, from_dict, read_yaml
 from .intents import IntentArgs, intent_splits
 from .report import read_metrics
 
@@ -44,7 +42,7 @@ def prepare(config: str | Path | None = None, overrides: list[str] | None = None
             output_dir: str | Path | None = None) -> tuple[dict, dict, Path]:
     """(per-method raw configs, data info, output dir): writes the intent data as JSONL."""
     path = Path(config) if config else DEFAULT_CONFIG
-    raw = apply_overrides(yaml.safe_load(path.read_text()) or {}, overrides or [])
+    raw = apply_overrides(read_yaml(path.read_text()) or {}, overrides or [])
     qs = dict(raw.pop("quickstart", None) or {})
     methods = qs.pop("methods", None) or {"lora": {"train": {"method": "lora"}}}
     out = Path(output_dir or raw.get("train", {}).get("output_dir") or "runs/quickstart")

@@ -1,0 +1,107 @@
+"""Where a lorakit LoRA training step spends its time beyond the frozen floor.
+
+The training-step benchmark's model and batch (train_step.py), with lorakit's fused LoRA kernel cut
+back stage by stage. Each stage is timed against the floor in paired rounds (one step of every
+candidate per round, order rotating), and the median of the per-round ratios is printed, which is
+steadier on a noisy machine than a ratio of medians. The stages add up:
+
+    wrapper   the LoRA layers and their autograd Function, no rank-r work, no adapter gradients
+    forward   + u = x Aᵀ and y += s·u Bᵀ
+    dx        + g = dy B and dx += s·g A
+    full      lorakit's real kernel: + dA = s·gᵀx, dB = s·dyᵀu and the optimizer step
+
+    .venv/bin/python benchmarks/lora_breakdown.py [--rounds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import torch
+from _common import setup
+from train_step import build_model, make_step
+
+STAGES = ("wrapper", "forward", "dx")
+
+
+class Staged(torch.autograd.Function):
+    """The fused kernel's arithmetic up to ``stage``; the parts not reached are skipped."""
+
+    @staticmethod
+    def forward(ctx, x, weight, lora_a, lora_b, scale: float, stage: str):
+        x2 = x.reshape(-1, x.shape[-1])
+        y = x2 @ weight.t()
+        if stage != "wrapper":
+            y.addmm_(x2 @ lora_a.t(), lora_b.t(), alpha=scale)
+        ctx.save_for_backward(weight, lora_a, lora_b)
+        ctx.scale, ctx.stage, ctx.in_shape = scale, stage, x.shape
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def backward(ctx, dy):
+        weight, lora_a, lora_b = ctx.saved_tensors
+        dy2 = dy.reshape(-1, dy.shape[-1])
+        dx = dy2 @ weight
+        if ctx.stage == "dx":
+            dx.addmm_(dy2 @ lora_b, lora_a, alpha=ctx.scale)
+        return dx.view(ctx.in_shape), None, None, None, None, None
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=20)
+    args = ap.parse_args()
+    setup(2)
+    import lorakit
+    import lorakit.adapters.lora as lora_module
+
+    real_kernel = lora_module.lora_linear
+    stage = {"now": "full"}
+
+    def kernel(x, weight, bias, lora_a, lora_b, scale, fan_in_fan_out=False):
+        if stage["now"] == "full" or bias is not None or fan_in_fan_out:
+            return real_kernel(x, weight, bias, lora_a, lora_b, scale, fan_in_fan_out)
+        return Staged.apply(x, weight, lora_a, lora_b, scale, stage["now"])
+
+    lora_module.lora_linear = kernel
+    base = build_model()
+    batch = torch.randint(0, 8000, (4, 256), generator=torch.Generator().manual_seed(0))
+    floor = copy.deepcopy(base).requires_grad_(False)
+    model = lorakit.inject(copy.deepcopy(base), lorakit.LoraConfig(r=16, alpha=32, target_modules="all-linear"))
+    floor_step = make_step(floor, lambda: floor(inputs_embeds=floor.get_input_embeddings()(batch).requires_grad_(),
+                                                labels=batch).loss)
+    lora_step = make_step(model, lambda: model(input_ids=batch, labels=batch).loss)
+
+    def at(name):
+        def step():
+            stage["now"] = name
+            lora_step()
+        return step
+
+    candidates = {"floor": floor_step, **{name: at(name) for name in (*STAGES, "full")}}
+    for fn in candidates.values():  # warm-up (optimizer state, first allocations)
+        fn()
+    names, ratios = list(candidates), {name: [] for name in candidates}
+    for r in range(args.rounds):
+        took = {}
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            t = time.perf_counter()
+            candidates[name]()
+            took[name] = time.perf_counter() - t
+        for name in names:
+            ratios[name].append(took[name] / took["floor"])
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {args.rounds} paired rounds")
+    print(f"{'stage':10s}{'/ floor':>9s}{'q25':>8s}{'q75':>8s}{'this stage adds':>18s}")
+    previous = 1.0
+    for name in names[1:]:
+        q = statistics.quantiles(ratios[name], n=4)
+        med = statistics.median(ratios[name])
+        print(f"{name:10s}{med:9.3f}{q[0]:8.3f}{q[2]:8.3f}{100 * (med - previous):+17.1f}%")
+        previous = med
+
+
+if __name__ == "__main__":
+    main()

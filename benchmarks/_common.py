@@ -77,15 +77,27 @@ def median_ms(fn, steps: int) -> float:
     return 1e3 * statistics.median(times)
 
 
-def rotated(candidates: dict, rounds: int, steps: int) -> dict[str, float]:
-    """Median over rounds of per-round medians; the order of candidates rotates every round."""
+def per_round(candidates: dict, rounds: int, steps: int) -> dict[str, list[float]]:
+    """Each candidate's median step (ms) in every round; the order of candidates rotates every round."""
     names = list(candidates)
     per = {n: [] for n in names}
     for r in range(rounds):
-        order = names[r % len(names):] + names[: r % len(names)]
-        for n in order:
+        for n in names[r % len(names):] + names[: r % len(names)]:
             per[n].append(median_ms(candidates[n], steps))
-    return {n: statistics.median(v) for n, v in per.items()}
+    return per
+
+
+def rotated(candidates: dict, rounds: int, steps: int) -> dict[str, float]:
+    """Median over rounds of per-round medians (see ``per_round``)."""
+    return {n: statistics.median(v) for n, v in per_round(candidates, rounds, steps).items()}
+
+
+def paired(per: dict[str, list[float]], a: str, b: str) -> str:
+    """The per-round ratios a/b as "median (q25–q75)": adjacent steps share the machine's state, so
+    this is steadier than a ratio of medians when the machine drifts."""
+    ratios = [x / y for x, y in zip(per[a], per[b], strict=True)]
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return f"{statistics.median(ratios):.3f} ({q[0]:.3f}–{q[2]:.3f})"
 
 
 def saved_bytes(fn, model) -> int:

@@ -16,13 +16,11 @@ steadier on a noisy machine than a ratio of medians. The stages add up:
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
-import time
 
 import torch
-from _common import setup
-from train_step import build_model, make_step
+from _common import paired, per_round, setup
+from train_step import build_candidates
 
 STAGES = ("wrapper", "forward", "dx")
 
@@ -55,7 +53,6 @@ def main():
     ap.add_argument("--rounds", type=int, default=20)
     args = ap.parse_args()
     setup(2)
-    import lorakit
     import lorakit.adapters.lora as lora_module
 
     real_kernel = lora_module.lora_linear
@@ -67,13 +64,8 @@ def main():
         return Staged.apply(x, weight, lora_a, lora_b, scale, stage["now"])
 
     lora_module.lora_linear = kernel
-    base = build_model()
-    batch = torch.randint(0, 8000, (4, 256), generator=torch.Generator().manual_seed(0))
-    floor = copy.deepcopy(base).requires_grad_(False)
-    model = lorakit.inject(copy.deepcopy(base), lorakit.LoraConfig(r=16, alpha=32, target_modules="all-linear"))
-    floor_step = make_step(floor, lambda: floor(inputs_embeds=floor.get_input_embeddings()(batch).requires_grad_(),
-                                                labels=batch).loss)
-    lora_step = make_step(model, lambda: model(input_ids=batch, labels=batch).loss)
+    _, _, steps, _ = build_candidates(rank=16)
+    floor_step, lora_step = steps["floor"], steps["lorakit"]
 
     def at(name):
         def step():
@@ -84,22 +76,13 @@ def main():
     candidates = {"floor": floor_step, **{name: at(name) for name in (*STAGES, "full")}}
     for fn in candidates.values():  # warm-up (optimizer state, first allocations)
         fn()
-    names, ratios = list(candidates), {name: [] for name in candidates}
-    for r in range(args.rounds):
-        took = {}
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            t = time.perf_counter()
-            candidates[name]()
-            took[name] = time.perf_counter() - t
-        for name in names:
-            ratios[name].append(took[name] / took["floor"])
+    rounds = per_round(candidates, rounds=args.rounds, steps=1)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {args.rounds} paired rounds")
-    print(f"{'stage':10s}{'/ floor':>9s}{'q25':>8s}{'q75':>8s}{'this stage adds':>18s}")
+    print(f"{'stage':10s}{'/ floor, median (q25–q75) of per-round ratios':>48s}{'this stage adds':>18s}")
     previous = 1.0
-    for name in names[1:]:
-        q = statistics.quantiles(ratios[name], n=4)
-        med = statistics.median(ratios[name])
-        print(f"{name:10s}{med:9.3f}{q[0]:8.3f}{q[2]:8.3f}{100 * (med - previous):+17.1f}%")
+    for name in list(candidates)[1:]:
+        med = statistics.median(a / b for a, b in zip(rounds[name], rounds["floor"], strict=True))
+        print(f"{name:10s}{paired(rounds, name, 'floor'):>48s}{100 * (med - previous):+17.1f}%")
         previous = med
 
 

@@ -14,7 +14,7 @@ import statistics
 import time
 
 import torch
-from _common import PeakRSS, adamw, peak_in_subprocess, rotated, saved_bytes, setup
+from _common import PeakRSS, adamw, paired, peak_in_subprocess, per_round, saved_bytes, setup
 
 
 def build_model():
@@ -90,15 +90,16 @@ def main():
     saved = {name: saved_bytes(losses[name], models[name]) / 2**20 for name in models}
     mem = {name: statistics.median(peak_in_subprocess(__file__, name, "--rank", str(args.rank)) for _ in range(3))
            / 2**20 for name in models}
-    ms = rotated(steps, rounds=args.rounds, steps=args.steps)
+    rounds = per_round(steps, rounds=args.rounds, steps=args.steps)
+    ms = {name: statistics.median(v) for name, v in rounds.items()}
     print(f"torch {torch.__version__}, peft {peft.__version__}, threads {torch.get_num_threads()}, r={args.rank}, "
           f"{args.rounds} rotated rounds x {args.steps} steps")
     print(f"{'':10s}{'step ms':>10s}{'peak MiB':>10s}{'saved activations MiB':>24s}")
     for name in models:
         print(f"{name:10s}{ms[name]:10.1f}{mem[name]:10.1f}{saved[name]:24.1f}")
-    print(f"lorakit / floor = {ms['lorakit'] / ms['floor']:.3f}   (goal <= 1.10)")
-    print(f"lorakit / peft  = {ms['lorakit'] / ms['peft']:.3f}   (goal <= 0.90)")
-    print(f"peft / floor    = {ms['peft'] / ms['floor']:.3f}")
+    print(f"lorakit / floor = {ms['lorakit'] / ms['floor']:.3f}   (goal <= 1.10; per-round {paired(rounds, 'lorakit', 'floor')})")
+    print(f"lorakit / peft  = {ms['lorakit'] / ms['peft']:.3f}   (goal <= 0.90; per-round {paired(rounds, 'lorakit', 'peft')})")
+    print(f"peft / floor    = {ms['peft'] / ms['floor']:.3f}   (per-round {paired(rounds, 'peft', 'floor')})")
     print(f"peak memory lorakit / peft = {mem['lorakit'] / mem['peft']:.3f}   (goal <= 1.00)")
     print(f"injection: lorakit {1e3 * inject_s['lorakit']:.1f} ms, peft {1e3 * inject_s['peft']:.1f} ms, "
           f"ratio {inject_s['lorakit'] / inject_s['peft']:.3f}   (goal <= 0.5)")

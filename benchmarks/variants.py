@@ -14,9 +14,10 @@ import argparse
 import copy
 import gc
 import json
+import statistics
 import time
 
-from _common import _status, rotated, run_exact_rss, setup
+from _common import _status, paired, per_round, run_exact_rss, setup
 from train_step import build_model, make_step
 
 import torch
@@ -123,7 +124,8 @@ def main():
     steps = {n: builders[n]() for n in wanted}
     for fn in steps.values():  # warm-up (allocates optimizer state)
         fn()
-    ms = rotated(steps, rounds=args.rounds, steps=args.steps)
+    rounds = per_round(steps, rounds=args.rounds, steps=args.steps)
+    ms = {name: statistics.median(v) for name, v in rounds.items()}
 
     print(f"torch {torch.__version__}, peft {peft.__version__}, threads {torch.get_num_threads()}, r={args.rank}, "
           f"rounds={args.rounds} x steps={args.steps} (shared machine: expect a few % noise)")
@@ -135,7 +137,7 @@ def main():
               ("qlora-nf4", "lora", "(dequantise per matmul, no GPU kernel)")]
     for a, b, note in ratios:
         if a in ms and b in ms:
-            print(f"{a + ' / ' + b:18s}= {ms[a] / ms[b]:.3f}   {note}")
+            print(f"{a + ' / ' + b:18s}= {ms[a] / ms[b]:.3f}   {note} per-round {paired(rounds, a, b)}")
     if mem is None:
         return
     print(f"QLoRA NF4+DQ: {mem['per_param']:.4f} bytes per base linear weight (goal <= 0.52) over "

@@ -77,19 +77,15 @@ def median_ms(fn, steps: int) -> float:
     return 1e3 * statistics.median(times)
 
 
-def per_round(candidates: dict, rounds: int, steps: int) -> dict[str, list[float]]:
-    """Each candidate's median step (ms) in every round; the order of candidates rotates every round."""
+def rotated(candidates: dict, rounds: int, steps: int) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """(median over rounds of each candidate's per-round median step in ms, those per-round medians);
+    the order of candidates rotates every round."""
     names = list(candidates)
     per = {n: [] for n in names}
     for r in range(rounds):
         for n in names[r % len(names):] + names[: r % len(names)]:
             per[n].append(median_ms(candidates[n], steps))
-    return per
-
-
-def rotated(candidates: dict, rounds: int, steps: int) -> dict[str, float]:
-    """Median over rounds of per-round medians (see ``per_round``)."""
-    return {n: statistics.median(v) for n, v in per_round(candidates, rounds, steps).items()}
+    return {n: statistics.median(v) for n, v in per.items()}, per
 
 
 def paired(per: dict[str, list[float]], a: str, b: str) -> str:

@@ -19,7 +19,7 @@ import argparse
 import statistics
 
 import torch
-from _common import paired, per_round, setup
+from _common import paired, rotated, setup
 from train_step import build_candidates
 
 STAGES = ("wrapper", "forward", "dx")
@@ -76,7 +76,7 @@ def main():
     candidates = {"floor": floor_step, **{name: at(name) for name in (*STAGES, "full")}}
     for fn in candidates.values():  # warm-up (optimizer state, first allocations)
         fn()
-    rounds = per_round(candidates, rounds=args.rounds, steps=1)
+    _, rounds = rotated(candidates, rounds=args.rounds, steps=1)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {args.rounds} paired rounds")
     print(f"{'stage':10s}{'/ floor, median (q25–q75) of per-round ratios':>48s}{'this stage adds':>18s}")
     previous = 1.0

@@ -14,7 +14,7 @@ import statistics
 import time
 
 import torch
-from _common import PeakRSS, adamw, paired, peak_in_subprocess, per_round, saved_bytes, setup
+from _common import PeakRSS, adamw, paired, peak_in_subprocess, rotated, saved_bytes, setup
 
 
 def build_model():
@@ -90,8 +90,7 @@ def main():
     saved = {name: saved_bytes(losses[name], models[name]) / 2**20 for name in models}
     mem = {name: statistics.median(peak_in_subprocess(__file__, name, "--rank", str(args.rank)) for _ in range(3))
            / 2**20 for name in models}
-    rounds = per_round(steps, rounds=args.rounds, steps=args.steps)
-    ms = {name: statistics.median(v) for name, v in rounds.items()}
+    ms, rounds = rotated(steps, rounds=args.rounds, steps=args.steps)
     print(f"torch {torch.__version__}, peft {peft.__version__}, threads {torch.get_num_threads()}, r={args.rank}, "
           f"{args.rounds} rotated rounds x {args.steps} steps")
     print(f"{'':10s}{'step ms':>10s}{'peak MiB':>10s}{'saved activations MiB':>24s}")

@@ -14,10 +14,9 @@ import argparse
 import copy
 import gc
 import json
-import statistics
 import time
 
-from _common import _status, paired, per_round, run_exact_rss, setup
+from _common import _status, paired, rotated, run_exact_rss, setup
 from train_step import build_model, make_step
 
 import torch
@@ -124,8 +123,7 @@ def main():
     steps = {n: builders[n]() for n in wanted}
     for fn in steps.values():  # warm-up (allocates optimizer state)
         fn()
-    rounds = per_round(steps, rounds=args.rounds, steps=args.steps)
-    ms = {name: statistics.median(v) for name, v in rounds.items()}
+    ms, rounds = rotated(steps, rounds=args.rounds, steps=args.steps)
 
     print(f"torch {torch.__version__}, peft {peft.__version__}, threads {torch.get_num_threads()}, r={args.rank}, "
           f"rounds={args.rounds} x steps={args.steps} (shared machine: expect a few % noise)")

@@ -105,7 +105,7 @@ def main():
     }
     for fn in steps.values():  # warm-up: optimizer state, first allocation
         fn()
-    ms = rotated(steps, rounds=args.rounds, steps=args.steps)
+    ms, _ = rotated(steps, rounds=args.rounds, steps=args.steps)
     print(f"torch {torch.__version__}, peft {peft.__version__}, threads {torch.get_num_threads()}, r={r}, "
           f"model {'small' if args.small else 'core (train_step.build_model)'}")
     for name, v in ms.items():

@@ -55,3 +55,29 @@ def test_quickstart_split_is_by_template(tmp_path):
 def test_too_few_templates_per_intent_is_refused(tmp_path):
     with pytest.raises(ValueError, match="min_templates=2: each intent needs at least 3 templates"):
         prepare(overrides=["quickstart.min_templates=2"], output_dir=tmp_path)
+
+
+def test_results_table_fits_80_columns_and_plot_shows_both_splits(tmp_path):
+    from rich.console import Console
+
+    from lorakit.train.quickstart import plot_comparison, results_table
+
+    rows = [{"method": m, "val_accuracy": v, "test_accuracy": t, "trainable_params": n, "trainable_percent": pct,
+             "saved_bytes": size, "train_seconds": 4.2, "samples_per_s": 250.0}
+            for m, v, t, n, pct, size in (("head", 0.66, 0.65, 8855, 0.039, 36_000),
+                                           ("lora", 0.953, None, 82583, 0.3634, 335_000),
+                                           ("full", 0.953, 0.8815, 22722071, 100.0, 91_600_000))]
+    console = Console(width=80, record=True)
+    console.print(results_table(rows))
+    lines = console.export_text().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    text = "\n".join(lines)
+    assert "…" not in text  # nothing truncated
+    for cell in ("95.30%", "88.15%", "22.7M (100%)", "82.6k (0.363%)", "8.9k (0.039%)", "91.6 MB"):
+        assert cell in text, cell
+    assert text.count(" - ") == 1  # the missing test accuracy
+    for m in ("head", "lora", "full"):
+        (tmp_path / m).mkdir()
+        (tmp_path / m / "metrics.jsonl").write_text('{"step": 1, "loss": 3.0}\n{"step": 5, "loss": 1.0}\n')
+    png = plot_comparison(rows, tmp_path)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

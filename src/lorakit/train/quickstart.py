@@ -101,15 +101,19 @@ def quickstart(config: str | Path | None = None, overrides: list[str] | None = N
 def results_table(rows: list[dict]):
     from rich.table import Table
 
-    table = Table(title="all-MiniLM-L6-v2 on Home Assistant intents (test = unseen templates)")
-    for col in ("method", "val accuracy", "test accuracy", "trainable params", "saved size", "train time",
-                "samples/s"):
-        table.add_column(col, justify="left" if col == "method" else "right")
+    table = Table(title="all-MiniLM-L6-v2 on Home Assistant intents: accuracy on unseen templates")
+    for col in ("method", "val acc", "test acc", "trainable", "saved", "time", "samples/s"):
+        table.add_column(col, justify="left" if col == "method" else "right", no_wrap=True)
     for r in rows:
         val, acc = ("-" if v is None else f"{100 * v:.2f}%" for v in (r["val_accuracy"], r["test_accuracy"]))
-        table.add_row(r["method"], val, acc, f"{r['trainable_params']:,} ({r['trainable_percent']:.2f}%)",
+        table.add_row(r["method"], val, acc, f"{_count(r['trainable_params'])} ({r['trainable_percent']:.3g}%)",
                       _size(r["saved_bytes"]), f"{r['train_seconds']:.1f} s", f"{r['samples_per_s']:.1f}")
     return table
+
+
+def _count(n: int) -> str:
+    """8,855 -> 8.9k, 22,722,071 -> 22.7M: the table fits 80 columns (exact counts are in results.json)."""
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
 
 
 def _size(n: int) -> str:
@@ -130,9 +134,13 @@ def plot_comparison(rows: list[dict], out: Path) -> Path:
     ax1.set_ylabel("train loss")
     ax1.legend()
     ax1.set_title("training loss")
-    names = [r["method"] for r in rows]
-    ax2.bar(names, [100 * (r["test_accuracy"] or 0) for r in rows], color=["#999", "#2a7", "#36c"][: len(rows)])
-    ax2.set_ylabel("test accuracy (%)")
+    at = range(len(rows))
+    for shift, key, color in ((-0.2, "val_accuracy", "#9bc"), (0.2, "test_accuracy", "#36c")):
+        ax2.bar([i + shift for i in at], [100 * (r[key] or 0) for r in rows], width=0.4, color=color,
+                label=key.split("_")[0])
+    ax2.set_xticks(list(at), [r["method"] for r in rows])
+    ax2.set_ylabel("accuracy (%)")
+    ax2.legend(loc="lower right")
     ax2.set_title("unseen templates")
     fig.tight_layout()
     fig.savefig(out / "quickstart.png", dpi=110)

@@ -88,6 +88,20 @@ def rotated(candidates: dict, rounds: int, steps: int) -> tuple[dict[str, float]
     return {n: statistics.median(v) for n, v in per.items()}, per
 
 
+def header(rounds: int, steps: int, rank: int | None = None, extra: str = "") -> str:
+    """The first line every benchmark prints: versions, threads, rank and how it was timed."""
+    import importlib.util
+
+    peft = ""
+    if importlib.util.find_spec("peft") is not None:
+        import peft as peft_module
+
+        peft = f", peft {peft_module.__version__}"
+    r = "" if rank is None else f", r={rank}"
+    return (f"torch {torch.__version__}{peft}, threads {torch.get_num_threads()}{r}, "
+            f"{rounds} rotated rounds x {steps} steps{extra}")
+
+
 def paired(per: dict[str, list[float]], a: str, b: str) -> str:
     """The per-round ratios a/b as "median (q25–q75)": adjacent steps share the machine's state, so
     this is steadier than a ratio of medians when the machine drifts."""

@@ -19,7 +19,7 @@ import argparse
 import statistics
 
 import torch
-from _common import paired, rotated, setup
+from _common import header, paired, rotated, setup
 from train_step import build_candidates
 
 STAGES = ("wrapper", "forward", "dx")
@@ -77,7 +77,7 @@ def main():
     for fn in candidates.values():  # warm-up (optimizer state, first allocations)
         fn()
     _, rounds = rotated(candidates, rounds=args.rounds, steps=1)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {args.rounds} paired rounds")
+    print(header(args.rounds, 1, 16, " (paired: one step of each candidate per round)"))
     print(f"{'stage':10s}{'/ floor, median (q25–q75) of per-round ratios':>48s}{'this stage adds':>18s}")
     previous = 1.0
     for name in list(candidates)[1:]:

@@ -14,7 +14,7 @@ import statistics
 import time
 
 import torch
-from _common import PeakRSS, adamw, paired, peak_in_subprocess, rotated, saved_bytes, setup
+from _common import PeakRSS, adamw, header, paired, peak_in_subprocess, rotated, saved_bytes, setup
 
 
 def build_model():
@@ -82,7 +82,6 @@ def main():
             steps[args.peak_of]()
         print(p.peak)
         return
-    import peft
 
     models, losses, steps, inject_s = build_candidates(args.rank)
     for fn in steps.values():  # warm-up (allocates optimizer state)
@@ -91,8 +90,7 @@ def main():
     mem = {name: statistics.median(peak_in_subprocess(__file__, name, "--rank", str(args.rank)) for _ in range(3))
            / 2**20 for name in models}
     ms, rounds = rotated(steps, rounds=args.rounds, steps=args.steps)
-    print(f"torch {torch.__version__}, peft {peft.__version__}, threads {torch.get_num_threads()}, r={args.rank}, "
-          f"{args.rounds} rotated rounds x {args.steps} steps")
+    print(header(args.rounds, args.steps, args.rank))
     print(f"{'':10s}{'step ms':>10s}{'peak MiB':>10s}{'saved activations MiB':>24s}")
     for name in models:
         print(f"{name:10s}{ms[name]:10.1f}{mem[name]:10.1f}{saved[name]:24.1f}")

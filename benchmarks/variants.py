@@ -16,7 +16,7 @@ import gc
 import json
 import time
 
-from _common import _status, paired, rotated, run_exact_rss, setup
+from _common import header, _status, paired, rotated, run_exact_rss, setup
 from train_step import build_model, make_step
 
 import torch
@@ -125,8 +125,7 @@ def main():
         fn()
     ms, rounds = rotated(steps, rounds=args.rounds, steps=args.steps)
 
-    print(f"torch {torch.__version__}, peft {peft.__version__}, threads {torch.get_num_threads()}, r={args.rank}, "
-          f"rounds={args.rounds} x steps={args.steps} (shared machine: expect a few % noise)")
+    print(header(args.rounds, args.steps, args.rank, " (shared machine: expect a few % noise)"))
     print(f"{'':12s}{'step ms':>10s}{'/ floor':>9s}")
     for name in steps:
         print(f"{name:12s}{ms[name]:10.1f}{ms[name] / ms['floor']:9.3f}")

@@ -16,7 +16,7 @@ from __future__ import annotations  # noqa: I001  (_common and train_step are lo
 import argparse
 import copy
 
-from _common import adamw, rotated, setup
+from _common import header, adamw, rotated, setup
 from train_step import build_model, make_step as _make_step
 
 import torch
@@ -106,8 +106,7 @@ def main():
     for fn in steps.values():  # warm-up: optimizer state, first allocation
         fn()
     ms, _ = rotated(steps, rounds=args.rounds, steps=args.steps)
-    print(f"torch {torch.__version__}, peft {peft.__version__}, threads {torch.get_num_threads()}, r={r}, "
-          f"model {'small' if args.small else 'core (train_step.build_model)'}")
+    print(header(args.rounds, args.steps, r, f", model {'small' if args.small else 'core (train_step.build_model)'}"))
     for name, v in ms.items():
         print(f"{name:14s}{v:10.1f} ms")
     print(f"adalora / lora         = {ms['adalora'] / ms['lora']:.3f}")

@@ -11,10 +11,20 @@ import time
 import torch
 
 # Memory probes run in child processes whose big tensors go straight to mmap, so freed memory leaves
-# RSS at once and peak RSS per phase is honest. Timing runs keep glibc's default allocator: a fixed
-# mmap threshold makes every large temporary page-fault, which inflates all step times (the floor's
-# too) and penalises implementations with more temporaries, so it must not be used for timing.
+# RSS at once and peak RSS per phase is honest. That setting makes every large temporary page-fault,
+# which inflates step times and penalises implementations with more temporaries: never for timing.
 EXACT_RSS_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+# Step timings choose how freed memory goes back to the OS (BENCH_HEAP, read at start-up, so the
+# script re-runs itself under it). With glibc's default policy a step re-faults 0 to 40,000 pages
+# (~4 µs each on this VM, 8,000 per 32 MB logits buffer) depending on the heap layout the previous
+# steps left, for the floor, PEFT and lorakit alike: up to 15 % of a step, luck rather than the code
+# under test. Every candidate in one process runs under the same policy:
+#   steady   (the default) glibc keeps every freed block, so a warmed-up step faults no page;
+#   thp      glibc's default, plus PyTorch's THP_MEM_ALLOC_ENABLE: buffers >= 2 MB on huge pages;
+#   default  glibc's default policy.
+HEAP_ENV = {"steady": {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**40)},
+            "thp": {"THP_MEM_ALLOC_ENABLE": "1"}, "default": {}}
+_HEAP_KEYS = {k for env in HEAP_ENV.values() for k in env}
 
 
 def adamw(params, **kwargs) -> torch.optim.AdamW:
@@ -23,7 +33,16 @@ def adamw(params, **kwargs) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, fused=True, **kwargs)
 
 
-def setup(threads: int = 2, seed: int = 0) -> None:
+def setup(threads: int = 2, seed: int = 0, heap: bool = False) -> None:
+    """Pin threads and the seed; with ``heap`` re-run this script under the BENCH_HEAP policy."""
+    if heap:
+        mode = os.environ.setdefault("BENCH_HEAP", "steady")
+        if mode not in HEAP_ENV:
+            raise SystemExit(f"BENCH_HEAP={mode!r}: expected one of {sorted(HEAP_ENV)}")
+        env = {k: v for k, v in os.environ.items() if k not in _HEAP_KEYS} | HEAP_ENV[mode]
+        if env != dict(os.environ):
+            sys.stdout.flush()
+            os.execve(sys.executable, [sys.executable, *sys.argv], env)
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
 
@@ -59,7 +78,7 @@ def run_exact_rss(script: str, *args: str) -> str:
     import subprocess
 
     out = subprocess.run([sys.executable, script, *args], check=True, capture_output=True, text=True,
-                         env={**os.environ, **EXACT_RSS_ENV})
+                         env={k: v for k, v in os.environ.items() if k not in _HEAP_KEYS} | EXACT_RSS_ENV)
     return out.stdout.strip().splitlines()[-1]
 
 
@@ -98,7 +117,8 @@ def header(rounds: int, steps: int, rank: int | None = None, extra: str = "") ->
 
         peft = f", peft {peft_module.__version__}"
     r = "" if rank is None else f", r={rank}"
-    return (f"torch {torch.__version__}{peft}, threads {torch.get_num_threads()}{r}, "
+    heap = f"{os.environ.get('BENCH_HEAP', 'default')} heap"
+    return (f"torch {torch.__version__}{peft}, threads {torch.get_num_threads()}{r}, {heap}, "
             f"{rounds} rotated rounds x {steps} steps{extra}")
 
 

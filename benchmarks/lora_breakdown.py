@@ -52,7 +52,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=20)
     args = ap.parse_args()
-    setup(2)
+    setup(2, heap=True)
     import lorakit.adapters.lora as lora_module
 
     real_kernel = lora_module.lora_linear

@@ -74,7 +74,7 @@ def main():
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--peak-of", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    setup(2)
+    setup(2, heap=not args.peak_of)
     if args.peak_of:  # child mode: one warm-up step, then the peak RSS of one more step
         _, _, steps, _ = build_candidates(args.rank)
         steps[args.peak_of]()

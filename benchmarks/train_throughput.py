@@ -81,7 +81,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=40)
     args = ap.parse_args()
-    setup(threads=2)
+    setup(threads=2, heap=True)
     import os
 
     os.environ["HF_HUB_OFFLINE"] = "1"

@@ -89,7 +89,7 @@ def main():
     ap.add_argument("--no-memory", action="store_true", help="skip the QLoRA memory/quantise section")
     ap.add_argument("--memory-json", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    setup(2)
+    setup(2, heap=not args.memory_json)
     if args.memory_json:  # child mode (exact-RSS allocator): the QLoRA memory section only
         import peft  # noqa: F401  (library code resident before the baseline, as in a real process)
         import transformers  # noqa: F401

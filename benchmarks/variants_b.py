@@ -77,7 +77,7 @@ def main():
     ap.add_argument("--small", action="store_true")
     ap.add_argument("--threads", type=int, default=2, help="1 gives steadier numbers on a shared, busy machine")
     args = ap.parse_args()
-    setup(args.threads)
+    setup(args.threads, heap=True)
     import peft
 
     import lorakit

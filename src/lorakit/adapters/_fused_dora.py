@@ -5,7 +5,7 @@ differentiates one by one. Here the forward is one base GEMM, the rank-r update 
 (``addmm_``), and the per-output scale and bias applied in place. The backward is written out:
 
     z  = (y − b)/c                   (never stored: recovered from the output)
-    dm = Σ_t dy ⊙ z / n = (Σ_t dy ⊙ y − b·Σ_t dy) / m     (one fused dot per output column)
+    dm = Σ_t dy ⊙ z / n = (Σ_t dy ⊙ y − b·Σ_t dy) / m     (one dot per output column)
     dz = dy ⊙ c;  g = dz B
     dx = dz W + s·g A;  dA = s·gᵀ x;  dB = s·dzᵀ u   with u = x Aᵀ saved from the forward
 (dz is never formed when W ⊙ c is smaller: dz W = dy (c ⊙ W), dz B = dy (c ⊙ B), dzᵀu = c ⊙ (dyᵀu).)
@@ -46,7 +46,8 @@ class DoraLinearFunction(torch.autograd.Function):
         if need_bias:
             dbias = dsum
         if need_m:
-            t = torch.linalg.vecdot(dy2, y, dim=0)  # Σ_t dy ⊙ y without a tokens × out temporary
+            # Σ_t dy ⊙ y; vecdot makes a tokens × out temporary, the forms without one were slower
+            t = torch.linalg.vecdot(dy2, y, dim=0)
             if bias is not None:
                 t -= bias * dsum
             dm = t / magnitude

@@ -24,7 +24,11 @@ EXACT_RSS_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 #   default  glibc's default policy.
 HEAP_ENV = {"steady": {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**40)},
             "thp": {"THP_MEM_ALLOC_ENABLE": "1"}, "default": {}}
-_HEAP_KEYS = {k for env in HEAP_ENV.values() for k in env}
+
+
+def _env_without_heap_policy() -> dict[str, str]:
+    keys = {k for env in HEAP_ENV.values() for k in env}
+    return {k: v for k, v in os.environ.items() if k not in keys}
 
 
 def adamw(params, **kwargs) -> torch.optim.AdamW:
@@ -39,7 +43,7 @@ def setup(threads: int = 2, seed: int = 0, heap: bool = False) -> None:
         mode = os.environ.setdefault("BENCH_HEAP", "steady")
         if mode not in HEAP_ENV:
             raise SystemExit(f"BENCH_HEAP={mode!r}: expected one of {sorted(HEAP_ENV)}")
-        env = {k: v for k, v in os.environ.items() if k not in _HEAP_KEYS} | HEAP_ENV[mode]
+        env = _env_without_heap_policy() | HEAP_ENV[mode]
         if env != dict(os.environ):
             sys.stdout.flush()
             os.execve(sys.executable, [sys.executable, *sys.argv], env)
@@ -78,7 +82,7 @@ def run_exact_rss(script: str, *args: str) -> str:
     import subprocess
 
     out = subprocess.run([sys.executable, script, *args], check=True, capture_output=True, text=True,
-                         env={k: v for k, v in os.environ.items() if k not in _HEAP_KEYS} | EXACT_RSS_ENV)
+                         env=_env_without_heap_policy() | EXACT_RSS_ENV)
     return out.stdout.strip().splitlines()[-1]
 
 

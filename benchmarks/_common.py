@@ -121,8 +121,8 @@ def header(rounds: int, steps: int, rank: int | None = None, extra: str = "") ->
 
         peft = f", peft {peft_module.__version__}"
     r = "" if rank is None else f", r={rank}"
-    heap = f"{os.environ.get('BENCH_HEAP', 'default')} heap"
-    return (f"torch {torch.__version__}{peft}, threads {torch.get_num_threads()}{r}, {heap}, "
+    heap = f", {os.environ['BENCH_HEAP']} heap" if "BENCH_HEAP" in os.environ else ""
+    return (f"torch {torch.__version__}{peft}, threads {torch.get_num_threads()}{r}{heap}, "
             f"{rounds} rotated rounds x {steps} steps{extra}")
 
 

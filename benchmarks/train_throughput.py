@@ -32,7 +32,7 @@ def lorakit_run(configs: dict, out: Path, steps: int, rnd: int) -> float:
 
     raw = dict(configs["lora"])
     raw["train"] = {**raw["train"], "max_steps": steps, "output_dir": str(out / f"lorakit-{rnd}"),
-                    "progress": False, "plot": False}
+                    "progress": False, "plot": False, "keep_heap": False}  # BENCH_HEAP rules both loops
     raw["data"] = {**raw["data"], "eval": None, "test": None}
     return run(from_dict(raw), quiet=True).summary["samples_per_s"]
 

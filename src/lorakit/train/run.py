@@ -27,6 +27,7 @@ from .callbacks import Callback
 from .checkpoint import list_checkpoints, load_checkpoint
 from .config import RunConfig
 from .data import Batches, read_records, step_plan, tokenize
+from .heap import keep_heap
 from .hooks import Checkpointer, Evaluator, MetricsLogger, NanGuard, NonFiniteLossError, ProgressBar
 from .loop import Trainer
 from .models import evaluate, load_model, load_tokenizer, select_trainable
@@ -142,6 +143,8 @@ def run(cfg: RunConfig, callbacks: list[Callback] | None = None, resume: bool = 
         if resume:
             load_checkpoint(trainer.state, existing[-1], rank, t.seed)
             _say(main and not quiet, f"resumed from {existing[-1]} at step {trainer.state.step}")
+        if t.keep_heap and device.type == "cpu":
+            keep_heap()
         start = time.perf_counter()
         state = trainer.fit()
         seconds = time.perf_counter() - start

@@ -15,7 +15,7 @@ import torch
 # which inflates step times and penalises implementations with more temporaries: never for timing.
 EXACT_RSS_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 # Step timings choose how freed memory goes back to the OS (BENCH_HEAP, read at start-up, so the
-# script re-runs itself under it). With glibc's default policy a step re-faults 0 to 40,000 pages
+# script re-runs itself under it). With glibc's default policy a step re-faults 0 to 65,000 pages
 # (~4 µs each on this VM, 8,000 per 32 MB logits buffer) depending on the heap layout the previous
 # steps left, for the floor, PEFT and lorakit alike: up to 15 % of a step, luck rather than the code
 # under test. Every candidate in one process runs under the same policy:
@@ -26,7 +26,8 @@ HEAP_ENV = {"steady": {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2*
             "thp": {"THP_MEM_ALLOC_ENABLE": "1"}, "default": {}}
 
 
-def _env_without_heap_policy() -> dict[str, str]:
+def env_without_heap_policy() -> dict[str, str]:
+    """This process's environment less every BENCH_HEAP setting (for child processes)."""
     keys = {k for env in HEAP_ENV.values() for k in env}
     return {k: v for k, v in os.environ.items() if k not in keys}
 
@@ -43,7 +44,7 @@ def setup(threads: int = 2, seed: int = 0, heap: bool = False) -> None:
         mode = os.environ.setdefault("BENCH_HEAP", "steady")
         if mode not in HEAP_ENV:
             raise SystemExit(f"BENCH_HEAP={mode!r}: expected one of {sorted(HEAP_ENV)}")
-        env = _env_without_heap_policy() | HEAP_ENV[mode]
+        env = env_without_heap_policy() | HEAP_ENV[mode]
         if env != dict(os.environ):
             sys.stdout.flush()
             os.execve(sys.executable, [sys.executable, *sys.argv], env)
@@ -82,7 +83,7 @@ def run_exact_rss(script: str, *args: str) -> str:
     import subprocess
 
     out = subprocess.run([sys.executable, script, *args], check=True, capture_output=True, text=True,
-                         env=_env_without_heap_policy() | EXACT_RSS_ENV)
+                         env=env_without_heap_policy() | EXACT_RSS_ENV)
     return out.stdout.strip().splitlines()[-1]
 
 

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from _common import _env_without_heap_policy, header, setup
+from _common import env_without_heap_policy, header, setup
 
 
 def child(mode: str, steps: int) -> dict:
@@ -58,7 +58,7 @@ def main() -> None:
     for r in range(args.rounds):
         for mode in (("default", "kept") if r % 2 == 0 else ("kept", "default")):
             out = subprocess.run([sys.executable, __file__, "--child", mode, "--steps", str(args.steps)], check=True,
-                                 capture_output=True, text=True, env=_env_without_heap_policy(),
+                                 capture_output=True, text=True, env=env_without_heap_policy(),
                                  cwd=os.path.dirname(os.path.abspath(__file__)))
             per[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(header(args.rounds, args.steps, 16, ", one process per measurement, settings alternating"))

@@ -38,8 +38,9 @@ def param_groups(model: nn.Module, args: TrainArgs) -> list[dict]:
     return [{"params": ps, "lr": lr, "weight_decay": args.weight_decay} for lr, ps in buckets.items()]
 
 
-def make_optimizer(model: nn.Module, args: TrainArgs, device: torch.device) -> torch.optim.Optimizer:
-    groups = param_groups(model, args)
+def make_optimizer(model: nn.Module | list[dict], args: TrainArgs, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW or 8-bit AdamW over ``model``'s trainable parameters, or over ready parameter ``groups``."""
+    groups = param_groups(model, args) if isinstance(model, nn.Module) else model
     kwargs = dict(lr=args.lr, betas=tuple(args.betas), eps=args.eps, weight_decay=args.weight_decay)
     if args.optimizer == "adamw8bit":
         return make_adamw8bit(groups, device, **kwargs)

@@ -1,0 +1,1 @@
+"""Task-specific training code: each task (text, diffusion) is a peer package."""

@@ -143,7 +143,7 @@ def test_fake_task_resumes_twice_exactly(tmp_path, fake):
     run(_cfg(tmp_path, "parts"), [StopAt(8)], quiet=True)  # interrupted twice, same schedule
     run(_cfg(tmp_path, "parts"), [StopAt(16)], resume=True, quiet=True)
     resumed = run(_cfg(tmp_path, "parts"), resume=True, quiet=True).summary
-    assert resumed["steps"] == 24 and resumed["epoch"] == 2  # counters add up across resumes
+    assert resumed["steps"] == 24 and resumed["epochs"] == 3  # counters add up across resumes
     assert torch.equal(torch.tensor(resumed["fake_weight"]), torch.tensor(whole))
 
 

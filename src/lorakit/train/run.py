@@ -116,7 +116,8 @@ def run(cfg, callbacks: list[Callback] | None = None, resume: bool = False, quie
         if t.progress and not quiet:
             cbs.append(ProgressBar(f"{t.method}"))
         config_dict = cfg.to_dict()
-        cbs.append(Checkpointer(run_dir, t.save_every, t.save_every_epochs, t.keep_last, config_dict))
+        keep = t.keep_last if t.keep_last is not None else 1 << 30  # None keeps every checkpoint
+        cbs.append(Checkpointer(run_dir, t.save_every, t.save_every_epochs, keep, config_dict))
         trainer = Trainer(wrapped, data, t, optimizer, scheduler, total_steps=total, device=device,
                           callbacks=cbs, run_dir=run_dir, loss_fn=task.loss, train_modules=parts.train_modules or None)
         if main:
@@ -140,7 +141,7 @@ def run(cfg, callbacks: list[Callback] | None = None, resume: bool = False, quie
         summary = {"task": task.name, "method": t.method, "trainable_params": report[0], "total_params": report[1],
                    "trainable_percent": 100 * report[0] / report[1], "saved_path": str(saved),
                    "saved_bytes": dir_size(saved), "train_seconds": seconds, "steps": state.step,
-                   "epoch": state.epoch, "samples_per_s": state.samples_seen / max(seconds, 1e-9),
+                   "epochs": round(state.step / max(state.steps_per_epoch, 1), 4), "samples_per_s": state.samples_seen / max(seconds, 1e-9),
                    "tokens_per_s": state.tokens_seen / max(seconds, 1e-9), "world_size": world,
                    "final_loss": state.loss, "best_eval": evaluator.best if evaluator else None,
                    "final_eval": {k: v for k, v in state.metrics.items() if k.startswith("eval_")} or None,

@@ -87,6 +87,15 @@ def save_dataset(root: Path, n: int = 4, repeats: int = 2, size=(64, 64)) -> Pat
     return root
 
 
+def components(tmp: Path, sdxl: bool, prediction: str = "epsilon") -> dict:
+    """The parts the diffusion task loads, built in memory (no pipeline directory)."""
+    comps = {"unet": tiny_unet(sdxl), "text_encoder": clip(16), "tokenizer": tokenizer(tmp)}
+    if sdxl:
+        comps.update(text_encoder_2=clip(16, True, 2), tokenizer_2=comps["tokenizer"])
+    comps["scheduler_config"] = dict(scheduler(prediction).config)
+    return comps
+
+
 def sd_config(tmp: Path, model: Path, data: Path, **sections) -> dict:
     """An sd.yaml mapping for the tiny pipeline (``sections`` merge into each section)."""
     cfg = {"task": "diffusion",

@@ -5,10 +5,9 @@ LoRA gradients (epsilon and v-prediction, with and without min-SNR-γ, SD1 and S
 import copy
 
 import pytest
-import sd_pipes
 import torch
 import torch.nn.functional as F
-from sd_models import tiny_unet
+from sd_pipes import components
 
 from lorakit.model import lora_layers
 from lorakit.tasks.diffusion.config import NetworkArgs, SDTrainArgs
@@ -17,14 +16,6 @@ from lorakit.tasks.diffusion.network import add_network
 from lorakit.tasks.diffusion.step import SDNetwork
 
 CAPTIONS = ["sks dog, photo", "a red cat on a mat"]
-
-
-def components(tmp_path, sdxl: bool, prediction: str = "epsilon") -> dict:
-    comps = {"unet": tiny_unet(sdxl), "text_encoder": sd_pipes.clip(16), "tokenizer": sd_pipes.tokenizer(tmp_path)}
-    if sdxl:
-        comps.update(text_encoder_2=sd_pipes.clip(16, True, 2), tokenizer_2=comps["tokenizer"])
-    comps["scheduler_config"] = dict(sd_pipes.scheduler(prediction).config)
-    return comps
 
 
 def reference_loss(comps, unet, tes, batch, noise, timesteps, prediction, snr_gamma):
@@ -62,9 +53,9 @@ def reference_loss(comps, unet, tes, batch, noise, timesteps, prediction, snr_ga
     return (loss.mean(dim=list(range(1, len(loss.shape)))) * weights).mean()
 
 
-@pytest.mark.parametrize("sdxl", [False, True], ids=["sd1", "sdxl"])
-@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
-@pytest.mark.parametrize("snr_gamma", [None, 5.0], ids=["plain", "min_snr"])
+@pytest.mark.parametrize(("sdxl", "prediction", "snr_gamma"), [  # each family, prediction and weighting twice
+    (False, "epsilon", None), (False, "v_prediction", 5.0), (True, "epsilon", 5.0), (True, "v_prediction", None)],
+    ids=["sd1-eps", "sd1-v-minsnr", "sdxl-eps-minsnr", "sdxl-v"])
 def test_step_loss_and_grads_equal_the_diffusers_peft_recipe(tmp_path, sdxl, prediction, snr_gamma):
     from peft import LoraConfig as PeftLoraConfig
 

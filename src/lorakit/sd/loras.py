@@ -16,8 +16,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..formats.sd_io import read_lora
+from ..formats.sd_keys import SDXL, layout_from_config
 from ..model import active_adapters, adapter_names, set_active_adapters
-from .lora import load_lora, model_parts
+from .lora import check_family, load_lora, model_parts
 from .prompt import PromptSyntaxError
 
 re_tag = re.compile(r"<(\w+):([^>]+)>")
@@ -146,9 +148,25 @@ class LoraStack:
         if path not in self.names:
             name = re.sub(r"\W", "_", path.stem)
             name = f"lora{len(self.names)}_{name}"
-            load_lora(self.parts, [path], names=[name])
+            load_lora(self.parts, [self._read(path)], names=[name])
             self.names[path] = name
         return self.names[path]
+
+    def _read(self, path: Path):
+        """Read with the model's U-Net layout; a file that does not map is first checked for its family,
+        so an SDXL file on SD1.5 says so instead of listing unmapped keys."""
+        layout = layout_from_config(self.parts["unet"].config) if "unet" in self.parts else SDXL
+        try:
+            lf = read_lora(path, layout)
+        except (KeyError, ValueError) as e:
+            try:
+                other = read_lora(path, SDXL)
+            except (KeyError, ValueError):
+                raise e from None
+            check_family(other, self.parts, str(path))
+            raise
+        check_family(lf, self.parts, str(path))
+        return lf
 
     def activate(self, requests: list[tuple[Path, float, float]]) -> None:
         """Make exactly these (file, te, unet) active among the stack's files; repeated files add their

@@ -1,110 +1,78 @@
-"""Tiny SD1- and SDXL-shaped diffusers pipelines saved as local directories, and a tiny kohya dataset.
-
-Built from configs (nothing is downloaded), as diffusers' own example tests use tiny models: a
-character-level CLIP tokenizer, 2-layer CLIP encoders, the tiny U-Nets of ``sd_models`` and a VAE
-that downsamples by 4 (64-pixel images -> 16x16 latents).
-"""
+"""Whole tiny Stable Diffusion pipelines (SD1.x and SDXL) built from configs, with a CLIP tokenizer made from
+a local vocab written here (one token per character, as CLIP's byte-level BPE with no merges): no downloads."""
 
 from __future__ import annotations
 
-import json
-import string
 from pathlib import Path
 
 import torch
-from sd_models import tiny_unet
 
-CHARS = list(string.ascii_lowercase + string.digits + ",.!")
+HIDDEN = 16
 
 
-def tokenizer(root: Path):
+def _bytes_to_unicode():
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return list(bytes_to_unicode().values())
+
+
+def tiny_tokenizer(pad_is_eos: bool = True):
+    """A CLIPTokenizer with every byte-char token (+ its ``</w>`` form), a few merges, BOS and EOS last."""
     from transformers import CLIPTokenizer
 
-    vocab = {c: i for i, c in enumerate(CHARS)}
-    vocab.update({c + "</w>": len(CHARS) + i for i, c in enumerate(CHARS)})
-    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "vocab.json").write_text(json.dumps(vocab))
-    (root / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"), model_max_length=77)
+    chars = _bytes_to_unicode()
+    tokens = chars + [c + "</w>" for c in chars]
+    merges = [("c", "a"), ("ca", "t</w>"), ("r", "e"), ("re", "d</w>")]  # "cat", "red": one token each
+    tokens += ["ca", "cat</w>", "re", "red</w>"]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    kw = {} if pad_is_eos else {"pad_token": "!"}
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77, **kw)
 
 
-def clip(hidden: int = 16, projection: bool = False, seed: int = 1):
+def tiny_text_encoder(tok, projection: bool = False, seed: int = 1, hidden: int = HIDDEN):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
-    n = len(CHARS) * 2 + 2
-    cfg = CLIPTextConfig(vocab_size=n, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=3,
+    cfg = CLIPTextConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=3,
                          num_attention_heads=2, max_position_embeddings=77, projection_dim=16,
-                         bos_token_id=n - 2, eos_token_id=n - 1, pad_token_id=n - 1)
-    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg).eval()
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    cls = CLIPTextModelWithProjection if projection else CLIPTextModel
+    return cls(cfg).eval()
 
 
-def vae():
+def tiny_vae():
     from diffusers import AutoencoderKL
 
     torch.manual_seed(3)
-    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 16),
-                         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-                         layers_per_block=1, norm_num_groups=4, sample_size=64).eval()
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8),
+                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                         layers_per_block=1, norm_num_groups=4, sample_size=32).eval()
 
 
-def scheduler(prediction: str = "epsilon"):
-    from diffusers import DDPMScheduler
+def tiny_sd1():
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+    from sd_models import tiny_unet
 
-    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                         prediction_type=prediction, clip_sample=False)
-
-
-def save_pipeline(root: Path, sdxl: bool = False, prediction: str = "epsilon") -> Path:
-    """A tiny pipeline directory (model_index.json + components) at ``root``."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    tok_dir = root.parent / f"{root.name}-tok"
-    if sdxl:
-        pipe = StableDiffusionXLPipeline(vae=vae(), text_encoder=clip(16), text_encoder_2=clip(16, True, 2),
-                                         tokenizer=tokenizer(tok_dir), tokenizer_2=tokenizer(tok_dir),
-                                         unet=tiny_unet(sdxl=True), scheduler=scheduler(prediction))
-    else:
-        pipe = StableDiffusionPipeline(vae=vae(), text_encoder=clip(16), tokenizer=tokenizer(tok_dir),
-                                       unet=tiny_unet(), scheduler=scheduler(prediction), safety_checker=None,
-                                       feature_extractor=None, requires_safety_checker=False)
-    pipe.save_pretrained(str(root))
-    return root
+    tok = tiny_tokenizer()
+    return StableDiffusionPipeline(vae=tiny_vae(), text_encoder=tiny_text_encoder(tok), tokenizer=tok,
+                                   unet=tiny_unet(), scheduler=EulerDiscreteScheduler(steps_offset=1),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 
-def save_dataset(root: Path, n: int = 4, repeats: int = 2, size=(64, 64)) -> Path:
-    """``root/<repeats>_sks dog/`` with ``n`` coloured PNGs and ``.txt`` captions; returns ``root``."""
-    from PIL import Image
+def tiny_sdxl():
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from sd_models import tiny_unet
 
-    folder = root / f"{repeats}_sks dog"
-    folder.mkdir(parents=True, exist_ok=True)
-    g = torch.Generator().manual_seed(0)
-    for i in range(n):
-        pixels = (torch.rand(size[1], size[0], 3, generator=g) * 255).to(torch.uint8).numpy()
-        Image.fromarray(pixels).save(folder / f"img{i}.png")
-        (folder / f"img{i}.txt").write_text(f"sks dog, photo {i}, red")
-    return root
+    tok = tiny_tokenizer()
+    tok2 = tiny_tokenizer(pad_is_eos=False)
+    return StableDiffusionXLPipeline(vae=tiny_vae(), text_encoder=tiny_text_encoder(tok), tokenizer=tok,
+                                     text_encoder_2=tiny_text_encoder(tok2, projection=True, seed=2),
+                                     tokenizer_2=tok2, unet=tiny_unet(sdxl=True),
+                                     scheduler=EulerDiscreteScheduler(steps_offset=1))
 
 
-def components(tmp: Path, sdxl: bool, prediction: str = "epsilon") -> dict:
-    """The parts the diffusion task loads, built in memory (no pipeline directory)."""
-    comps = {"unet": tiny_unet(sdxl), "text_encoder": clip(16), "tokenizer": tokenizer(tmp)}
-    if sdxl:
-        comps.update(text_encoder_2=clip(16, True, 2), tokenizer_2=comps["tokenizer"])
-    comps["scheduler_config"] = dict(scheduler(prediction).config)
-    return comps
-
-
-def sd_config(tmp: Path, model: Path, data: Path, **sections) -> dict:
-    """An sd.yaml mapping for the tiny pipeline (``sections`` merge into each section)."""
-    cfg = {"task": "diffusion",
-           "model": {"path": str(model), "device": "cpu"},
-           "data": {"train_data_dir": str(data), "resolution": 64, "min_bucket_reso": 64, "max_bucket_reso": 128,
-                    "caption_extension": ".txt", "cache_dir": str(tmp / "cache")},
-           "network": {"dim": 4, "alpha": 2},
-           "train": {"output_dir": str(tmp / "run"), "output_name": "tiny", "epochs": 2, "batch_size": 2,
-                     "lr": 1e-3, "progress": False, "plot": False, "seed": 0}}
-    for name, extra in sections.items():
-        cfg.setdefault(name, {}).update(extra)
-    return cfg
+def saved(pipe, directory) -> Path:
+    """Save a pipeline as a diffusers directory (what ``lorakit sd`` reads)."""
+    pipe.save_pretrained(directory, safe_serialization=True)
+    return Path(directory)

@@ -5,10 +5,10 @@ under kohya naming."""
 import copy
 
 import pytest
-import sd_pipes
+import sd_tiny as sd_pipes
 import torch
 from sd_models import unet_out
-from sd_pipes import components
+from sd_tiny import components
 
 from lorakit.formats.kohya import read_kohya, write_kohya
 from lorakit.formats.sd_keys import layout_from_config

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from sd_pipes import components
+from sd_tiny import components
 
 from lorakit.model import lora_layers
 from lorakit.tasks.diffusion.config import NetworkArgs, SDTrainArgs

@@ -14,8 +14,6 @@ encoding prompts for training, and the U-Net's extra conditioning.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-
 import torch
 from torch import nn
 
@@ -49,40 +47,18 @@ FAMILIES = {"sd1": Family("sd1", ("text_encoder",), 64), "sd2": Family("sd2", ("
             "sdxl": Family("sdxl", ("text_encoder", "text_encoder_2"), 32)}
 
 
-def detect_family(unet, scheduler_config: dict | None = None) -> str:
-    """sd1 / sd2 / sd2-v / sdxl from the U-Net config (and the scheduler's prediction type for SD2)."""
-    cfg = unet.config
-    if getattr(cfg, "addition_embed_type", None) == "text_time":
-        return "sdxl"
-    if getattr(cfg, "cross_attention_dim", None) == 1024:
-        v = (scheduler_config or {}).get("prediction_type") == "v_prediction"
-        return "sd2-v" if v else "sd2"
-    return "sd1"
-
-
 def load_components(path: str, config: str | None = None, dtype: torch.dtype = torch.float32) -> dict:
-    """{unet, vae, text_encoder[, text_encoder_2], tokenizer[, tokenizer_2], scheduler_config} from a local
-    diffusers directory or a single-file checkpoint with a local config; nothing is downloaded.
+    """{unet, vae, text_encoder[, text_encoder_2], tokenizer[, tokenizer_2], scheduler_config, family, pipe}
+    from a local diffusers directory or a single-file checkpoint with a local config (``lorakit.sd.pipeline``;
+    nothing is downloaded). The pipeline shares the modules, so samples use the live adapters."""
+    from ...sd.pipeline import load_pipeline
 
-    The one place that loads a model: the rest of the task only sees the components.
-    """
-    from diffusers import DiffusionPipeline
-
-    source = Path(path)
-    if source.is_file():
-        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-        index = (Path(config) / "model_index.json").read_text() if config else ""
-        cls = StableDiffusionXLPipeline if "text_encoder_2" in index else StableDiffusionPipeline
-        pipe = cls.from_single_file(str(source), config=config, local_files_only=True, torch_dtype=dtype)
-    else:
-        pipe = DiffusionPipeline.from_pretrained(str(source), local_files_only=True, torch_dtype=dtype,
-                                                 safety_checker=None, requires_safety_checker=False)
+    pipe, family = load_pipeline(path, config=config, dtype=dtype)
     parts = {k: getattr(pipe, k, None) for k in ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer",
                                                   "tokenizer_2")}
     parts = {k: v for k, v in parts.items() if v is not None}
     parts["vae"] = parts["vae"].to(torch.float32)  # fp16 VAEs give NaN latents and black images (sd-scripts #952)
-    parts["scheduler_config"] = dict(pipe.scheduler.config)
+    parts.update(scheduler_config=dict(pipe.scheduler.config), family=family, pipe=pipe)
     return parts
 
 

@@ -14,15 +14,15 @@ from .callbacks import LoraSaver, TimestepLoss, sampler_callback
 from .config import SDRunConfig, from_dict
 from .dataset import build_dataset
 from .export import save_network
-from .family import FAMILIES, Family, detect_family, load_components
+from .family import FAMILIES, Family, load_components
 from .network import add_network, param_groups
 from .step import SDNetwork
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def resolve_family(cfg: SDRunConfig, unet, scheduler_config: dict) -> Family:
-    found = detect_family(unet, scheduler_config)
+def resolve_family(cfg: SDRunConfig, found: str) -> Family:
+    """The configured family; ``sd2``/``sd2-v`` may override each other (the U-Net is the same), others must match."""
     want = cfg.model.family
     if want != "auto" and want.split("-")[0] != found.split("-")[0]:
         raise ValueError(f"model.family={want!r} but {cfg.model.path} is an {found.upper()} model (from its U-Net "
@@ -64,7 +64,7 @@ class DiffusionTask:
     def build(self, cfg: SDRunConfig, device: torch.device) -> Parts:
         t = cfg.train
         comps = load_components(cfg.model.path, cfg.model.config, DTYPES[cfg.model.dtype])
-        family = resolve_family(cfg, comps["unet"], comps["scheduler_config"])
+        family = resolve_family(cfg, comps["family"])
         prediction = prediction_type(cfg, family, comps["scheduler_config"])
         lrs = part_lrs(cfg, family)
         adapted = add_network(comps, cfg.network, family.text_parts, lrs)

@@ -11,7 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from lorakit.cli import app
+from lorakit.cli import app, commands  # noqa: F401  (commands registers the commands)
 from lorakit.config import ConfigError
 from lorakit.train import Callback, run
 from lorakit.train.config import from_dict
@@ -112,6 +112,7 @@ def test_validate_lists_dataset_and_model_problems_then_the_table(tmp_path, sd1_
     finally:
         (tmp_path / "vae-moved").rename(model / "vae")
     assert result.exit_code == 1
-    out = result.output
-    for part in ("train.lr", "vae", "broken.png", "bucket_reso_steps=48"):
+    out = " ".join(result.output.split())  # the error console wraps long lines
+    for part in ("(6 problems)", "train.lr", "there is no vae/ folder", "broken.p", "unreadable or corrupt",
+                 "no repeat prefix", "smaller than the smallest bucket", "bucket_reso_steps=48 is not a multiple of 64"):
         assert part in out, (part, out)

@@ -79,6 +79,14 @@ def make_optimizer(model: nn.Module | list[dict], args: TrainArgs, device: torch
     if name == "adamw":
         return torch.optim.AdamW(groups, **{**adamw_impl(groups), **kwargs, **extra})
     cls = optimizer_class(args.optimizer)
+    if name == "prodigy":  # Prodigy adapts one step size: groups may differ only by lr 0 (kohya: the first lr wins)
+        first = next((g["lr"] for g in groups if g["lr"]), args.lr)
+        if len({g["lr"] for g in groups if g["lr"]}) > 1:
+            import warnings
+
+            warnings.warn(f"Prodigy uses one learning rate; every group runs at {first} (the first group's).",
+                          stacklevel=2)
+        groups = [{**g, "lr": first if g["lr"] else 0.0} for g in groups]
     if name == "adafactor":  # transformers' Adafactor: an explicit lr needs relative_step off
         extra = {"scale_parameter": False, "relative_step": False, "warmup_init": False, **extra}
     return cls(groups, **{"lr": args.lr, "weight_decay": args.weight_decay, **extra})

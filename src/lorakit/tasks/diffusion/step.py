@@ -42,8 +42,9 @@ class SDNetwork(nn.Module):
     def encode_latents(self, pixels: torch.Tensor) -> torch.Tensor:
         """Latents of pixels in [-1, 1]: ``(vae.encode(x).sample() - shift) * scaling`` in fp32."""
         vae = self.helpers["vae"]
-        dist = vae.encode(pixels.to(vae.device, torch.float32)).latent_dist
-        return (dist.sample() - self.shift) * self.scaling
+        with torch.autocast(vae.device.type, enabled=False):  # fp32 even inside mixed precision: no NaN latents
+            dist = vae.encode(pixels.to(vae.device, torch.float32)).latent_dist
+            return (dist.sample() - self.shift) * self.scaling
 
     def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
         parts = {**self.helpers, **self.text_encoders}

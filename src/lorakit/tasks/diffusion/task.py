@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ...train.activations import checkpoint_activations
 from ...train.optim import make_optimizer
 from ...train.task import Parts
 from .callbacks import LoraSaver, TimestepLoss, sampler_callback
@@ -82,7 +83,7 @@ class DiffusionTask:
             comps["unet"].enable_gradient_checkpointing()
             for part in adapted:
                 if part != "unet":
-                    comps[part].gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                    checkpoint_activations(comps[part])
         net = SDNetwork(family, comps, t, prediction)
         adapters = [layer.adapters for m in (comps["unet"], *net.text_encoders.values())
                     for layer in m.modules() if hasattr(layer, "adapters")]

@@ -8,6 +8,7 @@ import torch
 
 from ...config import ConfigError
 from ...formats._io import write_json, write_safetensors
+from ...train.activations import checkpoint_activations
 from ...train.hooks import Evaluator
 from ...train.loop import model_loss
 from ...train.optim import make_optimizer, param_groups
@@ -39,12 +40,7 @@ class TextTask:
                     for k, path in (("eval", d.eval), ("test", d.test)) if path}
         model = select_trainable(load_model(cfg.model, labels), cfg)
         if t.gradient_checkpointing:
-            model.config.use_cache = False
-            kwargs = {"use_reentrant": False}  # non-reentrant: works when the inputs need no grad (frozen base)
-            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
-                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-            else:
-                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+            checkpoint_activations(model)
         model.to(device)
         pad = tokenizer.pad_token_id
         held_out = {k: _fixed_batches(v, t.batch_size, pad) for k, v in held_out.items() if v}

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 from _common import PeakRSS, adamw, header, paired, peak_in_subprocess, rotated, setup
+from train_step import make_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 RANK, BATCH, CONTEXT = 16, 2, 256
@@ -92,17 +93,6 @@ def recipe_loss(unet, sched, latents, hidden):
     return torch.nn.functional.mse_loss(pred.float(), noise.float(), reduction="mean")
 
 
-def make_step(params, loss_fn):
-    opt = adamw(params, lr=1e-4) if params else None
-
-    def step():
-        loss_fn().backward()
-        if opt is not None:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-    return step
-
-
 def candidates(device):
     """(steps, models): floor, lorakit and PEFT steps on the same cached batch."""
     from diffusers import DDPMScheduler
@@ -124,9 +114,8 @@ def candidates(device):
     def floor_loss():
         return recipe_loss(floor, sched, latents.clone().requires_grad_(), hidden)
 
-    steps = {"floor": make_step([], floor_loss),
-             "lorakit": make_step([p for p in net.parameters() if p.requires_grad], lambda: net(batch)),
-             "peft": make_step([p for p in pf.parameters() if p.requires_grad], lambda: recipe_loss(pf, sched, latents, hidden))}
+    steps = {"floor": make_step(floor, floor_loss), "lorakit": make_step(net, lambda: net(batch)),
+             "peft": make_step(pf, lambda: recipe_loss(pf, sched, latents, hidden))}
     return steps, {"lorakit": net, "peft": pf}
 
 

@@ -87,3 +87,22 @@ def test_diffusers_load_lora_weights_reproduces_the_live_adapter(tmp_path, sdxl)
     with torch.no_grad():
         torch.testing.assert_close(pipe.text_encoder(ids).last_hidden_state,
                                    comps["text_encoder"](ids).last_hidden_state, atol=1e-5, rtol=1e-4)
+
+
+def test_network_weights_continue_a_saved_file_and_refuse_another_family(tmp_path):
+    from lorakit.tasks.diffusion.network import load_network_weights
+    from lorakit.tasks.diffusion.validate import lora_family_problems
+
+    comps, base, family = trained(tmp_path)
+    path = save(tmp_path, comps, family)
+    fresh = {**components(tmp_path, sdxl=False), **{k: copy.deepcopy(v) for k, v in base.items()}}
+    add_network(fresh, NetworkArgs(dim=4, alpha=1), family.text_parts, {"unet": 1e-4, "text_encoder": 1e-4})
+    assert load_network_weights(fresh, str(path)) == len(read_kohya(path, layout_from_config(
+        comps["unet"].config)).modules)
+    torch.testing.assert_close(unet_out(fresh["unet"]), unet_out(comps["unet"]), atol=1e-5, rtol=1e-4)
+    other = tmp_path / "xl.safetensors"
+    write_kohya(to_lorafile(comps, "sd1"), other, family="sdxl")  # says SDXL in its metadata
+    with pytest.raises(ValueError, match="LoRA for SDXL but the model is SD1"):
+        load_network_weights(fresh, str(other))
+    assert "LoRA for SDXL but the model is SD1" in lora_family_problems(str(other), "sd1")[0]
+    assert lora_family_problems(str(path), "sd1") == []

@@ -65,6 +65,8 @@ class NetworkArgs:
     reverse_linear, zeros; a weight of 0 leaves that block's modules out."""
     mid_lr_weight: float | None = None
     up_lr_weight: list[float] | str | None = None
+    network_weights: str | None = None
+    """Start from this LoRA file (kohya ``network_weights``): same family, targets, module and dim."""
 
 
 @dataclass
@@ -211,6 +213,10 @@ def problems(cfg: SDRunConfig, check_paths: bool = True) -> list[str]:
         e.append(f"train.min_snr_gamma={t.min_snr_gamma}: expected a positive number such as 5.")
     if t.mixed_precision == "fp16" and m.device == "cpu":
         e.append("train.mixed_precision='fp16' is not supported on CPU; use 'no' (fp32) or 'bf16'.")
+    if n.network_weights and check_paths and not Path(n.network_weights).is_file():
+        e.append(f"network.network_weights={n.network_weights!r}: file not found.")
+    if n.network_weights and n.module != "lora":
+        e.append("network.network_weights: only plain LoRA files can be continued (network.module: lora).")
     if s.prompts and check_paths and not Path(s.prompts).is_file():
         e.append(f"sample.prompts={s.prompts!r}: file not found.")
     for key in ("every_n_epochs", "every_n_steps"):

@@ -144,6 +144,40 @@ def param_groups(parts: dict, net_args, lrs: dict[str, float], weight_decay: flo
     return list(groups.values())
 
 
+def load_network_weights(parts: dict, path: str) -> int:
+    """Start from the LoRA file ``path`` (kohya ``--network_weights``): every file module must find an adapter
+    of the same rank; ``up`` is rescaled so the file's ΔW is reproduced at this network's alpha. Returns the
+    number of modules loaded; raises (before changing anything) on a family mismatch or unmatched modules."""
+    from ...formats.sd_io import read_lora
+    from ...sd import check_family
+
+    lf = read_lora(path, layout_from_config(parts["unet"].config))
+    check_family(lf, {k: v for k, v in parts.items() if k in ("unet", "text_encoder", "text_encoder_2")}, path)
+    live = {f"{part}.{p if part == 'unet' else canonical_te(p)}": layer.adapters[ADAPTER]
+            for part in ("unet", "text_encoder", "text_encoder_2") if isinstance(parts.get(part), nn.Module)
+            for p, layer in lora_layers(parts[part]) if ADAPTER in layer.adapters}
+    problems, plan = [], []
+    for key, tensors in lf.modules.items():
+        ad = live.get(key)
+        if ad is None or not hasattr(ad, "lora_A") or set(tensors) - {"lora_down.weight", "lora_up.weight", "alpha"}:
+            problems.append(f"{key}: no plain LoRA module of this network takes it")
+        elif tensors["lora_down.weight"].numel() != ad.lora_A.numel() or \
+                tensors["lora_up.weight"].numel() != ad.lora_B.numel():
+            problems.append(f"{key}: rank {tensors['lora_down.weight'].shape[0]} in the file, {ad.r} here")
+        else:
+            plan.append((ad, tensors))
+    if problems:
+        raise ValueError(f"network.network_weights={path}: {len(problems)} module(s) do not fit this network "
+                         "(same targets, module and dim needed):\n  - " + "\n  - ".join(problems[:20]))
+    with torch.no_grad():
+        for ad, t in plan:
+            r = t["lora_down.weight"].shape[0]
+            alpha = float(t["alpha"]) if "alpha" in t and float(t["alpha"]) else r
+            ad.lora_A.copy_(t["lora_down.weight"].reshape(ad.lora_A.shape))
+            ad.lora_B.copy_(t["lora_up.weight"].reshape(ad.lora_B.shape) * (alpha / r) / ad.scale)
+    return len(plan)
+
+
 def _file_tensors(adapter: nn.Module) -> dict[str, torch.Tensor]:
     """kohya/LyCORIS tensors of one live adapter, with the alpha that makes the file's scale equal the adapter's."""
     out = {}

@@ -16,7 +16,7 @@ from .config import SDRunConfig, from_dict
 from .dataset import build_dataset
 from .export import save_network
 from .family import FAMILIES, Family, load_components
-from .network import add_network, param_groups
+from .network import add_network, load_network_weights, param_groups
 from .step import SDNetwork
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -74,6 +74,8 @@ class DiffusionTask:
         prediction = prediction_type(cfg, family, comps["scheduler_config"])
         lrs = part_lrs(cfg, family)
         adapted = add_network(comps, cfg.network, family.text_parts, lrs)
+        if cfg.network.network_weights:
+            load_network_weights(comps, cfg.network.network_weights)
         for key in ("unet", "vae", *family.text_parts):
             comps[key].to(device)
             for p in comps[key].parameters():  # adapters in fp32, the frozen base in model.dtype

@@ -49,6 +49,21 @@ def model_problems(path: str, config: str | None) -> tuple[list[str], str | None
     return e, family
 
 
+def lora_family_problems(path: str, family: str) -> list[str]:
+    """A starting LoRA made for another family than the model (the usual 'lora key not loaded')."""
+    from ...formats.sd_io import read_lora
+
+    try:
+        lf = read_lora(path)
+    except (KeyError, ValueError) as exc:
+        return [f"network.network_weights={path}: {exc}"]
+    want, have = lf.family(), FAMILIES[family].lora_family
+    if want is not None and want != have:
+        return [f"network.network_weights={path} is a LoRA for {want.upper()} but the model is {have.upper()}; "
+                "LoRAs only continue on the family they were trained for."]
+    return []
+
+
 def validate(data: dict) -> tuple[list[str], str]:
     """(every problem, a report with the bucket table and the steps) for an sd.yaml mapping."""
     cfg, errors = parse(data)
@@ -62,6 +77,8 @@ def validate(data: dict) -> tuple[list[str], str]:
             errors.append(f"model.family={want!r} but {cfg.model.path} is an {family} model.")
         if family and want != "auto":
             family = want
+        if family and cfg.network.network_weights and Path(cfg.network.network_weights).is_file():
+            errors += lora_family_problems(cfg.network.network_weights, family)
     step = FAMILIES[family].bucket_step if family else 64
     t = cfg.train
     batches = build_dataset(cfg.data, batch_size=t.batch_size, seed=t.seed, bucket_step=step, scan_only=True)

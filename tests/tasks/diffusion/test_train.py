@@ -34,7 +34,7 @@ class StopAt(Callback):
 def test_run_writes_kohya_files_metadata_samples_and_plots(tmp_path, sd1_dir):
     model, data = sd1_dir
     (tmp_path / "prompts.txt").write_text("sks dog --w 64 --h 64 --s 2 --d 7\n# a comment\nred cat --w 64 --h 64 --s 2\n")
-    cfg = from_dict(sd_tiny.sd_config(tmp_path, model, data, train={"plot": True},
+    cfg = from_dict(sd_tiny.sd_config(tmp_path, model, data, train={"plot": True, "gradient_checkpointing": True},
                                       sample={"prompts": str(tmp_path / "prompts.txt"), "before_training": True},
                                       network={"conv_dim": 2, "conv_alpha": 1}))
     result = run(cfg, quiet=True)
@@ -61,7 +61,7 @@ def test_run_writes_kohya_files_metadata_samples_and_plots(tmp_path, sd1_dir):
 
 def test_resume_twice_equals_an_uninterrupted_run(tmp_path, sd1_dir):
     model, data = sd1_dir
-    extra = {"train": {"save_every_n_steps": 2, "save_every_n_epochs": None, "noise_offset": 0.05},
+    extra = {"train": {"save_every_n_steps": 2, "save_every_n_epochs": None, "noise_offset": 0.05, "keep_last": 2},
              "network": {"dropout": 0.1}}
     whole = run(from_dict(sd_tiny.sd_config(tmp_path / "a", model, data, **extra)), quiet=True)
     cfg = from_dict(sd_tiny.sd_config(tmp_path / "b", model, data, **extra))
@@ -75,6 +75,10 @@ def test_resume_twice_equals_an_uninterrupted_run(tmp_path, sd1_dir):
         assert f.metadata()["ss_steps"] == "8" and f.metadata()["ss_epoch"] == "2"
     steps = [json.loads(r)["step"] for r in (tmp_path / "b/run/metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 9))
+    for run_dir in (tmp_path / "a/run", tmp_path / "b/run"):  # keep_last 2: files and checkpoints
+        assert sorted(p.name for p in run_dir.glob("tiny-*")) == ["tiny-000001.safetensors",  # step 4 ends epoch 1
+                                                                  "tiny-step00000006.safetensors"]
+        assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-000006", "checkpoint-000008"]
 
 
 def test_config_errors_are_collected(tmp_path, sd1_dir):

@@ -56,6 +56,10 @@ class NetworkArgs:
     """Alpha of the 3x3 convs (default: ``conv_dim``)."""
     dropout: float = 0.0
     """Dropout on each module's input during training (kohya ``network_dropout``)."""
+    rank_dropout: float = 0.0
+    """Zero each rank per sample with this probability during training (kohya, plain LoRA only)."""
+    module_dropout: float = 0.0
+    """Skip a whole module with this probability per step during training (kohya, plain LoRA only)."""
     train_unet_only: bool = False
     """Only the U-Net gets adapters (kohya ``network_train_unet_only``); needed to cache text-encoder outputs."""
     loraplus_lr_ratio: float | None = None
@@ -181,8 +185,11 @@ def problems(cfg: SDRunConfig, check_paths: bool = True) -> list[str]:
     for key in ("dim", "conv_dim"):
         if getattr(n, key) is not None and getattr(n, key) < 1:
             e.append(f"network.{key}={getattr(n, key)}: expected a positive integer rank.")
-    if not 0 <= n.dropout < 1:
-        e.append(f"network.dropout={n.dropout}: expected a probability in [0, 1).")
+    for key in ("dropout", "rank_dropout", "module_dropout"):
+        if not 0 <= getattr(n, key) < 1:
+            e.append(f"network.{key}={getattr(n, key)}: expected a probability in [0, 1).")
+    if (n.rank_dropout or n.module_dropout) and n.module != "lora":
+        e.append(f"network.rank_dropout/module_dropout are kohya's LoRA options; network.module={n.module!r} has none.")
     if n.loraplus_lr_ratio is not None and n.loraplus_lr_ratio <= 0:
         e.append(f"network.loraplus_lr_ratio={n.loraplus_lr_ratio}: expected a positive ratio such as 16.")
     for key in ("down_lr_weight", "up_lr_weight"):

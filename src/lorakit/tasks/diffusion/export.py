@@ -23,6 +23,9 @@ def training_metadata(cfg, family, prediction: str, dataset_meta: dict[str, str]
         network_args["algo"] = "locon" if algo == "dora" else algo
         if algo == "dora":
             network_args["dora_wd"] = "True"
+    for key in ("rank_dropout", "module_dropout"):
+        if getattr(n, key):
+            network_args[key] = str(getattr(n, key))
     if n.loraplus_lr_ratio:
         network_args["loraplus_lr_ratio"] = str(n.loraplus_lr_ratio)
     for key in ("down_lr_weight", "mid_lr_weight", "up_lr_weight"):

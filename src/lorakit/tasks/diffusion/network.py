@@ -22,6 +22,7 @@ from ...formats.lorafile import LoraFile, Naming, rank_of
 from ...formats.sd_keys import canonical_te, layout_from_config
 from ...inject import inject
 from ...model import lora_layers
+from .dropout import add_dropouts
 
 UNET_CLASSES = ("Transformer2DModel",)
 CONV_CLASSES = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
@@ -114,6 +115,9 @@ def add_network(parts: dict, net_args, text_parts: tuple[str, ...], lrs: dict[st
                             rank_pattern={re.escape(n): net_args.conv_dim for n in big},
                             alpha_pattern={re.escape(n): conv_alpha for n in big})
         inject(model, config, ADAPTER)
+        if net_args.rank_dropout or net_args.module_dropout:
+            add_dropouts([layer.adapters[ADAPTER] for _, layer in lora_layers(model)], net_args.rank_dropout,
+                         net_args.module_dropout)
         adapted[part] = names
     return adapted
 

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from sd_tiny import components
+from sd_tiny import components, tokenizer
 
 from lorakit.model import lora_layers
 from lorakit.tasks.diffusion.config import NetworkArgs, SDTrainArgs
@@ -128,3 +128,16 @@ def test_long_prompts_are_encoded_in_bos_eos_wrapped_chunks(tmp_path):
     torch.testing.assert_close(got[:, :76], chunk0[:, :76])  # BOS + first 75 states of chunk 0
     torch.testing.assert_close(got[:, 76:151], chunk1[:, 1:76])  # chunk 1 without its BOS
     torch.testing.assert_close(got[:, 151], chunk1[:, 76])  # the last EOS
+
+
+def test_sd2_chunks_end_cut_chunks_with_eos_and_keep_the_padding(tmp_path):
+    from transformers import CLIPTokenizer
+
+    tokenizer(tmp_path)  # writes vocab.json and merges.txt
+    tok = CLIPTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"), model_max_length=77, pad_token="!")
+    ids = chunk_ids(tok, ["abcd" * 25, ""], 225)  # 100 tokens: a full chunk, a partial one, an empty one
+    pad, eos, bos = tok.pad_token_id, tok.eos_token_id, tok.bos_token_id
+    assert pad != eos and (ids[:, :, 0] == bos).all()
+    assert ids[0, 0, -1] == eos  # cut in the middle of the prompt: ends with EOS (kohya)
+    assert ids[0, 1, 26] == eos and (ids[0, 1, 27:] == pad).all()  # the prompt's own EOS, then "!" padding
+    assert ids[0, 2, 1] == eos and ids[1, 1, 1] == eos  # an empty chunk starts BOS, EOS as kohya marks it

@@ -141,3 +141,35 @@ def test_sd2_chunks_end_cut_chunks_with_eos_and_keep_the_padding(tmp_path):
     assert ids[0, 0, -1] == eos  # cut in the middle of the prompt: ends with EOS (kohya)
     assert ids[0, 1, 26] == eos and (ids[0, 1, 27:] == pad).all()  # the prompt's own EOS, then "!" padding
     assert ids[0, 2, 1] == eos and ids[1, 1, 1] == eos  # an empty chunk starts BOS, EOS as kohya marks it
+
+
+def test_text_encoder_lora_grads_equal_peft(tmp_path):
+    """Text-encoder LoRA (kohya's CLIP attention + MLP targets) against PEFT on the same modules."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import inject_adapter_in_model
+
+    comps = components(tmp_path, sdxl=False)
+    ref_unet, ref_te = copy.deepcopy(comps["unet"]), copy.deepcopy(comps["text_encoder"])
+    adapted = add_network(comps, NetworkArgs(dim=4, alpha=2), ("text_encoder",), {"unet": 0.0, "text_encoder": 1e-4})
+    assert "unet" not in adapted and any(n.endswith("mlp.fc2") for n in adapted["text_encoder"])
+    ref_te = inject_adapter_in_model(PeftLoraConfig(r=4, lora_alpha=2, target_modules=adapted["text_encoder"]), ref_te)
+    g = torch.Generator().manual_seed(2)
+    for path, layer in lora_layers(comps["text_encoder"]):
+        ad, peft = layer.adapters["default"], ref_te.get_submodule(path)
+        with torch.no_grad():
+            ad.lora_B.copy_(torch.randn(ad.lora_B.shape, generator=g) * 0.1)
+            peft.lora_A["default"].weight.copy_(ad.lora_A)
+            peft.lora_B["default"].weight.copy_(ad.lora_B)
+    net = SDNetwork(FAMILIES["sd1"], comps, SDTrainArgs(), "epsilon")
+    batch = {"latents": torch.randn(2, 4, 8, 8, generator=g), "captions": CAPTIONS}
+    noise, timesteps = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([5, 600])
+    lat, cond = net.condition(batch)
+    loss = net.weigh(*net.predict(lat, cond, batch, noise, timesteps), timesteps, None).mean()
+    loss.backward()
+    ref = reference_loss(comps, ref_unet, [ref_te], batch, noise, timesteps, "epsilon", None)
+    ref.backward()
+    torch.testing.assert_close(loss, ref, atol=1e-5, rtol=1e-5)
+    for path, layer in lora_layers(comps["text_encoder"]):
+        ad, peft = layer.adapters["default"], ref_te.get_submodule(path)
+        torch.testing.assert_close(ad.lora_A.grad, peft.lora_A["default"].weight.grad, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(ad.lora_B.grad, peft.lora_B["default"].weight.grad, atol=1e-5, rtol=1e-4)

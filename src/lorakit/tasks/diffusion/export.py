@@ -56,7 +56,7 @@ def training_metadata(cfg, family, prediction: str, dataset_meta: dict[str, str]
         "ss_zero_terminal_snr": str(t.zero_terminal_snr), "ss_loss_type": t.loss_type,
         "ss_huber_c": str(t.huber_c), "ss_prediction_type": prediction,
         "ss_min_timestep": str(t.min_timestep), "ss_max_timestep": str(t.max_timestep),
-        "ss_max_train_steps": str(getattr(state, "total_steps", 0)), "ss_num_epochs": str(t.epochs),
+        "ss_max_train_steps": str(getattr(state, "total_steps", 0)), "ss_num_epochs": f"{t.epochs:g}",
         "ss_steps": str(step), "ss_epoch": str(step // spe), "ss_training_finished_at": str(time.time()),
         "ss_caption_dropout_rate": str(cfg.data.caption_dropout_rate),
         "ss_caption_tag_dropout_rate": str(cfg.data.caption_tag_dropout_rate),

@@ -18,6 +18,7 @@ from .export import save_network
 from .family import FAMILIES, Family, load_components
 from .network import add_network, load_network_weights, param_groups
 from .step import SDNetwork
+from .validate import bucket_table
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -116,8 +117,9 @@ class DiffusionTask:
                              "lower grad_accum or add images/repeats.")
         total = t.max_steps if t.max_steps is not None else max(1, math.ceil(t.epochs * per_epoch))
         data.max_train_steps = total
-        return per_epoch, total, (f"{data.explain_steps()}\nsteps = {per_epoch} per epoch x {t.epochs:g} epochs"
-                                  if t.max_steps is None else f"{data.explain_steps()}\nsteps = train.max_steps")
+        plan = f"{bucket_table(data)}\n{data.explain_steps()}\nsteps = "
+        return per_epoch, total, plan + (f"{per_epoch} per epoch x {t.epochs:g} epochs" if t.max_steps is None
+                                         else "train.max_steps")
 
     def param_groups(self, parts: Parts, cfg: SDRunConfig) -> list[dict]:
         comps = parts.extra["components"]

@@ -49,6 +49,13 @@ def model_problems(path: str, config: str | None) -> tuple[list[str], str | None
     return e, family
 
 
+def bucket_table(batches) -> str:
+    """The bucket table users check before training: resolution, images, samples (with repeats), batches."""
+    rows = [f"{'resolution':>12} {'images':>7} {'samples':>8} {'batches':>8}"]
+    rows += [f"{r['resolution']:>12} {r['images']:>7} {r['samples']:>8} {r['batches']:>8}" for r in batches.table()]
+    return "\n".join(rows)
+
+
 def lora_family_problems(path: str, family: str) -> list[str]:
     """A starting LoRA made for another family than the model (the usual 'lora key not loaded')."""
     from ...formats.sd_io import read_lora
@@ -86,8 +93,7 @@ def validate(data: dict) -> tuple[list[str], str]:
     if family:
         report.append(f"model: {cfg.model.path} ({family}, bucket step {step})")
     if batches.datasets and not batches.problems:
-        report.append(f"{'resolution':>12} {'images':>7} {'samples':>8} {'batches':>8}")
-        report += [f"{r['resolution']:>12} {r['images']:>7} {r['samples']:>8} {r['batches']:>8}" for r in batches.table()]
+        report.append(bucket_table(batches))
         report.append(batches.explain_steps())
         per_epoch = len(batches) // max(t.grad_accum, 1)
         total = t.max_steps if t.max_steps is not None else max(1, math.ceil(t.epochs * per_epoch))

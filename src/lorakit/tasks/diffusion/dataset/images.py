@@ -41,8 +41,7 @@ def crop_offsets(resized: tuple[int, int], bucket: tuple[int, int], rng: random.
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
     """[3, H, W] float32 in [-1, 1] (x / 127.5 - 1, as ToTensor + Normalize(0.5, 0.5))."""
-    arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float()
-    return arr / 127.5 - 1.0
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).to(torch.float32).div_(127.5).sub_(1.0)
 
 
 def load_pixels(item: ImageItem, *, flip: bool = False, rng: random.Random | None = None) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """Folder layout, reg balancing, step counts, kohya TOML, problems, determinism and sharding."""
 
+import json
 import math
 from collections import Counter
 
@@ -116,6 +117,10 @@ enable_bucket = false
     assert sorted(i.caption for i in ds.items) == ["from caption file", "sks", "tagged"]
     assert {i.bucket for i in ds.items} == {(768, 512)}
     assert len(bs) == math.ceil((2 * 4 + 1) / 2)
+    meta = json.loads(bs.metadata()["ss_datasets"])
+    assert meta[0]["batch_size_per_device"] == 2 and [s["num_repeats"] for s in meta[0]["subsets"]] == [4, 1]
+    assert json.loads(bs.metadata()["ss_dataset_dirs"]) == {"a": {"n_repeats": 4, "img_count": 2},
+                                                           "b": {"n_repeats": 1, "img_count": 1}}
 
 
 def test_every_problem_is_listed_with_its_file(tmp_path):

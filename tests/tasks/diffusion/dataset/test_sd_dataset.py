@@ -128,6 +128,7 @@ def test_every_problem_is_listed_with_its_file(tmp_path):
     good = folder(root, "2_ok", [(512, 512), (512, 512)], ["fine", "   \n"])
     (good / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     image(good / "tiny.png", 100, 120)
+    (good / "._img00.png").write_bytes(b"macOS fork")  # hidden: skipped, as kohya's glob skips it
     (root / "no_prefix").mkdir()
     toml = tmp_path / "bad.toml"
     toml.write_text("[general]\nshufle_caption = true\n[[datasets]]\nresolution = 'big'\n"
@@ -139,6 +140,7 @@ def test_every_problem_is_listed_with_its_file(tmp_path):
     for needle in ("broken.png: unreadable", "img01.txt: empty caption", "tiny.png: 100x120 is smaller",
                    "no_prefix: skipped", "reg_data_dir='" + str(tmp_path / "missing")):
         assert needle in text, (needle, out)
+    assert "._img00" not in text and len(out) == 5
     bad = build_dataset(DatasetArgs(dataset_config=str(toml)), batch_size=1, seed=0).problems
     text = "\n".join(bad)
     for needle in ("unknown key 'shufle_caption'; did you mean 'shuffle_caption'", "resolution='big'",

@@ -82,7 +82,9 @@ def read_caption(image: Path, subset: SubsetSpec, problems: list[str]) -> str | 
 def scan_subset(subset: SubsetSpec, problems: list[str], notes: list[str]) -> list[ImageItem]:
     """Every readable image of one folder with its caption (kohya's fallback: the class tokens, else "")."""
     items = []
-    paths = sorted(p for p in Path(subset.image_dir).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    # hidden files (macOS "._x.png" forks...) are skipped, as kohya's glob("*") skips them
+    paths = sorted(p for p in Path(subset.image_dir).iterdir()
+                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
     missing = 0
     for path in paths:
         try:

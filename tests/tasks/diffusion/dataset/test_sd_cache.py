@@ -61,8 +61,8 @@ def test_changed_image_vae_or_bucket_is_re_encoded(data, tmp_path):
 
 def test_flip_aug_caches_both_and_batches_pick_the_mirror(data, tmp_path):
     enc = CountingEncoder()
-    b = build(data, tmp_path / "c", enc, flip_aug=True)
-    assert enc.images == 6  # each image and its mirror, in the same calls
+    b = build(data, tmp_path / "c", enc, flip_aug=True, vae_batch_size=2)
+    assert enc.images == 6 and max(enc.calls) == 2  # each image and its mirror, at most vae_batch_size per call
     ds, cache = b.datasets[0], b.latent_caches[0]
     for index, item in enumerate(ds.items):
         assert torch.allclose(cache.get(index, True), enc(load_pixels(item, flip=True)[None])[0])

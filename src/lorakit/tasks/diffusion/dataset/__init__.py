@@ -73,7 +73,7 @@ def build_dataset(args: DatasetArgs, *, batch_size: int, seed: int, world: int =
         batches.latent_caches = []
         for ds in datasets:
             cache = LatentCache(vae_key or "vae", where)
-            cache.fill(ds.items, encode_latents)
+            cache.fill(ds.items, encode_latents, args.vae_batch_size)
             batches.latent_caches.append(cache)
     if args.cache_text_encoder_outputs and encode_text is not None:
         where = directory if args.cache_text_encoder_outputs_to_disk else None

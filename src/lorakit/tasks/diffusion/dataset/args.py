@@ -94,6 +94,8 @@ class DatasetArgs:
     dropout, wildcards or warm-up)."""
     cache_text_encoder_outputs_to_disk: bool = False
     """Also keep the text-encoder outputs on disk in ``cache_dir``."""
+    vae_batch_size: int = 1
+    """Images per VAE call while filling the latent cache (kohya's default 1 is safe for SDXL on small GPUs)."""
     cache_dir: str | None = None
     """Disk cache directory; ``None``: ``$LORAKIT_CACHE/sd`` or ``~/.cache/lorakit/sd``. Never inside the
     dataset folders; entries are keyed by content, so one directory serves every run."""
@@ -133,7 +135,8 @@ def value_problems(values: dict, where: str) -> list[str]:
             res = parse_resolution(v)
             if res is None or min(res) < 64:
                 bad(key, "an integer >= 64 such as 512, or 'width,height' such as '768,512'")
-        elif key in ("min_bucket_reso", "max_bucket_reso", "bucket_reso_steps", "num_repeats", "batch_size"):
+        elif key in ("min_bucket_reso", "max_bucket_reso", "bucket_reso_steps", "num_repeats", "batch_size",
+                     "vae_batch_size"):
             if not _is_int(v) or v < 1:
                 bad(key, "a positive integer")
         elif key in ("keep_tokens", "caption_dropout_every_n_epochs", "token_warmup_min"):

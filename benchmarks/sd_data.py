@@ -5,7 +5,7 @@ scanning the folders, the first run (scan + encode every image + write the disk 
 (scan + hash + read the cache), and one epoch of batches read from the latent cache against the
 uncached way the diffusers scripts take (decode, resize, crop every image and run the VAE every step).
 
-    flock /tmp/lorakit-heavy.lock python benchmarks/sd_data.py --images 24 --size 256 [--device cuda]
+    flock /tmp/lorakit-heavy.lock python benchmarks/sd_data.py --images 24 --size 256 [--vae-batch 8] [--device cuda]
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=24)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--vae-batch", type=int, default=8, help="data.vae_batch_size while caching")
     p.add_argument("--device", default="cpu")
     a = p.parse_args()
     torch.manual_seed(0)
@@ -69,7 +70,7 @@ def main() -> None:
         common = {"train_data_dir": str(work / "img"), "resolution": a.size, "min_bucket_reso": a.size // 2,
                   "max_bucket_reso": a.size * 2, "cache_dir": str(work / "cache")}
         _, t_scan = timed(lambda: build_dataset(DatasetArgs(**common), batch_size=a.batch, seed=0, scan_only=True))
-        cached = DatasetArgs(**common, cache_latents_to_disk=True)
+        cached = DatasetArgs(**common, cache_latents_to_disk=True, vae_batch_size=a.vae_batch)
         b, t_first = timed(lambda: build_dataset(cached, batch_size=a.batch, seed=0, encode_latents=encode,
                                                  vae_key="bench-vae"))
         b, t_second = timed(lambda: build_dataset(cached, batch_size=a.batch, seed=0, encode_latents=encode,

@@ -5,6 +5,7 @@ import torch
 from sd_data import CountingEncoder, folder, image, snapshot
 
 from lorakit.tasks.diffusion.dataset import DatasetArgs, build_dataset
+from lorakit.tasks.diffusion.dataset.cache import LatentCache
 from lorakit.tasks.diffusion.dataset.images import load_pixels
 
 SMALL = {"resolution": 128, "min_bucket_reso": 64, "max_bucket_reso": 256}
@@ -75,6 +76,17 @@ def test_flip_aug_caches_both_and_batches_pick_the_mirror(data, tmp_path):
     assert seen == {False, True}
 
 
+def test_processes_sharing_a_disk_cache_split_the_encoding(data, tmp_path):
+    b = build_dataset(DatasetArgs(train_data_dir=str(data), **SMALL), batch_size=1, seed=0, scan_only=True)
+    items = b.datasets[0].items
+    counts = []
+    for shard in ((0, 2), (1, 2), (0, 1)):
+        enc = CountingEncoder()
+        LatentCache("v", tmp_path / "cache").fill(items, enc, shard=shard)
+        counts.append(enc.images)
+    assert counts == [2, 1, 0]  # images 0 and 2, then image 1, then every entry is on disk
+
+
 def test_corrupt_entry_is_re_encoded_not_used(data, tmp_path):
     cache = tmp_path / "cache"
     build(data, cache, CountingEncoder())
@@ -120,3 +132,16 @@ def test_text_encoder_outputs_cached_per_caption(data, tmp_path):
     assert len(te2.calls) == 1
     dynamic = DatasetArgs(train_data_dir=str(data), cache_text_encoder_outputs=True, shuffle_caption=True, **SMALL)
     assert any("never change" in p for p in build_dataset(dynamic, batch_size=1, seed=0).problems)
+
+
+
+def test_ranks_encode_their_share_before_the_barrier(data, tmp_path, monkeypatch):
+    events = []
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "barrier", lambda: events.append("barrier"))
+    args = DatasetArgs(train_data_dir=str(data), cache_latents_to_disk=True, cache_dir=str(tmp_path / "c"), **SMALL)
+    for rank in (1, 0):
+        build_dataset(args, batch_size=1, seed=0, world=2, rank=rank, encode_latents=CountingEncoder(events),
+                      vae_key="v")
+    # rank 1 encodes image 1, waits, then (alone here) the rest; rank 0 then finds every entry on disk
+    assert events == [1, "barrier", 1, 1, "barrier"]

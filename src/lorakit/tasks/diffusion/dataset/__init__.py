@@ -71,8 +71,14 @@ def build_dataset(args: DatasetArgs, *, batch_size: int, seed: int, world: int =
     if args.cache_latents and encode_latents is not None:
         where = directory if args.cache_latents_to_disk else None
         batches.latent_caches = []
+        # processes sharing a disk cache each encode their share, then read the others' entries
+        split = where is not None and world > 1 and torch.distributed.is_available() \
+            and torch.distributed.is_initialized()
         for ds in datasets:
             cache = LatentCache(vae_key or "vae", where)
+            if split:
+                cache.fill(ds.items, encode_latents, args.vae_batch_size, shard=(rank, world))
+                torch.distributed.barrier()
             cache.fill(ds.items, encode_latents, args.vae_batch_size)
             batches.latent_caches.append(cache)
     if args.cache_text_encoder_outputs and encode_text is not None:

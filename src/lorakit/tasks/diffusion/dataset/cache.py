@@ -100,13 +100,17 @@ class LatentCache:
         return _key("latents", digest, item.size, item.bucket, item.resized, "centre",
                     item.subset.resize_interpolation, bool(item.subset.flip_aug), self.vae_key)
 
-    def fill(self, items: list[ImageItem], encode: Callable[[torch.Tensor], torch.Tensor], batch: int = 1) -> None:
+    def fill(self, items: list[ImageItem], encode: Callable[[torch.Tensor], torch.Tensor], batch: int = 1,
+             shard: tuple[int, int] = (0, 1)) -> None:
         """Encode the images that have no entry yet: up to ``batch`` images of one bucket per call
-        (their mirrors, with flip_aug, in a second call of the same size)."""
+        (their mirrors, with flip_aug, in a second call of the same size). ``shard=(rank, world)``
+        encodes only images ``rank, rank + world, ...`` (processes sharing a disk cache split the work)."""
         todo: dict[tuple[int, int], list[tuple[int, str]]] = {}
         for index, item in enumerate(items):
             key = self.key(item, file_digest(item.path))
             self.keys[index] = key
+            if index % shard[1] != shard[0]:
+                continue
             if self.store.has(key) and (not self.store.keep_in_ram or self.store.load(key)):
                 continue
             todo.setdefault(item.bucket, []).append((index, key))

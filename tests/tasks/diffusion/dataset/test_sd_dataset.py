@@ -94,11 +94,11 @@ caption_prefix = "general"
 resolution = [768, 512]
 batch_size = 2
 enable_bucket = false
+class_tokens = "sks"
 
   [[datasets.subsets]]
   image_dir = '{a}'
   num_repeats = 4
-  class_tokens = "sks"
 
   [[datasets.subsets]]
   image_dir = '{b}'

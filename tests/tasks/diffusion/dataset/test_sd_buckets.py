@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from lorakit.tasks.diffusion.dataset.buckets import Bucketer, crop_ltrb, make_bucket_resolutions
-from lorakit.tasks.diffusion.dataset.images import load_pixels, size_conditioning
+from lorakit.tasks.diffusion.dataset.images import load_pixels, resize, size_conditioning
 from lorakit.tasks.diffusion.dataset.layout import SubsetSpec
 from lorakit.tasks.diffusion.dataset.scan import ImageItem
 
@@ -132,3 +132,13 @@ def test_sdxl_size_conditioning_follows_kohya(tmp_path):
         assert size_conditioning(item, False) == ((size[1], size[0]), (int(top), int(left)), (bh, bw))
         assert size_conditioning(item, True)[1] == (int(top), int(bw - (left + fit[0])))
         assert crop_ltrb(item.bucket, size)[:2] == (left, top)
+
+
+def test_default_filter_is_area_when_shrinking_else_lanczos():
+    img = Image.fromarray(torch.randint(0, 256, (40, 60, 3), generator=torch.Generator().manual_seed(0),
+                                        dtype=torch.uint8).numpy())
+    for size, name in (((30, 20), Image.Resampling.BOX), ((90, 60), Image.Resampling.LANCZOS),
+                       ((70, 30), Image.Resampling.LANCZOS)):  # one side grows: lanczos, as kohya
+        assert np.array_equal(np.asarray(resize(img, size, None)), np.asarray(img.resize(size, name)))
+    assert np.array_equal(np.asarray(resize(img, (30, 20), "bicubic")),
+                          np.asarray(img.resize((30, 20), Image.Resampling.BICUBIC)))

@@ -16,7 +16,7 @@ SUBSET_KEYS = ("caption_extension", "shuffle_caption", "caption_separator", "kee
                "flip_aug", "random_crop", "resize_interpolation")
 DATASET_KEYS = ("resolution", "enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps",
                 "bucket_no_upscale", "prior_loss_weight")
-INTERPOLATIONS = ("lanczos", "nearest", "bilinear", "bicubic", "area", "box", "hamming")
+INTERPOLATIONS = ("lanczos", "nearest", "bilinear", "linear", "bicubic", "cubic", "area", "box")  # kohya's names
 
 
 @dataclass
@@ -82,7 +82,7 @@ class DatasetArgs:
     random_crop: bool = False
     """Crop the overflow at a random offset instead of the centre (disables the latent cache)."""
     resize_interpolation: str | None = None
-    """``lanczos``, ``area``, ``bicubic``, ...; ``None``: area when shrinking, lanczos when enlarging (kohya)."""
+    """``lanczos``, ``area``, ``bicubic``, ...; ``None``: area when both sides shrink, else lanczos (kohya)."""
     prior_loss_weight: float = 1.0
     """Loss weight of regularisation samples (training samples weigh 1)."""
     cache_latents: bool = True

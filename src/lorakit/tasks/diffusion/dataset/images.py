@@ -14,17 +14,19 @@ from PIL import Image
 from .buckets import crop_ltrb
 from .scan import ImageItem, read_image
 
+# kohya's names (it uses OpenCV's INTER_AREA for "area"; Pillow's BOX filter is the same pixel-area average)
 FILTERS = {"lanczos": Image.Resampling.LANCZOS, "nearest": Image.Resampling.NEAREST,
-           "bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
-           "area": Image.Resampling.BOX, "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING}
+           "bilinear": Image.Resampling.BILINEAR, "linear": Image.Resampling.BILINEAR,
+           "bicubic": Image.Resampling.BICUBIC, "cubic": Image.Resampling.BICUBIC,
+           "area": Image.Resampling.BOX, "box": Image.Resampling.BOX}
 
 
 def resize(img: Image.Image, size: tuple[int, int], interpolation: str | None) -> Image.Image:
-    """kohya's default: area averaging when shrinking, Lanczos when enlarging."""
+    """kohya's default: area averaging when both sides shrink, else Lanczos."""
     if img.size == tuple(size):
         return img
     if interpolation is None:
-        interpolation = "area" if size[0] * size[1] < img.size[0] * img.size[1] else "lanczos"
+        interpolation = "area" if size[0] <= img.size[0] and size[1] <= img.size[1] else "lanczos"
     return img.resize(size, FILTERS[interpolation])
 
 

@@ -1,6 +1,7 @@
 """Buckets equal kohya's algorithm (re-derived here from the formulas in sd-training.md, written apart)."""
 
 import math
+import random
 
 import numpy as np
 import pytest
@@ -101,7 +102,7 @@ def gradient_image(path, w, h):
 
 
 def item_for(path, size, bucketer, **options):
-    opts = {"resize_interpolation": "nearest", "flip_aug": False, "random_crop": False} | options
+    opts = {"resize_interpolation": "nearest", "flip_aug": False, "random_crop": False, "color_aug": False} | options
     item = ImageItem(path, size, "", SubsetSpec(str(path.parent), options=opts), 1, False)
     item.bucket, item.resized, _ = bucketer.select(*size)
     return item
@@ -142,3 +143,19 @@ def test_default_filter_is_area_when_shrinking_else_lanczos():
         assert np.array_equal(np.asarray(resize(img, size, None)), np.asarray(img.resize(size, name)))
     assert np.array_equal(np.asarray(resize(img, (30, 20), "bicubic")),
                           np.asarray(img.resize((30, 20), Image.Resampling.BICUBIC)))
+
+
+def test_random_crop_and_color_aug_draw_from_the_sample_rng(tmp_path):
+    path = tmp_path / "g.png"
+    gradient_image(path, 100, 50)
+    bucketer = Bucketer((64, 64), min_size=32, max_size=128, steps=32)
+    centre = load_pixels(item_for(path, (100, 50), bucketer))
+    crop = item_for(path, (100, 50), bucketer, random_crop=True)
+    crops = [load_pixels(crop, rng=random.Random(i)) for i in range(20)]
+    assert len({c[0, 0, 0].item() for c in crops}) > 5  # the left edge moves (red encodes x)
+    assert all(torch.equal(load_pixels(crop, rng=random.Random(i)), crops[i]) for i in range(3))
+    aug = item_for(path, (100, 50), bucketer, color_aug=True)
+    draws = [load_pixels(aug, rng=random.Random(i)) for i in range(150)]
+    changed = [not torch.equal(px, centre) for px in draws]
+    assert sum(changed) / len(changed) == pytest.approx(0.33, abs=0.1)  # kohya applies it a third of the time
+    assert all(px.shape == centre.shape and (px - centre).abs().mean() < 0.2 for px in draws)  # mild changes

@@ -132,7 +132,7 @@ def test_every_problem_is_listed_with_its_file(tmp_path):
     (root / "no_prefix").mkdir()
     toml = tmp_path / "bad.toml"
     toml.write_text("[general]\nshufle_caption = true\n[[datasets]]\nresolution = 'big'\n"
-                    "[[datasets.subsets]]\nimage_dir = 'nowhere'\ncolor_aug = true\n")
+                    "[[datasets.subsets]]\nimage_dir = 'nowhere'\nface_crop_aug_range = [2.0, 4.0]\n")
     before = snapshot(tmp_path)
     out = build_dataset(DatasetArgs(train_data_dir=str(root), reg_data_dir=str(tmp_path / "missing")),
                         batch_size=1, seed=0).problems
@@ -144,7 +144,7 @@ def test_every_problem_is_listed_with_its_file(tmp_path):
     bad = build_dataset(DatasetArgs(dataset_config=str(toml)), batch_size=1, seed=0).problems
     text = "\n".join(bad)
     for needle in ("unknown key 'shufle_caption'; did you mean 'shuffle_caption'", "resolution='big'",
-                   "color_aug=True is not supported", "image_dir='nowhere' is not a folder"):
+                   "face_crop_aug_range=[2.0, 4.0] is not supported", "image_dir='nowhere' is not a folder"):
         assert needle in text, (needle, bad)
     assert "not valid TOML" in build_dataset(DatasetArgs(dataset_config=str(good / "img00.txt")), batch_size=1,
                                              seed=0).problems[0]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 SUBSET_KEYS = ("caption_extension", "shuffle_caption", "caption_separator", "keep_tokens", "keep_tokens_separator",
                "secondary_separator", "enable_wildcard", "caption_prefix", "caption_suffix", "caption_dropout_rate",
                "caption_dropout_every_n_epochs", "caption_tag_dropout_rate", "token_warmup_min", "token_warmup_step",
-               "flip_aug", "random_crop", "resize_interpolation")
+               "flip_aug", "random_crop", "color_aug", "resize_interpolation")
 DATASET_KEYS = ("resolution", "enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps",
                 "bucket_no_upscale", "prior_loss_weight")
 INTERPOLATIONS = ("lanczos", "nearest", "bilinear", "linear", "bicubic", "cubic", "area", "box")  # kohya's names
@@ -81,12 +81,15 @@ class DatasetArgs:
     """Mirror each sample with probability 1/2 (both versions are cached)."""
     random_crop: bool = False
     """Crop the overflow at a random offset instead of the centre (disables the latent cache)."""
+    color_aug: bool = False
+    """kohya's colour augmentation: a third of the draws get a hue shift of up to ±16° or a gamma of
+    0.95-1.05 (disables the latent cache)."""
     resize_interpolation: str | None = None
     """``lanczos``, ``area``, ``bicubic``, ...; ``None``: area when both sides shrink, else lanczos (kohya)."""
     prior_loss_weight: float = 1.0
     """Loss weight of regularisation samples (training samples weigh 1)."""
     cache_latents: bool = True
-    """Encode every image once before training instead of every step (not with ``random_crop``)."""
+    """Encode every image once before training instead of every step (not with ``random_crop``/``color_aug``)."""
     cache_latents_to_disk: bool = False
     """Also keep the latents on disk in ``cache_dir`` so later runs reuse them."""
     cache_text_encoder_outputs: bool = False
@@ -161,7 +164,7 @@ def value_problems(values: dict, where: str) -> list[str]:
                      "image_dir", "train_data_dir", "reg_data_dir", "dataset_config", "cache_dir"):
             if v is not None and not isinstance(v, str):
                 bad(key, "a string")
-        elif key in ("shuffle_caption", "enable_wildcard", "flip_aug", "random_crop", "enable_bucket",
+        elif key in ("shuffle_caption", "enable_wildcard", "flip_aug", "random_crop", "color_aug", "enable_bucket",
                      "bucket_no_upscale", "is_reg", "cache_latents", "cache_latents_to_disk",
                      "cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk"):
             if not isinstance(v, bool):

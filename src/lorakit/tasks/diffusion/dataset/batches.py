@@ -90,7 +90,7 @@ class DiffusionBatches:
             if cache is not None:
                 images.append(cache.get(index, flip))
             else:
-                images.append(load_pixels(item, flip=flip, rng=rng if sub.random_crop else None))
+                images.append(load_pixels(item, flip=flip, rng=rng))
             captions.append(process_caption(item.caption, sub, rng, epoch=epoch + 1, step=step,
                                             max_train_steps=self.max_train_steps))
             weights.append(ds.spec.prior_loss_weight if item.is_reg else 1.0)

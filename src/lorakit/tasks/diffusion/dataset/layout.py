@@ -22,7 +22,7 @@ from .args import DATASET_KEYS, SUBSET_KEYS, DatasetArgs, parse_resolution, valu
 # cache_info's image-info file is not written; the rest are loader settings)
 IGNORED_KEYS = ("cache_info", "debug_dataset", "network_multiplier", "custom_attributes", "max_data_loader_n_workers")
 # keys kohya accepts whose feature lorakit does not have: an error when set to anything but its off value
-UNSUPPORTED_KEYS = ("color_aug", "face_crop_aug_range", "alpha_mask", "metadata_file", "validation_split",
+UNSUPPORTED_KEYS = ("face_crop_aug_range", "alpha_mask", "metadata_file", "validation_split",
                     "conditioning_data_dir", "validation_seed")
 SUBSET_ONLY = ("image_dir", "is_reg")  # kohya's "distinct" subset keys; num_repeats/class_tokens ascend like the rest
 KNOWN = set(SUBSET_KEYS) | set(DATASET_KEYS) | set(SUBSET_ONLY) | {"batch_size", "num_repeats", "class_tokens"} \
@@ -208,7 +208,8 @@ def resolve(args: DatasetArgs, batch_size: int) -> tuple[list[DatasetSpec], list
             problems.append(f"resolution {w}x{h} is larger than max_bucket_reso={spec.max_bucket_reso}; "
                             "raise max_bucket_reso or lower the resolution.")
         for sub in spec.subsets:
-            if sub.random_crop and args.cache_latents:
-                problems.append(f"{sub.image_dir}: random_crop changes the pixels every epoch, so latents cannot be "
-                                "cached; set data.cache_latents: false or random_crop: false.")
+            for key in ("random_crop", "color_aug"):
+                if getattr(sub, key) and args.cache_latents:
+                    problems.append(f"{sub.image_dir}: {key} changes the pixels every epoch, so latents cannot be "
+                                    f"cached; set data.cache_latents: false or {key}: false.")
     return specs, problems

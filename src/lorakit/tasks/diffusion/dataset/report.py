@@ -50,9 +50,9 @@ def _bucket_info(ds: ScannedDataset) -> dict:
 
 
 def _subset_meta(sub, count: int) -> dict:
-    keys = ("flip_aug", "random_crop", "shuffle_caption", "keep_tokens", "keep_tokens_separator",
+    keys = ("color_aug", "flip_aug", "random_crop", "shuffle_caption", "keep_tokens", "keep_tokens_separator",
             "secondary_separator", "enable_wildcard", "caption_prefix", "caption_suffix", "resize_interpolation")
-    return {"img_count": count, "num_repeats": sub.num_repeats, "color_aug": False,
+    return {"img_count": count, "num_repeats": sub.num_repeats,
             **{k: getattr(sub, k) for k in keys}, "image_dir": Path(sub.image_dir).name,
             "class_tokens": sub.class_tokens, "is_reg": sub.is_reg}
 
@@ -94,7 +94,7 @@ def metadata(datasets: list[ScannedDataset], batches_per_epoch: int, from_config
                      "ss_resolution": str(spec.resolution), "ss_enable_bucket": str(spec.enable_bucket),
                      "ss_bucket_no_upscale": str(spec.bucket_no_upscale), "ss_min_bucket_reso": str(spec.min_bucket_reso),
                      "ss_max_bucket_reso": str(spec.max_bucket_reso), "ss_batch_size_per_device": str(spec.batch_size),
-                     "ss_color_aug": "False", "ss_flip_aug": str(bool(sub.flip_aug)),
+                     "ss_color_aug": str(bool(sub.color_aug)), "ss_flip_aug": str(bool(sub.flip_aug)),
                      "ss_random_crop": str(bool(sub.random_crop)), "ss_shuffle_caption": str(bool(sub.shuffle_caption)),
                      "ss_keep_tokens": str(sub.keep_tokens), "ss_caption_dropout_rate": str(sub.caption_dropout_rate),
                      "ss_caption_dropout_every_n_epochs": str(sub.caption_dropout_every_n_epochs),

@@ -35,6 +35,7 @@ def dogs(tmp_path):
     folder(root, "3_sks dog", [(128, 128), (160, 120), (120, 160), (75, 175), (128, 128)],
            ["sks dog, red", None, "sks dog, grass", "sks dog", None])
     folder(root, "2_sks cat", [(128, 128), (175, 88)], ["cat", "cat, sofa"])
+    (root / "3_sks dog" / "img02.txt").write_text("\ufeffsks dog, grass\nsecond line ignored", encoding="utf-8")
     return root
 
 
@@ -47,6 +48,7 @@ def test_folder_layout_repeats_captions_and_steps(dogs):
     (ds,) = b.datasets
     caps = {(i.path.parent.name, i.path.name): i.caption for i in ds.items}
     assert caps[("3_sks dog", "img01.png")] == "sks dog" and caps[("3_sks dog", "img00.png")] == "sks dog, red"
+    assert caps[("3_sks dog", "img02.png")] == "sks dog, grass"  # written with a BOM below
     assert {i.num_repeats for i in ds.items if i.path.parent.name == "2_sks cat"} == {2}
     bucketer = Bucketer((128, 128), min_size=64, max_size=256)
     per_bucket = Counter()

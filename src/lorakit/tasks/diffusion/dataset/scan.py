@@ -66,7 +66,7 @@ def read_caption(image: Path, subset: SubsetSpec, problems: list[str]) -> str | 
     if not path.is_file():
         return None
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: a Windows BOM is not caption text
     except UnicodeDecodeError:
         problems.append(f"{path}: not UTF-8 text; re-save the caption file as UTF-8.")
         return None

@@ -160,9 +160,9 @@ def scan_dataset(spec: DatasetSpec, problems: list[str], notes: list[str]) -> Sc
             if check_size(item, spec, problems):
                 kept.append(item)
         counts.append(len(kept))
-        freq.setdefault(Path(subset.image_dir).name, {})
+        folder = freq.setdefault(Path(subset.image_dir).name, {})  # kohya keys tags by folder name
         for tag, c in tag_frequency([i.caption for i in kept]).items():
-            freq[Path(subset.image_dir).name][tag] = freq[Path(subset.image_dir).name].get(tag, 0) + c
+            folder[tag] = folder.get(tag, 0) + c
         if subset.is_reg:
             reg_items += kept
             n_reg += subset.num_repeats * len(kept)

@@ -1,6 +1,7 @@
 """Buckets equal kohya's algorithm (re-derived here from the formulas in sd-training.md, written apart)."""
 
 import math
+import random
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import torch
 from PIL import Image
 
 from lorakit.tasks.diffusion.dataset.buckets import Bucketer, crop_ltrb, make_bucket_resolutions
-from lorakit.tasks.diffusion.dataset.images import load_pixels, size_conditioning
+from lorakit.tasks.diffusion.dataset.images import load_pixels, resize, size_conditioning
 from lorakit.tasks.diffusion.dataset.layout import SubsetSpec
 from lorakit.tasks.diffusion.dataset.scan import ImageItem
 
@@ -101,7 +102,7 @@ def gradient_image(path, w, h):
 
 
 def item_for(path, size, bucketer, **options):
-    opts = {"resize_interpolation": "nearest", "flip_aug": False, "random_crop": False} | options
+    opts = {"resize_interpolation": "nearest", "flip_aug": False, "random_crop": False, "color_aug": False} | options
     item = ImageItem(path, size, "", SubsetSpec(str(path.parent), options=opts), 1, False)
     item.bucket, item.resized, _ = bucketer.select(*size)
     return item
@@ -132,3 +133,29 @@ def test_sdxl_size_conditioning_follows_kohya(tmp_path):
         assert size_conditioning(item, False) == ((size[1], size[0]), (int(top), int(left)), (bh, bw))
         assert size_conditioning(item, True)[1] == (int(top), int(bw - (left + fit[0])))
         assert crop_ltrb(item.bucket, size)[:2] == (left, top)
+
+
+def test_default_filter_is_area_when_shrinking_else_lanczos():
+    img = Image.fromarray(torch.randint(0, 256, (40, 60, 3), generator=torch.Generator().manual_seed(0),
+                                        dtype=torch.uint8).numpy())
+    for size, name in (((30, 20), Image.Resampling.BOX), ((90, 60), Image.Resampling.LANCZOS),
+                       ((70, 30), Image.Resampling.LANCZOS)):  # one side grows: lanczos, as kohya
+        assert np.array_equal(np.asarray(resize(img, size, None)), np.asarray(img.resize(size, name)))
+    assert np.array_equal(np.asarray(resize(img, (30, 20), "bicubic")),
+                          np.asarray(img.resize((30, 20), Image.Resampling.BICUBIC)))
+
+
+def test_random_crop_and_color_aug_draw_from_the_sample_rng(tmp_path):
+    path = tmp_path / "g.png"
+    gradient_image(path, 100, 50)
+    bucketer = Bucketer((64, 64), min_size=32, max_size=128, steps=32)
+    centre = load_pixels(item_for(path, (100, 50), bucketer))
+    crop = item_for(path, (100, 50), bucketer, random_crop=True)
+    crops = [load_pixels(crop, rng=random.Random(i)) for i in range(20)]
+    assert len({c[0, 0, 0].item() for c in crops}) > 5  # the left edge moves (red encodes x)
+    assert all(torch.equal(load_pixels(crop, rng=random.Random(i)), crops[i]) for i in range(3))
+    aug = item_for(path, (100, 50), bucketer, color_aug=True)
+    draws = [load_pixels(aug, rng=random.Random(i)) for i in range(150)]
+    changed = [not torch.equal(px, centre) for px in draws]
+    assert sum(changed) / len(changed) == pytest.approx(0.33, abs=0.1)  # kohya applies it a third of the time
+    assert all(px.shape == centre.shape and (px - centre).abs().mean() < 0.2 for px in draws)  # mild changes

@@ -51,7 +51,8 @@ def build_dataset(args: DatasetArgs, *, batch_size: int, seed: int, world: int =
     datasets = [scan_dataset(spec, errors, notes) for spec in specs]
     if not errors and not any(d.items for d in datasets):
         errors.append("the dataset has no usable images.")
-    batches = DiffusionBatches(datasets, seed, world, rank, problems=errors, notes=notes)
+    batches = DiffusionBatches(datasets, seed, world, rank, problems=errors, notes=notes,
+                               from_config=bool(args.dataset_config))
     subsets = [s for spec in specs for s in spec.subsets]
     static = all(is_static(s) for s in subsets)
     if args.cache_text_encoder_outputs and not static:
@@ -59,13 +60,26 @@ def build_dataset(args: DatasetArgs, *, batch_size: int, seed: int, world: int =
                       "caption dropout, tag dropout, wildcards and token warm-up, or the cache.")
     if scan_only or errors:
         return batches
+    # a disk entry outlives the run: without a key naming the encoder, another VAE could read it
+    if args.cache_latents_to_disk and encode_latents is not None and not vae_key:
+        raise ValueError("build_dataset: cache_latents_to_disk needs vae_key (a string naming the VAE weights, "
+                         "dtype and scaling) so entries of another VAE are never read.")
+    if args.cache_text_encoder_outputs_to_disk and encode_text is not None and not text_key:
+        raise ValueError("build_dataset: cache_text_encoder_outputs_to_disk needs text_key (naming the text "
+                         "encoders, clip_skip and max_token_length) so entries of other encoders are never read.")
     directory = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     if args.cache_latents and encode_latents is not None:
         where = directory if args.cache_latents_to_disk else None
         batches.latent_caches = []
+        # processes sharing a disk cache each encode their share, then read the others' entries
+        split = where is not None and world > 1 and torch.distributed.is_available() \
+            and torch.distributed.is_initialized()
         for ds in datasets:
             cache = LatentCache(vae_key or "vae", where)
-            cache.fill(ds.items, encode_latents)
+            if split:
+                cache.fill(ds.items, encode_latents, args.vae_batch_size, shard=(rank, world))
+                torch.distributed.barrier()
+            cache.fill(ds.items, encode_latents, args.vae_batch_size)
             batches.latent_caches.append(cache)
     if args.cache_text_encoder_outputs and encode_text is not None:
         where = directory if args.cache_text_encoder_outputs_to_disk else None

@@ -13,10 +13,10 @@ from dataclasses import dataclass, fields
 SUBSET_KEYS = ("caption_extension", "shuffle_caption", "caption_separator", "keep_tokens", "keep_tokens_separator",
                "secondary_separator", "enable_wildcard", "caption_prefix", "caption_suffix", "caption_dropout_rate",
                "caption_dropout_every_n_epochs", "caption_tag_dropout_rate", "token_warmup_min", "token_warmup_step",
-               "flip_aug", "random_crop", "resize_interpolation")
+               "flip_aug", "random_crop", "color_aug", "resize_interpolation")
 DATASET_KEYS = ("resolution", "enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps",
                 "bucket_no_upscale", "prior_loss_weight")
-INTERPOLATIONS = ("lanczos", "nearest", "bilinear", "bicubic", "area", "box", "hamming")
+INTERPOLATIONS = ("lanczos", "nearest", "bilinear", "linear", "bicubic", "cubic", "area", "box")  # kohya's names
 
 
 @dataclass
@@ -81,12 +81,15 @@ class DatasetArgs:
     """Mirror each sample with probability 1/2 (both versions are cached)."""
     random_crop: bool = False
     """Crop the overflow at a random offset instead of the centre (disables the latent cache)."""
+    color_aug: bool = False
+    """kohya's colour augmentation: a third of the draws get a hue shift of up to ±16° or a gamma of
+    0.95-1.05 (disables the latent cache)."""
     resize_interpolation: str | None = None
-    """``lanczos``, ``area``, ``bicubic``, ...; ``None``: area when shrinking, lanczos when enlarging (kohya)."""
+    """``lanczos``, ``area``, ``bicubic``, ...; ``None``: area when both sides shrink, else lanczos (kohya)."""
     prior_loss_weight: float = 1.0
     """Loss weight of regularisation samples (training samples weigh 1)."""
     cache_latents: bool = True
-    """Encode every image once before training instead of every step (not with ``random_crop``)."""
+    """Encode every image once before training instead of every step (not with ``random_crop``/``color_aug``)."""
     cache_latents_to_disk: bool = False
     """Also keep the latents on disk in ``cache_dir`` so later runs reuse them."""
     cache_text_encoder_outputs: bool = False
@@ -94,6 +97,8 @@ class DatasetArgs:
     dropout, wildcards or warm-up)."""
     cache_text_encoder_outputs_to_disk: bool = False
     """Also keep the text-encoder outputs on disk in ``cache_dir``."""
+    vae_batch_size: int = 1
+    """Images per VAE call while filling the latent cache (kohya's default 1 is safe for SDXL on small GPUs)."""
     cache_dir: str | None = None
     """Disk cache directory; ``None``: ``$LORAKIT_CACHE/sd`` or ``~/.cache/lorakit/sd``. Never inside the
     dataset folders; entries are keyed by content, so one directory serves every run."""
@@ -133,7 +138,8 @@ def value_problems(values: dict, where: str) -> list[str]:
             res = parse_resolution(v)
             if res is None or min(res) < 64:
                 bad(key, "an integer >= 64 such as 512, or 'width,height' such as '768,512'")
-        elif key in ("min_bucket_reso", "max_bucket_reso", "bucket_reso_steps", "num_repeats", "batch_size"):
+        elif key in ("min_bucket_reso", "max_bucket_reso", "bucket_reso_steps", "num_repeats", "batch_size",
+                     "vae_batch_size"):
             if not _is_int(v) or v < 1:
                 bad(key, "a positive integer")
         elif key in ("keep_tokens", "caption_dropout_every_n_epochs", "token_warmup_min"):
@@ -158,7 +164,7 @@ def value_problems(values: dict, where: str) -> list[str]:
                      "image_dir", "train_data_dir", "reg_data_dir", "dataset_config", "cache_dir"):
             if v is not None and not isinstance(v, str):
                 bad(key, "a string")
-        elif key in ("shuffle_caption", "enable_wildcard", "flip_aug", "random_crop", "enable_bucket",
+        elif key in ("shuffle_caption", "enable_wildcard", "flip_aug", "random_crop", "color_aug", "enable_bucket",
                      "bucket_no_upscale", "is_reg", "cache_latents", "cache_latents_to_disk",
                      "cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk"):
             if not isinstance(v, bool):

@@ -10,6 +10,7 @@ written atomically under the cache directory (never in a dataset folder), shared
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,8 @@ from ....formats._io import write_safetensors
 from .images import load_pixels
 from .scan import ImageItem
 
-ENCODE_BATCH = 8  # images per encoder call while filling the cache
+TEXT_BATCH = 8  # captions per text-encoder call while filling the cache
+log = logging.getLogger(__name__)
 FORMAT = "lorakit-sd-cache-1"  # bump when an entry's layout changes: old entries are then never matched
 
 
@@ -98,32 +100,40 @@ class LatentCache:
         return _key("latents", digest, item.size, item.bucket, item.resized, "centre",
                     item.subset.resize_interpolation, bool(item.subset.flip_aug), self.vae_key)
 
-    def fill(self, items: list[ImageItem], encode: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        """Encode the images that have no entry yet, a bucket's images per call (mirrors in the same call)."""
+    def fill(self, items: list[ImageItem], encode: Callable[[torch.Tensor], torch.Tensor], batch: int = 1,
+             shard: tuple[int, int] = (0, 1)) -> None:
+        """Encode the images that have no entry yet: up to ``batch`` images of one bucket per call
+        (their mirrors, with flip_aug, in a second call of the same size). ``shard=(rank, world)``
+        encodes only images ``rank, rank + world, ...`` (processes sharing a disk cache split the work)."""
         todo: dict[tuple[int, int], list[tuple[int, str]]] = {}
         for index, item in enumerate(items):
             key = self.key(item, file_digest(item.path))
             self.keys[index] = key
+            if index % shard[1] != shard[0]:
+                continue
             if self.store.has(key) and (not self.store.keep_in_ram or self.store.load(key)):
                 continue
             todo.setdefault(item.bucket, []).append((index, key))
         self.encoded = 0
+        total = sum(len(g) for g in todo.values())
+        log.info("latent cache: %d of %d images to encode, %d reused%s", total, len(items), len(items) - total,
+                 f" from {self.store.dir}" if self.store.dir else "")
         for group in todo.values():
-            for lo in range(0, len(group), ENCODE_BATCH):
-                chunk = group[lo:lo + ENCODE_BATCH]
-                flip = [items[i].subset.flip_aug for i, _ in chunk]
-                pixels = [load_pixels(items[i]) for i, _ in chunk]
-                mirrored = [p.flip(-1) for p, f in zip(pixels, flip, strict=True) if f]
+            for lo in range(0, len(group), batch):
+                chunk = group[lo:lo + batch]
+                pixels = torch.stack([load_pixels(items[i]) for i, _ in chunk])
                 with torch.no_grad():
-                    latents = encode(torch.stack(pixels + mirrored))
-                k = len(chunk)
-                flipped = iter(latents[k:])
-                for (_, key), lat, f in zip(chunk, latents[:k], flip, strict=True):
-                    entry = {"latents": lat}
-                    if f:
-                        entry["latents_flipped"] = next(flipped)
+                    latents = encode(pixels)
+                    mirror = [j for j, (i, _) in enumerate(chunk) if items[i].subset.flip_aug]
+                    flipped = dict(zip(mirror, encode(pixels[mirror].flip(-1)), strict=True)) if mirror else {}
+                for j, (_, key) in enumerate(chunk):
+                    entry = {"latents": latents[j]}
+                    if j in flipped:
+                        entry["latents_flipped"] = flipped[j]
                     self.store.put(key, entry)
-                self.encoded += k
+                self.encoded += len(chunk)
+                if self.encoded % 50 < len(chunk) or self.encoded == total:
+                    log.info("latent cache: %d/%d encoded", self.encoded, total)
 
     def get(self, index: int, flipped: bool) -> torch.Tensor:
         entry = self.store.get(self.keys[index])
@@ -144,8 +154,8 @@ class TextCache:
     def fill(self, captions: list[str], encode: Callable[[list[str]], dict[str, torch.Tensor]]) -> None:
         todo = sorted({c for c in captions if not (self.store.has(self.key(c)) and self.store.load(self.key(c)))})
         self.encoded = len(todo)
-        for lo in range(0, len(todo), ENCODE_BATCH):
-            chunk = todo[lo:lo + ENCODE_BATCH]
+        for lo in range(0, len(todo), TEXT_BATCH):
+            chunk = todo[lo:lo + TEXT_BATCH]
             with torch.no_grad():
                 out = encode(chunk)
             for i, caption in enumerate(chunk):

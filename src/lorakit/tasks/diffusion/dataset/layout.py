@@ -22,10 +22,11 @@ from .args import DATASET_KEYS, SUBSET_KEYS, DatasetArgs, parse_resolution, valu
 # cache_info's image-info file is not written; the rest are loader settings)
 IGNORED_KEYS = ("cache_info", "debug_dataset", "network_multiplier", "custom_attributes", "max_data_loader_n_workers")
 # keys kohya accepts whose feature lorakit does not have: an error when set to anything but its off value
-UNSUPPORTED_KEYS = ("color_aug", "face_crop_aug_range", "alpha_mask", "metadata_file", "validation_split",
+UNSUPPORTED_KEYS = ("face_crop_aug_range", "alpha_mask", "metadata_file", "validation_split",
                     "conditioning_data_dir", "validation_seed")
-SUBSET_ONLY = ("image_dir", "num_repeats", "is_reg", "class_tokens")
-KNOWN = set(SUBSET_KEYS) | set(DATASET_KEYS) | set(SUBSET_ONLY) | {"batch_size"} | set(IGNORED_KEYS) | set(UNSUPPORTED_KEYS)
+SUBSET_ONLY = ("image_dir", "is_reg")  # kohya's "distinct" subset keys; num_repeats/class_tokens ascend like the rest
+KNOWN = set(SUBSET_KEYS) | set(DATASET_KEYS) | set(SUBSET_ONLY) | {"batch_size", "num_repeats", "class_tokens"} \
+    | set(IGNORED_KEYS) | set(UNSUPPORTED_KEYS)
 
 
 @dataclass
@@ -183,12 +184,13 @@ def from_toml(args: DatasetArgs, batch_size: int) -> tuple[list[DatasetSpec], li
             if not Path(image_dir).is_dir():
                 problems.append(f"{swhere}: image_dir={sub['image_dir']!r} is not a folder.")
                 continue
-            repeats = sub.get("num_repeats", 1)
+            repeats = next((v["num_repeats"] for v in (sub, ds, general) if "num_repeats" in v), 1)
+            tokens = next((v["class_tokens"] for v in (sub, ds, general) if "class_tokens" in v), None)
             if isinstance(repeats, int) and repeats < 1:
                 problems.append(f"{swhere}: num_repeats={repeats} < 1; kohya skips such a subset, so does lorakit.")
                 continue
-            subset_specs.append(_subset([sub] + chain, image_dir, repeats, bool(sub.get("is_reg", False)),
-                                        sub.get("class_tokens"), ".caption"))
+            subset_specs.append(_subset([sub] + chain, image_dir, repeats, bool(sub.get("is_reg", False)), tokens,
+                                        ".caption"))
         if not problems:
             specs.append(_dataset(chain, ds.get("batch_size", general.get("batch_size", batch_size)), subset_specs))
     return specs, problems
@@ -206,7 +208,8 @@ def resolve(args: DatasetArgs, batch_size: int) -> tuple[list[DatasetSpec], list
             problems.append(f"resolution {w}x{h} is larger than max_bucket_reso={spec.max_bucket_reso}; "
                             "raise max_bucket_reso or lower the resolution.")
         for sub in spec.subsets:
-            if sub.random_crop and args.cache_latents:
-                problems.append(f"{sub.image_dir}: random_crop changes the pixels every epoch, so latents cannot be "
-                                "cached; set data.cache_latents: false or random_crop: false.")
+            for key in ("random_crop", "color_aug"):
+                if getattr(sub, key) and args.cache_latents:
+                    problems.append(f"{sub.image_dir}: {key} changes the pixels every epoch, so latents cannot be "
+                                    f"cached; set data.cache_latents: false or {key}: false.")
     return specs, problems

@@ -66,7 +66,7 @@ def read_caption(image: Path, subset: SubsetSpec, problems: list[str]) -> str | 
     if not path.is_file():
         return None
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: a Windows BOM is not caption text
     except UnicodeDecodeError:
         problems.append(f"{path}: not UTF-8 text; re-save the caption file as UTF-8.")
         return None
@@ -82,7 +82,9 @@ def read_caption(image: Path, subset: SubsetSpec, problems: list[str]) -> str | 
 def scan_subset(subset: SubsetSpec, problems: list[str], notes: list[str]) -> list[ImageItem]:
     """Every readable image of one folder with its caption (kohya's fallback: the class tokens, else "")."""
     items = []
-    paths = sorted(p for p in Path(subset.image_dir).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    # hidden files (macOS "._x.png" forks...) are skipped, as kohya's glob("*") skips them
+    paths = sorted(p for p in Path(subset.image_dir).iterdir()
+                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
     missing = 0
     for path in paths:
         try:
@@ -158,9 +160,9 @@ def scan_dataset(spec: DatasetSpec, problems: list[str], notes: list[str]) -> Sc
             if check_size(item, spec, problems):
                 kept.append(item)
         counts.append(len(kept))
-        freq.setdefault(Path(subset.image_dir).name, {})
+        folder = freq.setdefault(Path(subset.image_dir).name, {})  # kohya keys tags by folder name
         for tag, c in tag_frequency([i.caption for i in kept]).items():
-            freq[Path(subset.image_dir).name][tag] = freq[Path(subset.image_dir).name].get(tag, 0) + c
+            folder[tag] = folder.get(tag, 0) + c
         if subset.is_reg:
             reg_items += kept
             n_reg += subset.num_repeats * len(kept)

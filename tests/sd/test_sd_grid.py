@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from sd_models import random_lora
+from sd_pipes import clean_parts
 
 from lorakit.formats.sd_io import write_lora
 from lorakit.sd.grid import contact_sheet, side_by_side
@@ -88,7 +89,7 @@ def test_sr_string_must_be_in_the_prompt(sd1_pipe):
 
 
 def test_xyz_grid_strength_by_file(sd1_pipe, tmp_path):
-    parts = {"unet": sd1_pipe.unet, "text_encoder": sd1_pipe.text_encoder}
+    parts = clean_parts("sd1")
     for i, name in enumerate(["cat-000001", "cat"]):
         write_lora(random_lora(parts, seed=10 + i), tmp_path / f"{name}.safetensors")
     seen = []

@@ -112,14 +112,15 @@ def generate_images(pipe, prompt: str, negative_prompt: str = "", *, width: int,
               **(extra_params or {}), "Version": f"lorakit {lorakit.__version__}"}
     images = []
     for i in range(count):
-        image = _denoise(pipe, cond, uncond, width=width, height=height, steps=steps, cfg_scale=cfg_scale,
+        image = denoise(pipe, cond, uncond, width=width, height=height, steps=steps, cfg_scale=cfg_scale,
                          generator=torch.Generator(generator_device).manual_seed(seed + i))
         image.info["parameters"] = create_infotext(prompt, negative_prompt, {**params, "Seed": seed + i})
         images.append(image)
     return images
 
 
-def _denoise(pipe, cond: Cond, uncond: Cond, *, width, height, steps, cfg_scale, generator):
+def denoise(pipe, cond: Cond, uncond: Cond, *, width, height, steps, cfg_scale, generator):
+    """One image from encoded conditioning with the pipeline's current scheduler and adapters."""
     dtype = pipe.unet.dtype
     kwargs = {"prompt_embeds": cond.embeds.to(dtype), "negative_prompt_embeds": uncond.embeds.to(dtype)}
     if cond.pooled is not None:

@@ -17,10 +17,10 @@ def test_detect_family_from_configs(unet, sched, family):
     assert detect_family(unet_config=unet, scheduler_config=sched) == family
 
 
-def test_saved_directory_round_trip(sd1_pipe, sdxl_pipe, tmp_path):
-    from sd_pipes import saved
+def test_saved_directory_round_trip(sdxl_pipe, tmp_path):
+    from sd_pipes import saved, tiny_sd1
 
-    pipe, family = load_pipeline(saved(sd1_pipe, tmp_path / "sd1"))
+    pipe, family = load_pipeline(saved(tiny_sd1(), tmp_path / "sd1"))  # a fresh one: the shared one has adapters
     assert family == "sd1" and type(pipe).__name__ == "StableDiffusionPipeline" and pipe.safety_checker is None
     assert detect_family(sdxl_pipe) == "sdxl"
     with pytest.raises(ValueError, match="is a sd1 model but family='sdxl'"):

@@ -160,3 +160,18 @@ def test_sdxl_generates_with_a_lora(sdxl_pipe, tmp_path):
     assert base.size == (16, 16) and not (_px(base) == _px(styled)).all()
     zero = generate_images(sdxl_pipe, "a red cat <lora:xl:0>", lora_dir=tmp_path, **kw)[0]
     assert (_px(base) == _px(zero)).all()
+
+
+def test_samples_in_eval_mode_and_restores_training(sd1_pipe):
+    sd1_pipe.unet.train()
+    sd1_pipe.text_encoder.train()
+    seen = []
+    hook = sd1_pipe.unet.register_forward_pre_hook(lambda m, a: seen.append(m.training))
+    try:
+        generate_images(sd1_pipe, "a cat", **{**KW, "steps": 1})
+    finally:
+        hook.remove()
+    assert seen and not any(seen)
+    assert sd1_pipe.unet.training and sd1_pipe.text_encoder.training
+    sd1_pipe.unet.eval()
+    sd1_pipe.text_encoder.eval()

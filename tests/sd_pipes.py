@@ -3,6 +3,7 @@ a local vocab written here (one token per character, as CLIP's byte-level BPE wi
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -76,3 +77,15 @@ def saved(pipe, directory) -> Path:
     """Save a pipeline as a diffusers directory (what ``lorakit sd`` reads)."""
     pipe.save_pretrained(directory, safe_serialization=True)
     return Path(directory)
+
+
+@functools.cache
+def clean_parts(family: str = "sd1") -> dict:
+    """Adapter-free parts with the tiny pipelines' module names and shapes, for making LoRA files (a shared
+    pipeline may already carry live adapters, whose wrapped layers are no targets)."""
+    from sd_models import tiny_unet
+
+    parts = {"unet": tiny_unet(sdxl=family == "sdxl"), "text_encoder": tiny_text_encoder(tiny_tokenizer())}
+    if family == "sdxl":
+        parts["text_encoder_2"] = tiny_text_encoder(tiny_tokenizer(pad_is_eos=False), projection=True, seed=2)
+    return parts

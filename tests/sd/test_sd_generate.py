@@ -6,7 +6,8 @@ import copy
 import numpy as np
 import pytest
 import torch
-from sd_models import random_lora, sdxl_parts, unet_out
+from sd_models import random_lora, unet_out
+from sd_pipes import clean_parts
 
 from lorakit.formats.sd_io import write_lora
 from lorakit.layer import LoraLayer
@@ -16,7 +17,7 @@ from lorakit.sd.infotext import lora_hash, parse_infotext
 from lorakit.sd.loras import LoraIndex, extract_tags
 from lorakit.sd.prompt import PromptSyntaxError
 
-KW = {"width": 32, "height": 32, "steps": 3, "cfg_scale": 6.0, "seed": 11}
+KW = {"width": 16, "height": 16, "steps": 2, "cfg_scale": 6.0, "seed": 11}
 
 
 def _px(im):
@@ -24,15 +25,15 @@ def _px(im):
 
 
 @pytest.fixture(scope="module")
-def lora_dir(sd1_pipe, tmp_path_factory):
+def lora_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("loras")
-    parts = {"unet": sd1_pipe.unet, "text_encoder": sd1_pipe.text_encoder}
+    parts = clean_parts("sd1")
     write_lora(random_lora(parts, seed=1), d / "styleA.safetensors")
     (d / "sub").mkdir()
     lf = random_lora(parts, seed=2, rank=2, alpha=1.0)
     lf.metadata["ss_output_name"] = "charB"
     write_lora(lf, d / "sub" / "char_b-000004.safetensors")
-    write_lora(random_lora(sdxl_parts(), seed=3), d / "xlOnly.safetensors")
+    write_lora(random_lora(clean_parts("sdxl"), seed=3), d / "xlOnly.safetensors")
     return d
 
 
@@ -152,11 +153,25 @@ def test_alias_duplicates_resolve_by_file_name_only(lora_dir, tmp_path):
 
 
 def test_sdxl_generates_with_a_lora(sdxl_pipe, tmp_path):
-    parts = {"unet": sdxl_pipe.unet, "text_encoder": sdxl_pipe.text_encoder, "text_encoder_2": sdxl_pipe.text_encoder_2}
-    write_lora(random_lora(parts, seed=4), tmp_path / "xl.safetensors")
+    write_lora(random_lora(clean_parts("sdxl"), seed=4), tmp_path / "xl.safetensors")
     kw = {**KW, "sampler": "DPM++ 2M", "schedule": "Karras"}
     base = generate_images(sdxl_pipe, "a red cat", **kw)[0]
     styled = generate_images(sdxl_pipe, "a red cat <lora:xl:0.7>", lora_dir=tmp_path, **kw)[0]
-    assert base.size == (32, 32) and not (_px(base) == _px(styled)).all()
+    assert base.size == (16, 16) and not (_px(base) == _px(styled)).all()
     zero = generate_images(sdxl_pipe, "a red cat <lora:xl:0>", lora_dir=tmp_path, **kw)[0]
     assert (_px(base) == _px(zero)).all()
+
+
+def test_samples_in_eval_mode_and_restores_training(sd1_pipe):
+    sd1_pipe.unet.train()
+    sd1_pipe.text_encoder.train()
+    seen = []
+    hook = sd1_pipe.unet.register_forward_pre_hook(lambda m, a: seen.append(m.training))
+    try:
+        generate_images(sd1_pipe, "a cat", **{**KW, "steps": 1})
+    finally:
+        hook.remove()
+    assert seen and not any(seen)
+    assert sd1_pipe.unet.training and sd1_pipe.text_encoder.training
+    sd1_pipe.unet.eval()
+    sd1_pipe.text_encoder.eval()

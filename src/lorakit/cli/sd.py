@@ -54,7 +54,7 @@ def _common(steps, cfg, seed, sampler, schedule, size, clip_skip, lora_dir, embe
 
 
 MODEL = typer.Argument(..., help="local diffusers directory or single-file .safetensors checkpoint")
-PROMPT = typer.Argument(..., help="prompt in A1111 syntax: (emphasis:1.2), [less], BREAK, <lora:name:te:unet>")
+PROMPT = typer.Argument(..., help="prompt in A1111 syntax: (emphasis:1.2), \\[less], BREAK, <lora:name:te:unet>")
 OPTS = {
     "negative": typer.Option("", "-n", "--negative", help="negative prompt (embedding names work here)"),
     "config": typer.Option(None, help="local diffusers config dir for a single-file checkpoint"),

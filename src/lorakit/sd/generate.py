@@ -12,6 +12,7 @@ live adapters; the next call only changes which are active and how strongly.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from pathlib import Path
 
@@ -95,31 +96,49 @@ def generate_images(pipe, prompt: str, negative_prompt: str = "", *, width: int,
     LoraStack.of(pipe).activate(requests)  # refuses wrong-family files before anything is generated
     set_sampler(pipe, sampler_name, schedule_name)
     options = {"clip_skip": clip_skip, "emphasis": emphasis, "syntax": syntax, "embeddings": db}
-    cond = encode_prompt(pipe, text, **options)
-    uncond = encode_prompt(pipe, negative_prompt, **options)
-    if cond.embeds.shape[1] != uncond.embeds.shape[1]:
-        cond, uncond = pad_pair(cond, uncond, encode_prompt(pipe, "", **options))
+    with _eval(pipe):
+        cond = encode_prompt(pipe, text, **options)
+        uncond = encode_prompt(pipe, negative_prompt, **options)
+        if cond.embeds.shape[1] != uncond.embeds.shape[1]:
+            cond, uncond = pad_pair(cond, uncond, encode_prompt(pipe, "", **options))
     seed = random.randrange(2**32) if seed is None or seed == -1 else int(seed)
     params = {"Steps": steps, "Sampler": sampler_name,
               "Schedule type": None if schedule_name == "Automatic" else schedule_name,
               "CFG scale": cfg_scale, "Size": f"{width}x{height}",
-              "Model hash": model_hash(getattr(pipe, "_lorakit_source", "")) if hasattr(pipe, "_lorakit_source")
-              else None, "Model": _model_name(pipe, model_name),
+              "Model hash": model_hash(source) if (source := getattr(pipe, "_lorakit_source", None)) else None,
+              "Model": _model_name(pipe, model_name),
               "Clip skip": clip_skip if clip_skip and clip_skip > 1 else None,
               "Emphasis": None if emphasis == "Original" or syntax != "a1111" else emphasis,
               "Lora hashes": hash_list((n, lora_hash(p)) for n, p in named),
               "TI hashes": hash_list((n, e.shorthash) for n, e in (db.used if db else {}).items()),
               **(extra_params or {}), "Version": f"lorakit {lorakit.__version__}"}
     images = []
-    for i in range(count):
-        image = _denoise(pipe, cond, uncond, width=width, height=height, steps=steps, cfg_scale=cfg_scale,
-                         generator=torch.Generator(generator_device).manual_seed(seed + i))
-        image.info["parameters"] = create_infotext(prompt, negative_prompt, {**params, "Seed": seed + i})
-        images.append(image)
+    with _eval(pipe):
+        for i in range(count):
+            image = denoise(pipe, cond, uncond, width=width, height=height, steps=steps, cfg_scale=cfg_scale,
+                            generator=torch.Generator(generator_device).manual_seed(seed + i))
+            image.info["parameters"] = create_infotext(prompt, negative_prompt, {**params, "Seed": seed + i})
+            images.append(image)
     return images
 
 
-def _denoise(pipe, cond: Cond, uncond: Cond, *, width, height, steps, cfg_scale, generator):
+@contextlib.contextmanager
+def _eval(pipe):
+    """Eval mode while sampling (no dropout from adapters being trained), each part's mode restored after."""
+    parts = [m for m in (getattr(pipe, n, None) for n in ("unet", "text_encoder", "text_encoder_2", "vae"))
+             if isinstance(m, torch.nn.Module)]
+    modes = [m.training for m in parts]
+    for m in parts:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(parts, modes, strict=True):
+            m.train(mode)
+
+
+def denoise(pipe, cond: Cond, uncond: Cond, *, width, height, steps, cfg_scale, generator):
+    """One image from encoded conditioning with the pipeline's current scheduler and adapters."""
     dtype = pipe.unet.dtype
     kwargs = {"prompt_embeds": cond.embeds.to(dtype), "negative_prompt_embeds": uncond.embeds.to(dtype)}
     if cond.pooled is not None:

@@ -85,9 +85,24 @@ def parse_hash_list(value: str) -> dict[str, str]:
     return dict(item.split(": ", 1) for item in value.split(", ") if ": " in item)
 
 
+_hashes: dict[tuple, str] = {}
+
+
+def _cached(kind: str, path: Path, compute) -> str:
+    """A file's hash, computed once per (path, size, mtime): a grid hashes each file once, not per cell."""
+    stat = path.stat()
+    key = (kind, str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _hashes:
+        _hashes[key] = compute(path)
+    return _hashes[key]
+
+
 def lora_hash(path) -> str:
     """AutoV3 (what Civitai matches): sha256 of the tensor data of a safetensors file, first 12 hex."""
-    path = Path(path)
+    return _cached("lora", Path(path), _autov3)
+
+
+def _autov3(path: Path) -> str:
     if path.suffix != ".safetensors":
         return file_sha256(path)[:12]
     h = hashlib.sha256()
@@ -99,18 +114,10 @@ def lora_hash(path) -> str:
     return h.hexdigest()[:12]
 
 
-_model_hashes: dict[tuple[str, float], str] = {}
-
-
 def model_hash(path) -> str | None:
     """A1111's Model hash (sha256 of the checkpoint file, first 10 hex); None for a diffusers directory."""
     path = Path(path)
-    if not path.is_file():
-        return None
-    key = (str(path.resolve()), path.stat().st_mtime)
-    if key not in _model_hashes:
-        _model_hashes[key] = file_sha256(path)[:10]
-    return _model_hashes[key]
+    return _cached("model", path, lambda p: file_sha256(p)[:10]) if path.is_file() else None
 
 
 def free_path(path, overwrite: bool = False) -> Path:

@@ -18,10 +18,11 @@ from io import StringIO
 
 import numpy as np
 
+from .embeddings import EmbeddingDB
 from .generate import generate_images
 from .grid import Layout, contact_sheet, side_by_side
 from .infotext import create_infotext, parse_infotext, quote
-from .loras import re_tag
+from .loras import LoraIndex, re_tag
 
 re_range = re.compile(r"\s*([+-]?\s*\d+)\s*-\s*([+-]?\s*\d+)(?:\s*\(([+-]\d+)\s*\))?\s*")
 re_range_float = re.compile(r"\s*([+-]?\s*\d+(?:.\d*)?)\s*-\s*([+-]?\s*\d+(?:.\d*)?)(?:\s*\(([+-]\d+(?:.\d*)?)\s*\))?\s*")
@@ -146,6 +147,10 @@ def xyz_grid(pipe, prompt: str, negative_prompt: str = "", *, x: Axis | None = N
     ``on_image(image, (ix, iy, iz))`` is called for each cell as it is made (the CLI saves it there).
     """
     check_axes([x, y, z], prompt, negative_prompt)
+    if not isinstance(kwargs.get("lora_dir"), LoraIndex):  # index the folders once, not per cell
+        kwargs["lora_dir"] = LoraIndex(kwargs.get("lora_dir"))
+    if kwargs.get("embeddings") is not None and not isinstance(kwargs["embeddings"], EmbeddingDB):
+        kwargs["embeddings"] = EmbeddingDB(kwargs["embeddings"])
     xs, ys, zs = (a.values if a else [None] for a in (x, y, z))
     cells = []
     for iz, zv in enumerate(zs):

@@ -72,6 +72,9 @@ def draw(scene: Scene) -> Image.Image:
     fill = COLOURS[scene.colour]
     if scene.shape == "circle":
         pen.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    elif scene.shape == "ellipse":  # not a world shape: the probe's "none of these" examples
+        rx, ry = (r, 0.55 * r) if scene.angle >= 0 else (0.55 * r, r)
+        pen.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=fill)
     else:
         pen.polygon(_polygon(scene.shape, cx, cy, r, scene.angle), fill=fill)
     return img.resize((scene.width, scene.height), Image.Resampling.BOX)

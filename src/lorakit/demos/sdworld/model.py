@@ -102,6 +102,6 @@ def load_pipeline(path: Path, device: str = "cpu"):
     """The saved pipeline in float32 (diffusers' own loader, as any user would)."""
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(str(path), torch_dtype=torch.float32)
+    pipe = StableDiffusionPipeline.from_pretrained(str(path), dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)

@@ -9,41 +9,40 @@ import numpy as np
 import pytest
 import torch
 
+from lorakit.demos.sdworld import world
 from lorakit.demos.sdworld.concept import UPSCALE, write_concept
-from lorakit.demos.sdworld.world import (BASE_SHAPES, COLOURS, SHAPES, SIZES, Scene, draw, held_out, random_scene,
-                                         to_image, to_tensor)
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE, PROBE = ROOT / "assets" / "sdworld-base", ROOT / "assets" / "sdworld-probe.safetensors"
 
 
 def test_scenes_are_deterministic_and_respect_held_out_combinations():
-    a = [random_scene(random.Random(5), exclude=held_out()) for _ in range(3)]
-    b = [random_scene(random.Random(5), exclude=held_out()) for _ in range(3)]
-    assert a == b and all(np.array_equal(np.asarray(draw(x)), np.asarray(draw(y))) for x, y in zip(a, b, strict=True))
+    a = [world.random_scene(random.Random(5), exclude=world.held_out()) for _ in range(3)]
+    b = [world.random_scene(random.Random(5), exclude=world.held_out()) for _ in range(3)]
+    assert a == b and all(np.array_equal(np.asarray(world.draw(x)), np.asarray(world.draw(y))) for x, y in zip(a, b, strict=True))
     rng = random.Random(0)
-    drawn = {(s.shape, s.colour, s.background) for s in (random_scene(rng, exclude=held_out()) for _ in range(3000))}
-    assert not drawn & held_out() and len(held_out()) > 0
-    assert {s for s, _, _ in drawn} == set(BASE_SHAPES)  # no star in the base world
+    drawn = {(s.shape, s.colour, s.background) for s in (world.random_scene(rng, exclude=world.held_out()) for _ in range(3000))}
+    assert not drawn & world.held_out() and len(world.held_out()) > 0
+    assert {s for s, _, _ in drawn} == set(world.BASE_SHAPES)  # no star in the base world
 
 
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", world.SHAPES)
 def test_drawing_matches_the_scene(shape):
-    sc = Scene(shape, "red", "blue", 40, 24, cx=0.5, cy=0.5, r=0.4)
-    img = np.asarray(draw(sc)).astype(int)
+    sc = world.Scene(shape, "red", "blue", 40, 24, cx=0.5, cy=0.5, r=0.4)
+    img = np.asarray(world.draw(sc)).astype(int)
     assert img.shape == (24, 40, 3)
     border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
-    assert (np.abs(border - COLOURS["blue"]).max(axis=1) <= 2).all()  # the shape stays inside the frame
-    assert (np.abs(img[12, 20] - COLOURS["red"]).max() <= 2)  # the centre is the shape's colour
-    fill = (np.abs(img - COLOURS["red"]).max(axis=2) <= 2).mean()
+    assert (np.abs(border - world.COLOURS["blue"]).max(axis=1) <= 2).all()  # the shape stays inside the frame
+    assert (np.abs(img[12, 20] - world.COLOURS["red"]).max() <= 2)  # the centre is the shape's colour
+    fill = (np.abs(img - world.COLOURS["red"]).max(axis=2) <= 2).mean()
     assert 0.05 < fill < 0.6
     assert sc.caption() == (f"a red sks {shape} on a blue background" if shape == "star" else
                             f"a red {shape} on a blue background")
 
 
 def test_tensor_round_trip():
-    img = draw(random_scene(random.Random(1)))
-    assert np.array_equal(np.asarray(to_image(to_tensor(img))), np.asarray(img))
+    img = world.draw(world.random_scene(random.Random(1)))
+    assert np.array_equal(np.asarray(world.to_image(world.to_tensor(img))), np.asarray(img))
 
 
 def test_concept_folder_is_kohya_shaped_and_never_overwritten(tmp_path):
@@ -54,7 +53,7 @@ def test_concept_folder_is_kohya_shaped_and_never_overwritten(tmp_path):
     from PIL import Image
 
     sizes = {Image.open(p).size for p in pngs}
-    assert sizes == {(w * UPSCALE, h * UPSCALE) for w, h in SIZES}  # every aspect ratio: buckets matter
+    assert sizes == {(w * UPSCALE, h * UPSCALE) for w, h in world.SIZES}  # every aspect ratio: buckets matter
     with pytest.raises(FileExistsError, match="already holds files"):
         write_concept(tmp_path)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -31,6 +32,7 @@ PROMPTS = ("a red sks star on a blue background --w 32 --h 32 --d 1",
            "a green circle on a white background --w 32 --h 32 --d 4",
            "a blue square on a yellow background --w 32 --h 32 --d 5")
 NAME = "sks_star"
+MARKER = ".sdworld-demo"
 
 
 def config(out: Path, base: Path, epochs: int) -> dict:
@@ -89,10 +91,16 @@ def main(argv=None) -> None:
     ap.add_argument("--probe", type=Path, default=ROOT / "assets" / "sdworld-probe.safetensors")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--n", type=int, default=40, help="prompts per cell of the probe table")
+    ap.add_argument("--replace", action="store_true", help="replace --out if an earlier demo run made it")
     args = ap.parse_args(argv)
     out = args.out.resolve()
     if out.exists() and any(out.iterdir()):
-        raise SystemExit(f"{out} already exists and is not empty; remove it or pass --out NEW_DIR.")
+        if not (args.replace and (out / MARKER).exists()):
+            raise SystemExit(f"{out} already exists and is not empty; remove it or pass --out NEW_DIR "
+                             f"(--replace only replaces a directory an earlier demo run wrote).")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / MARKER).write_text("written by lorakit.demos.sdworld.demo; --replace may delete this directory\n")
     lines: list[str] = []
 
     def log(text: str) -> None:

@@ -45,8 +45,8 @@ def peft_run(configs: dict, steps: int, rnd: int) -> float:
         get_linear_schedule_with_warmup,
     )
 
+    from lorakit.tasks.text.data import Batches, read_records, tokenize
     from lorakit.train.config import from_dict, resolve_path
-    from lorakit.train.data import Batches, read_records, tokenize
 
     cfg = from_dict(configs["lora"])
     t, lc = cfg.train, cfg.lora
@@ -88,7 +88,7 @@ def main() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
-    from lorakit.train.quickstart import prepare
+    from lorakit.tasks.text.quickstart import prepare
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)

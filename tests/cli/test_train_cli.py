@@ -78,7 +78,7 @@ def test_train_predict_merge_on_a_tiny_classifier(tmp_path, bert_path):
     assert result.exit_code == 0, result.output
     from transformers import AutoModelForSequenceClassification
 
-    from lorakit.train.infer import load_with_adapters
+    from lorakit.tasks.text.infer import load_with_adapters
 
     plain = AutoModelForSequenceClassification.from_pretrained(merged).eval()
     model, tok, labels = load_with_adapters(str(bert_path), [(str(adapter), 1.0)])
@@ -101,10 +101,10 @@ def test_train_reports_missing_model_dir(tmp_path):
 
 def test_generate_with_two_adapters_and_strengths(tmp_path, llama_path):
     import lorakit
-    from lorakit.train.models import load_model
+    from lorakit.tasks.text.models import load_model
 
     for name in ("a1", "a2"):
-        model = load_model(__import__("lorakit.train.config", fromlist=["ModelArgs"]).ModelArgs(path=str(llama_path)))
+        model = load_model(__import__("lorakit.tasks.text.config", fromlist=["ModelArgs"]).ModelArgs(path=str(llama_path)))
         lorakit.inject(model, lorakit.LoraConfig(r=2, target_modules=["q_proj"], init="gaussian"))
         with torch.no_grad():
             for n, p in model.named_parameters():
@@ -114,7 +114,7 @@ def test_generate_with_two_adapters_and_strengths(tmp_path, llama_path):
     result = runner.invoke(app, ["generate", str(llama_path), "the cat", "-a", f"{tmp_path / 'a1'}:0.5",
                                  "-a", str(tmp_path / "a2"), "--max-new-tokens", "3"])
     assert result.exit_code == 0, result.output
-    from lorakit.train.infer import load_with_adapters
+    from lorakit.tasks.text.infer import load_with_adapters
 
     model, _, _ = load_with_adapters(str(llama_path), [(str(tmp_path / "a1"), 0.5), (str(tmp_path / "a2"), 1.0)])
     assert lorakit.active_adapters(model) == {"adapter0": 0.5, "adapter1": 1.0}

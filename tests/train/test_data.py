@@ -3,8 +3,8 @@
 import pytest
 import tiny_hf as tiny
 
-from lorakit.train.config import DataArgs
-from lorakit.train.data import IGNORE, Batches, collate, pack, step_plan, tokenize
+from lorakit.tasks.text.config import DataArgs
+from lorakit.tasks.text.data import IGNORE, Batches, collate, pack, step_plan, tokenize
 
 RECORDS = [{"instruction": "turn on the kitchen light", "output": "the lamp is on the table"},
            {"prompt": "what time is it", "response": "set a timer"}]
@@ -92,7 +92,7 @@ def test_step_plan_formula_and_error():
 
 
 def test_csv_and_jsonl_readers_and_their_errors(tmp_path):
-    from lorakit.train.data import read_records
+    from lorakit.tasks.text.data import read_records
 
     (tmp_path / "d.csv").write_text('text,label\n"turn on, please",home\nthe cat,other\n')
     assert read_records(tmp_path / "d.csv") == [{"text": "turn on, please", "label": "home"},

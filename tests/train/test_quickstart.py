@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from lorakit.config import LoraConfig
+from lorakit.tasks.text.quickstart import DEFAULT_CONFIG, prepare
 from lorakit.train.config import from_dict
-from lorakit.train.quickstart import DEFAULT_CONFIG, prepare
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
@@ -60,7 +60,7 @@ def test_too_few_templates_per_intent_is_refused(tmp_path):
 def test_results_table_fits_80_columns_and_plot_shows_both_splits(tmp_path):
     from rich.console import Console
 
-    from lorakit.train.quickstart import plot_comparison, results_table
+    from lorakit.tasks.text.quickstart import plot_comparison, results_table
 
     rows = [{"method": m, "val_accuracy": v, "test_accuracy": t, "trainable_params": n, "trainable_percent": pct,
              "saved_bytes": size, "train_seconds": 4.2, "samples_per_s": 250.0}

@@ -1,5 +1,6 @@
 """Imports every command module so that each registers on ``lorakit.cli.app``."""
 from . import (
-    files,  # noqa: F401  (LoRA file tools: convert, inspect, merge-loras, resize, extract)
+    files,  # noqa: F401  (LoRA file commands: convert, inspect, merge-loras, resize, extract)
+    sd,  # noqa: F401  (sd generate, sd grid)
     train,  # noqa: F401  (train, validate, predict, generate, merge, quickstart)
 )

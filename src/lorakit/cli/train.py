@@ -82,8 +82,8 @@ def predict(base: Annotated[str, typer.Argument(help="Base model directory (or p
     """Classify TEXTS with BASE plus one or more adapters."""
     from rich.table import Table
 
-    from ..train.infer import load_with_adapters
-    from ..train.infer import predict as _predict
+    from ..tasks.text.infer import load_with_adapters
+    from ..tasks.text.infer import predict as _predict
 
     try:
         model, tok, labels = load_with_adapters(base, _adapters(adapter or []), task="classification")
@@ -103,8 +103,8 @@ def generate(base: Annotated[str, typer.Argument(help="Base causal-LM directory.
              temperature: Annotated[float, typer.Option(help="0 is greedy.")] = 0.0,
              chat: Annotated[bool, typer.Option(help="Wrap each prompt in the tokenizer's chat template.")] = False):
     """Continue PROMPTS with BASE plus one or more adapters."""
-    from ..train.infer import generate as _generate
-    from ..train.infer import load_with_adapters
+    from ..tasks.text.infer import generate as _generate
+    from ..tasks.text.infer import load_with_adapters
 
     try:
         model, tok, _ = load_with_adapters(base, _adapters(adapter or []), task="causal_lm")
@@ -120,7 +120,7 @@ def merge(base: Annotated[str, typer.Argument(help="Base Hugging Face model dire
           out: Annotated[Path, typer.Option("--out", "-o", help="New directory for the merged model.")],
           dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16")] = "float32"):
     """BASE + ADAPTER(s) -> a standard Hugging Face model directory with the adapters merged in."""
-    from ..train.infer import merge_to_model
+    from ..tasks.text.infer import merge_to_model
 
     try:
         path = merge_to_model(base, _adapters(adapter or []), out, dtype)
@@ -137,7 +137,7 @@ def quickstart(config: Annotated[Optional[Path], typer.Option(  # noqa: UP045  (
                    "--out", "-o", help="Output directory (default train.output_dir).")] = None):
     """Fine-tune all-MiniLM-L6-v2 on Home Assistant intents: head only vs LoRA vs full, in one table."""
     from ..config import ConfigError
-    from ..train.quickstart import quickstart as _quickstart
+    from ..tasks.text.quickstart import quickstart as _quickstart
 
     try:
         _quickstart(config, set_ or [], out, console)

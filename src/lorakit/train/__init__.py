@@ -5,9 +5,9 @@
 """
 
 from .callbacks import Callback, TrainState, run_callbacks
-from .config import RunConfig, load_config
+from .config import load_config
 from .hooks import NonFiniteLossError
 from .run import RunResult, run
 
-__all__ = ["Callback", "NonFiniteLossError", "RunConfig", "RunResult", "TrainState", "load_config", "run",
+__all__ = ["Callback", "NonFiniteLossError", "RunResult", "TrainState", "load_config", "run",
            "run_callbacks"]

@@ -1,7 +1,11 @@
 """The one training loop. Everything optional (eval, checkpoints, logging, NaN guard, AdaLoRA,
 PeriodicLoRA) is a callback; see :mod:`lorakit.train.callbacks` for the order of events.
 
-Step ``s`` of a run always reads the same micro-batches (``Batches`` is a function of seed and epoch),
+The loop knows no task: ``loss_fn(model, batch) -> (loss, counts)`` comes from the task
+(:mod:`lorakit.train.task`), ``counts`` (``samples``, ``tokens``) feed the throughput numbers, and
+only ``train_modules`` are switched to train mode (a frozen VAE or text encoder stays in eval).
+
+Step ``s`` of a run always reads the same micro-batches (the data is a function of seed and epoch),
 so resuming from a checkpoint at step ``s`` only needs the weights, optimizer, scheduler, RNG and
 callback states, not a data-loader position.
 """
@@ -17,7 +21,7 @@ from torch import nn
 
 from .callbacks import Callback, TrainState, run_callbacks
 from .config import TrainArgs
-from .data import Batches
+from .task import StepData
 
 
 def _autocast(device: torch.device, mixed: str):
@@ -27,23 +31,34 @@ def _autocast(device: torch.device, mixed: str):
 
 
 def _to(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    """Tensors to ``device``; other values (caption lists, sizes) pass through unchanged."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def model_loss(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+    """The default ``loss_fn``: a Hugging Face model's own loss; counts from ``input_ids``/``attention_mask``."""
+    counts = {"samples": batch["input_ids"].shape[0]}
+    if "attention_mask" in batch:
+        counts["tokens"] = batch["attention_mask"].sum()
+    return model(**batch).loss, counts
 
 
 class Trainer:
     """Runs ``total_steps`` optimizer steps of ``model`` on ``batches`` with ``callbacks``.
 
     ``model`` may be wrapped in ``DistributedDataParallel``; ``state.model`` is always the bare model.
-    ``loss_fn(model, batch) -> loss`` defaults to the model's own loss (``model(**batch).loss``).
+    ``loss_fn(model, batch) -> (loss, counts)`` defaults to :func:`model_loss`; ``train_modules``
+    (default: the whole model) are the modules put in train mode.
     """
 
-    def __init__(self, model: nn.Module, batches: Batches, args: TrainArgs, optimizer, scheduler, *,
+    def __init__(self, model: nn.Module, batches: StepData, args: TrainArgs, optimizer, scheduler, *,
                  total_steps: int, device: torch.device, callbacks: list[Callback] | None = None,
-                 run_dir=None, loss_fn=None):
+                 run_dir=None, loss_fn=None, train_modules: list[nn.Module] | None = None):
         self.model, self.batches, self.args = model, batches, args
-        self.device, self.loss_fn = device, loss_fn
+        self.device, self.loss_fn = device, loss_fn or model_loss
         bare = model.module if hasattr(model, "module") and isinstance(model, nn.parallel.DistributedDataParallel) else model
         self.ddp = bare is not model
+        self.train_modules = train_modules
         self.params = [p for p in bare.parameters() if p.requires_grad]
         self.accum = args.grad_accum
         spe = len(batches) // self.accum
@@ -58,16 +73,11 @@ class Trainer:
     def callbacks(self) -> list[Callback]:
         return self.state.callbacks
 
-    def _forward(self, batch: dict) -> torch.Tensor:
-        if self.loss_fn is not None:
-            return self.loss_fn(self.model, batch)
-        return self.model(**batch).loss
-
     def _micro_step(self, batch: dict, last: bool) -> torch.Tensor:
         sync = contextlib.nullcontext() if (last or not self.ddp) else self.model.no_sync()
         with sync:
             with _autocast(self.device, self.args.mixed_precision):
-                loss = self._forward(_to(batch, self.device))
+                loss, counts = self.loss_fn(self.model, _to(batch, self.device))
                 total = loss
                 for cb in self.callbacks:
                     extra = cb.extra_loss(self.state)
@@ -75,8 +85,8 @@ class Trainer:
                         total = total + extra
             scaled = total / self.accum
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-        self.state.samples_seen += batch["input_ids"].shape[0] * self.state.world_size
-        self.state.tokens_seen += int(batch["attention_mask"].sum()) * self.state.world_size
+        self.state.samples_seen += int(counts.get("samples", 0)) * self.state.world_size
+        self.state.tokens_seen += int(counts.get("tokens", 0)) * self.state.world_size
         return total.detach().float()  # the optimised objective, extra losses included
 
     def _global_mean(self, value: torch.Tensor) -> float:
@@ -106,7 +116,11 @@ class Trainer:
     def fit(self) -> TrainState:
         """Train from ``state.step`` (0, or where a restored checkpoint stopped) to ``total_steps``."""
         st, opt = self.state, self.state.optimizer
-        self.model.train()
+        self.model.train()  # the DDP wrapper too
+        if self.train_modules is not None:
+            self.state.model.eval()
+            for module in self.train_modules:
+                module.train()
         run_callbacks(self.callbacks, "on_train_begin", st)
         while st.step < st.total_steps and not st.should_stop:
             st.epoch, offset = divmod(st.step, st.steps_per_epoch)

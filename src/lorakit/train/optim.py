@@ -1,4 +1,5 @@
-"""Optimizers (AdamW, 8-bit AdamW), parameter groups (per-regex lrs, LoRA+) and lr schedules.
+"""Optimizers (AdamW, 8-bit AdamW, Lion, Prodigy, Adafactor, any importable class), parameter groups
+(per-regex lrs, LoRA+) and lr schedules.
 
 The schedules are the multipliers of transformers' ``get_*_schedule_with_warmup`` (checked against
 them in the tests), written as plain functions so that ``LambdaLR`` state stays JSON-serialisable.
@@ -38,12 +39,49 @@ def param_groups(model: nn.Module, args: TrainArgs) -> list[dict]:
     return [{"params": ps, "lr": lr, "weight_decay": args.weight_decay} for lr, ps in buckets.items()]
 
 
-def make_optimizer(model: nn.Module, args: TrainArgs, device: torch.device) -> torch.optim.Optimizer:
-    groups = param_groups(model, args)
+#: optimizer name -> (module, class, pip package); imported only when named
+OPTIMIZERS = {"lion": ("lion_pytorch", "Lion", "lion-pytorch"), "prodigy": ("prodigyopt", "Prodigy", "prodigyopt"),
+              "adafactor": ("transformers.optimization", "Adafactor", "transformers")}
+
+
+def optimizer_class(name: str):
+    """The class named by ``name``: a key of ``OPTIMIZERS`` or a dotted path (``torch.optim.SGD``)."""
+    import importlib
+
+    module, cls, package = OPTIMIZERS.get(name.lower(), (name.rpartition(".")[0], name.rpartition(".")[2], None))
+    if not module:
+        raise ValueError(f"train.optimizer={name!r}: expected adamw, adamw8bit, {', '.join(OPTIMIZERS)} or a "
+                         "dotted class path such as torch.optim.SGD.")
+    try:
+        found = getattr(importlib.import_module(module), cls)
+    except ImportError as exc:
+        hint = f"pip install {package}" if package else f"is the module {module!r} installed?"
+        raise ImportError(f"train.optimizer={name!r} needs {module} ({hint}).") from exc
+    except AttributeError as exc:
+        raise ValueError(f"train.optimizer={name!r}: {module} has no {cls!r}.") from exc
+    if not (isinstance(found, type) and issubclass(found, torch.optim.Optimizer)):
+        raise ValueError(f"train.optimizer={name!r} is not a torch.optim.Optimizer subclass.")
+    return found
+
+
+def make_optimizer(model: nn.Module | list[dict], args: TrainArgs, device: torch.device) -> torch.optim.Optimizer:
+    """The optimizer ``args`` names over ``model``'s trainable parameters, or over ready parameter ``groups``.
+
+    AdamW takes ``betas``/``eps``/``weight_decay``; other classes get ``lr``, ``weight_decay`` and
+    ``optimizer_args`` (when the config has it), as kohya passes ``--optimizer_args``.
+    """
+    groups = param_groups(model, args) if isinstance(model, nn.Module) else model
+    extra = dict(getattr(args, "optimizer_args", {}) or {})
+    name = args.optimizer.lower()
     kwargs = dict(lr=args.lr, betas=tuple(args.betas), eps=args.eps, weight_decay=args.weight_decay)
-    if args.optimizer == "adamw8bit":
-        return make_adamw8bit(groups, device, **kwargs)
-    return torch.optim.AdamW(groups, **adamw_impl(groups), **kwargs)
+    if name == "adamw8bit":
+        return make_adamw8bit(groups, device, **{**kwargs, **extra})
+    if name == "adamw":
+        return torch.optim.AdamW(groups, **{**adamw_impl(groups), **kwargs, **extra})
+    cls = optimizer_class(args.optimizer)
+    if name == "adafactor":  # transformers' Adafactor: an explicit lr needs relative_step off
+        extra = {"scale_parameter": False, "relative_step": False, "warmup_init": False, **extra}
+    return cls(groups, **{"lr": args.lr, "weight_decay": args.weight_decay, **extra})
 
 
 def adamw_impl(groups: list[dict]) -> dict:
@@ -88,15 +126,30 @@ def cosine_with_restarts(s: int, warmup: int, total: int, cycles: float) -> floa
     return max(0.0, 0.5 * (1.0 + math.cos(math.pi * ((cycles * progress) % 1.0))))
 
 
-SCHEDULES = {"constant": constant, "linear": linear, "cosine": cosine, "cosine_with_restarts": cosine_with_restarts}
+def polynomial(s: int, warmup: int, total: int, cycles: float, power: float = 1.0) -> float:
+    """transformers' ``get_polynomial_decay_schedule_with_warmup`` with lr_end = 0."""
+    if s < warmup:
+        return _warm(s, warmup)
+    if s >= total:
+        return 0.0
+    return (1 - (s - warmup) / max(1, total - warmup)) ** power
+
+
+SCHEDULES = {"constant": constant, "constant_with_warmup": constant, "linear": linear, "cosine": cosine,
+             "cosine_with_restarts": cosine_with_restarts, "polynomial": polynomial}
 DEFAULT_CYCLES = {"cosine": 0.5, "cosine_with_restarts": 1.0}
 
 
 def warmup_steps(args: TrainArgs, total: int) -> int:
-    return args.warmup_steps or math.ceil(args.warmup_ratio * total)
+    """Warm-up steps: ``warmup_steps`` (a fraction of ``total`` when below 1, as kohya), else ``warmup_ratio``."""
+    w = args.warmup_steps
+    if 0 < w < 1:
+        return math.ceil(w * total)
+    return int(w) or math.ceil(args.warmup_ratio * total)
 
 
 def make_scheduler(optimizer, args: TrainArgs, total: int) -> torch.optim.lr_scheduler.LambdaLR:
     cycles = args.num_cycles if args.num_cycles is not None else DEFAULT_CYCLES.get(args.scheduler, 1.0)
-    fn = partial(SCHEDULES[args.scheduler], warmup=warmup_steps(args, total), total=total, cycles=cycles)
+    extra = {"power": getattr(args, "power", 1.0)} if args.scheduler == "polynomial" else {}
+    fn = partial(SCHEDULES[args.scheduler], warmup=warmup_steps(args, total), total=total, cycles=cycles, **extra)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)

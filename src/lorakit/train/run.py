@@ -1,11 +1,11 @@
-"""``lorakit.train.run(config)``: a whole training run, from a config to a run directory.
+"""``lorakit.train.run(config)``: a whole training run of any task, from a config to a run directory.
 
 Run directory::
 
     config.yaml          the resolved config        metrics.jsonl   train/eval rows
     checkpoint-NNNNNN/   resumable checkpoints      loss.png        loss and lr curves
-    adapter/             final PEFT adapter (lora)  summary.json    params, size, speed, best eval
-    model/ | head.safetensors   (methods full | head)
+    <the task's export>  e.g. adapter/ (text, PEFT) or <name>.safetensors (diffusion, kohya)
+    summary.json         params, size, speed, best eval
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) it trains data-parallel with DDP (gloo on CPU, nccl on
 CUDA); every rank reads its own shard of each global batch and only rank 0 writes files.
@@ -22,17 +22,15 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from ..formats._io import atomic_write, write_json, write_safetensors
+from ..formats._io import atomic_write, write_json
 from .callbacks import Callback
 from .checkpoint import list_checkpoints, load_checkpoint
-from .config import RunConfig
-from .data import Batches, read_records, step_plan, tokenize
 from .heap import keep_heap
 from .hooks import Checkpointer, Evaluator, MetricsLogger, NanGuard, NonFiniteLossError, ProgressBar
 from .loop import Trainer
-from .models import evaluate, load_model, load_tokenizer, select_trainable
-from .optim import make_optimizer, make_scheduler, warmup_steps
+from .optim import make_scheduler, warmup_steps
 from .report import dir_size, format_summary, plot_metrics
+from .task import get_task
 
 
 @dataclass
@@ -73,14 +71,16 @@ def _say(main: bool, text: str) -> None:
         Console(highlight=False).print(text)
 
 
-def run(cfg: RunConfig, callbacks: list[Callback] | None = None, resume: bool = False, quiet: bool = False) -> RunResult:
-    """Train as ``cfg`` says; returns the run directory, the summary and the trained (bare) model.
+def run(cfg, callbacks: list[Callback] | None = None, resume: bool = False, quiet: bool = False) -> RunResult:
+    """Train as ``cfg`` says (any task's config, see :mod:`lorakit.train.task`); returns the run
+    directory, the summary and the trained (bare) model.
 
-    ``callbacks`` (e.g. AdaLoRA's or PeriodicLoRA's) run after the NaN guard and before evaluation,
-    logging and checkpointing. Raises ``NonFiniteLossError`` when the loss diverges (the last good
-    checkpoint is kept).
+    ``callbacks`` (e.g. AdaLoRA's or PeriodicLoRA's) run after the NaN guard and before the task's own
+    (evaluation, samples), logging and checkpointing. Raises ``NonFiniteLossError`` when the loss
+    diverges (the last good checkpoint is kept).
     """
-    t, d = cfg.train, cfg.data
+    task = get_task(getattr(cfg, "task", None))
+    t = cfg.train
     kind = "cuda" if cfg.model.device == "cuda" or (cfg.model.device == "auto" and torch.cuda.is_available()) else "cpu"
     rank, world, started = _distributed(kind)
     main = rank == 0
@@ -95,47 +95,31 @@ def run(cfg: RunConfig, callbacks: list[Callback] | None = None, resume: bool = 
             raise FileNotFoundError(f"--resume: no checkpoint in {run_dir} (checkpoints need train.save_every or "
                                     "train.save_every_epochs).")
         torch.manual_seed(t.seed + rank)
-        tokenizer = load_tokenizer(cfg.model.path)
-        records = read_records(d.train)[: d.limit]
-        samples, labels = tokenize(records, d, tokenizer, cfg.model.task)
-        held_out = {k: tokenize(read_records(path), d, tokenizer, cfg.model.task, labels)[0]
-                    for k, path in (("eval", d.eval), ("test", d.test)) if path}
-        model = select_trainable(load_model(cfg.model, labels), cfg)
-        if t.gradient_checkpointing:
-            model.config.use_cache = False
-            kwargs = {"use_reentrant": False}  # non-reentrant: works when the inputs need no grad (frozen base)
-            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
-                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-            else:
-                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-        model.to(device)
-        batches = Batches(samples, t.batch_size, t.seed, d.repeats, rank, world, tokenizer.pad_token_id)
-        per_epoch, total = step_plan(batches.items, t.batch_size, t.grad_accum, world, t.epochs, t.max_steps)
-        optimizer = make_optimizer(model, t, device)
+        parts = task.build(cfg, device)
+        data = task.data(cfg, parts, rank, world)
+        per_epoch, total, plan = task.step_plan(cfg, data, world)
+        model = parts.model
+        optimizer = task.make_optimizer(task.param_groups(parts, cfg), cfg, device)
         scheduler = make_scheduler(optimizer, t, total)
         report = _params(model)
         if not quiet:
             _say(main, f"[bold]{run_dir}[/]: {report[0]:,} trainable of {report[1]:,} params "
                        f"({100 * report[0] / report[1]:.3f}%), method {t.method}")
-            _say(main, f"steps = {d.repeats} repeats x {len(samples)} items x {t.epochs:g} epochs / ({t.batch_size} "
-                       f"batch x {t.grad_accum} accumulation x {world} processes) = "
-                       f"{total} optimizer steps ({per_epoch} per epoch, {warmup_steps(t, total)} warmup)")
+            _say(main, f"{plan} = {total} optimizer steps ({per_epoch} per epoch, {warmup_steps(t, total)} warmup)")
         wrapped = model
         if world > 1:
             wrapped = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None)
-        held_out = {k: _fixed_batches(v, t.batch_size, tokenizer.pad_token_id) for k, v in held_out.items() if v}
-        eval_batches = held_out.get("eval")
-        cbs: list[Callback] = [NanGuard(check_grads=t.mixed_precision != "fp16"), *(callbacks or [])]
-        if eval_batches:
-            cbs.append(Evaluator(lambda m: evaluate(m, eval_batches, device), t.eval_every))
+        cbs: list[Callback] = [NanGuard(check_grads=t.mixed_precision != "fp16"), *(callbacks or []),
+                               *task.callbacks(cfg, parts, data, device)]
         cbs.append(MetricsLogger(run_dir / "metrics.jsonl", t.log_every))
         if t.progress and not quiet:
             cbs.append(ProgressBar(f"{t.method}"))
         config_dict = cfg.to_dict()
-        cbs.append(Checkpointer(run_dir, t.save_every, t.save_every_epochs, t.keep_last, config_dict))
-        trainer = Trainer(wrapped, batches, t, optimizer, scheduler, total_steps=total, device=device,
-                          callbacks=cbs, run_dir=run_dir)
+        keep = t.keep_last if t.keep_last is not None else 1 << 30  # None keeps every checkpoint
+        cbs.append(Checkpointer(run_dir, t.save_every, t.save_every_epochs, keep, config_dict))
+        trainer = Trainer(wrapped, data, t, optimizer, scheduler, total_steps=total, device=device,
+                          callbacks=cbs, run_dir=run_dir, loss_fn=task.loss, train_modules=parts.train_modules or None)
         if main:
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write(run_dir / "config.yaml",
@@ -152,41 +136,26 @@ def run(cfg: RunConfig, callbacks: list[Callback] | None = None, resume: bool = 
             last = list_checkpoints(run_dir)
             keep = f"The last good checkpoint is {last[-1]}." if last else "No checkpoint was written before it."
             raise NonFiniteLossError(f"training stopped: {state.stop_reason} {keep}")
-        saved = _save_final(model, cfg, run_dir, tokenizer) if main else run_dir
+        saved = task.export(parts, cfg, run_dir, state) if main else run_dir
         evaluator = next((c for c in cbs if isinstance(c, Evaluator)), None)
-        summary = {"method": t.method, "trainable_params": report[0], "total_params": report[1],
+        summary = {"task": task.name, "method": t.method, "trainable_params": report[0], "total_params": report[1],
                    "trainable_percent": 100 * report[0] / report[1], "saved_path": str(saved),
                    "saved_bytes": dir_size(saved), "train_seconds": seconds, "steps": state.step,
-                   "samples_per_s": state.samples_seen / max(seconds, 1e-9),
+                   "epochs": round(state.step / max(state.steps_per_epoch, 1), 4), "samples_per_s": state.samples_seen / max(seconds, 1e-9),
                    "tokens_per_s": state.tokens_seen / max(seconds, 1e-9), "world_size": world,
                    "final_loss": state.loss, "best_eval": evaluator.best if evaluator else None,
                    "final_eval": {k: v for k, v in state.metrics.items() if k.startswith("eval_")} or None,
-                   "test": _test_metrics(model, held_out.get("test"), device)}
+                   **task.summary(parts, cfg, device)}
         if main:
             write_json(run_dir / "summary.json", summary)
             if t.plot:
                 plot_metrics(run_dir / "metrics.jsonl", run_dir / "loss.png", f"{t.method}: loss")
             if not quiet:
                 _say(main, format_summary(summary))
-        return RunResult(run_dir, summary, model, tokenizer, labels)
+        return RunResult(run_dir, summary, model, parts.extra.get("tokenizer"), parts.extra.get("labels"))
     finally:
         if started:
             dist.destroy_process_group()
-
-
-def _test_metrics(model, batches: list[dict] | None, device: torch.device) -> dict | None:
-    """The trained model on the held-out test file, once (not seen by the Evaluator or callbacks)."""
-    if not batches:
-        return None
-    with torch.no_grad():
-        return {f"test_{k}": v for k, v in evaluate(model, batches, device).items()}
-
-
-def _fixed_batches(samples: list[dict], size: int, pad_id: int) -> list[dict]:
-    """Evaluation batches in file order, the last one possibly smaller."""
-    from .data import collate
-
-    return [collate(samples[i:i + size], pad_id) for i in range(0, len(samples), size)]
 
 
 def _params(model) -> tuple[int, int]:
@@ -194,21 +163,3 @@ def _params(model) -> tuple[int, int]:
 
     r = lorakit.trainable_parameters(model)
     return r.trainable, r.total
-
-
-def _save_final(model, cfg: RunConfig, run_dir: Path, tokenizer) -> Path:
-    import lorakit
-
-    if cfg.train.method == "lora":
-        path = lorakit.save_adapter(model, run_dir / "adapter", base_model_name_or_path=str(cfg.model.path))
-        labels = getattr(model.config, "id2label", None) if cfg.model.task == "classification" else None
-        if labels:  # lets predict/merge rebuild the classification head
-            write_json(path / "labels.json", [labels[i] for i in range(len(labels))])
-        return path
-    if cfg.train.method == "head":
-        path = run_dir / "head.safetensors"
-        write_safetensors(path, {n: p for n, p in model.named_parameters() if p.requires_grad})
-        return path
-    model.save_pretrained(run_dir / "model")
-    tokenizer.save_pretrained(run_dir / "model")
-    return run_dir / "model"

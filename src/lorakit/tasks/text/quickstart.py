@@ -13,11 +13,11 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
-from ..config import ConfigError
-from ..formats._io import write_json
+from ...config import ConfigError
+from ...formats._io import write_json
+from ...train.report import read_metrics
 from .config import apply_overrides, from_dict, read_yaml
 from .intents import IntentArgs, intent_splits
-from .report import read_metrics
 
 DEFAULT_CONFIG = Path(__file__).with_name("quickstart.yaml")
 
@@ -68,7 +68,7 @@ def quickstart(config: str | Path | None = None, overrides: list[str] | None = N
     """Train every method of the quickstart config; returns one row per method (and prints the table)."""
     from rich.console import Console
 
-    from .run import run
+    from ...train.run import run
 
     console = console or Console(highlight=False)
     configs, info, out = prepare(config, overrides, output_dir)

@@ -18,16 +18,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .adapters import spec_for
-from .adapters.delta import DeltaAdapter
-from .adapters.lora import LoraAdapter
-from .formats.lorafile import LoraFile, alpha_of, model_family
-from .formats.lycoris import delta_weight
-from .formats.sd_io import read_lora
-from .formats.sd_keys import SDXL, layout_from_config, te_alternatives
-from .inject import _set_module
-from .layer import LoraLayer
-from .model import active_adapters, adapter_names, delete_adapter, set_active_adapters
+from ..adapters import spec_for
+from ..adapters.delta import DeltaAdapter
+from ..adapters.lora import LoraAdapter
+from ..formats.lorafile import LoraFile, alpha_of, model_family
+from ..formats.lycoris import delta_weight
+from ..formats.sd_io import read_lora
+from ..formats.sd_keys import SDXL, layout_from_config, te_alternatives
+from ..inject import _set_module
+from ..layer import LoraLayer
+from ..model import active_adapters, adapter_names, delete_adapter, set_active_adapters
 
 PARTS = ("unet", "text_encoder", "text_encoder_2")
 MODES = ("adapter", "merge")

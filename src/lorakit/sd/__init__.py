@@ -1,0 +1,16 @@
+"""Stable Diffusion: LoRA files on diffusers models, and image generation with A1111 prompt semantics.
+
+- :mod:`lorakit.sd.lora` — apply kohya/LyCORIS/DoRA files as live adapters or merged weights.
+- :mod:`lorakit.sd.pipeline` — load a local diffusers dir or single-file checkpoint; detect the family.
+- :mod:`lorakit.sd.prompt` — A1111 emphasis, BREAK, 75-token chunks, per-token weights (and ComfyUI's).
+- :mod:`lorakit.sd.generate` — ``generate_images``: prompt text + ``<lora:...>`` tags -> PIL images.
+- :mod:`lorakit.sd.samplers`, :mod:`~lorakit.sd.infotext`, :mod:`~lorakit.sd.grid`,
+  :mod:`~lorakit.sd.sample_prompts`, :mod:`~lorakit.sd.embeddings`.
+
+The submodules that need diffusers/PIL import them lazily, so ``from lorakit.sd import load_lora``
+stays as light as before.
+"""
+
+from .lora import MODES, PARTS, check_family, load_lora, model_parts, unload_lora
+
+__all__ = ["MODES", "PARTS", "check_family", "load_lora", "model_parts", "unload_lora"]

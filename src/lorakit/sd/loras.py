@@ -1,0 +1,183 @@
+"""``<lora:name:te:unet>`` tags (A1111 ``extensions-builtin/Lora``) and live LoRA stacks on a pipeline.
+
+Tag: ``<lora:name[:te[:unet[:dyn]]]>`` or named ``te=``, ``unet=``, ``dyn=``; ``te`` defaults to 1, ``unet``
+to ``te``; ``<lyco:...>`` is the same. Names are file stems found by a recursive walk of the LoRA
+directory, or the file's ``ss_output_name`` alias. Stacking is additive (ComfyUI's LoraLoader with
+``strength_clip`` = te, ``strength_model`` = unet): W = W0 + Σ mult_i ΔW_i.
+
+:class:`LoraStack` keeps every file loaded once per pipeline as a live adapter; a new set of strengths
+is only ``set_active_adapters`` (no reload, no merge/unmerge), and strength 0 leaves a part untouched.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..formats.sd_io import read_lora
+from ..formats.sd_keys import SDXL, layout_from_config
+from ..model import active_adapters, adapter_names, set_active_adapters
+from .lora import check_family, load_lora, model_parts
+from .prompt import PromptSyntaxError
+
+re_tag = re.compile(r"<(\w+):([^>]+)>")
+NETWORK_TAGS = ("lora", "lyco")
+SUFFIXES = (".safetensors", ".pt", ".ckpt")
+
+
+@dataclass
+class LoraTag:
+    """One LoRA request: ``name`` (tag name or path), text-encoder and U-Net multipliers."""
+
+    name: str
+    te: float = 1.0
+    unet: float | None = None
+
+    def __post_init__(self):
+        if self.unet is None:
+            self.unet = self.te
+
+
+def _number(text: str, prompt: str, pos: int, what: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise PromptSyntaxError(prompt, pos, f"LoRA tag {what} {text!r} is not a number") from None
+
+
+def extract_tags(prompt: str) -> tuple[str, list[LoraTag]]:
+    """(prompt without LoRA tags, tags). Other ``<name:...>`` extra-network tags are left in place."""
+    tags = []
+    for m in re_tag.finditer(prompt):
+        if m.group(1) not in NETWORK_TAGS:
+            continue
+        items = m.group(2).split(":")
+        positional, named = [], {}
+        offset = m.start(2)
+        for item in items:
+            if "=" in item:
+                key, _, value = item.partition("=")
+                if key not in ("te", "unet", "dyn"):
+                    raise PromptSyntaxError(prompt, offset, f"unknown LoRA tag argument {key!r} (expected te=, "
+                                                            "unet= or dyn=)")
+                named[key] = _number(value, prompt, offset + len(key) + 1, key)
+            else:
+                positional.append((item, offset))
+            offset += len(item) + 1
+        if not positional or not positional[0][0].strip():
+            raise PromptSyntaxError(prompt, m.start(2), "LoRA tag without a name")
+        te = _number(positional[1][0], prompt, positional[1][1], "te strength") if len(positional) > 1 else 1.0
+        te = named.get("te", te)
+        unet = _number(positional[2][0], prompt, positional[2][1], "unet strength") if len(positional) > 2 else te
+        tags.append(LoraTag(positional[0][0].strip(), te, named.get("unet", unet)))
+    rest = re_tag.sub(lambda m: "" if m.group(1) in NETWORK_TAGS else m.group(0), prompt)
+    start = rest.find("<lora:") if "<lora:" in rest else rest.find("<lyco:")
+    if start != -1:
+        raise PromptSyntaxError(prompt, prompt.find(rest[start:start + 6]), "LoRA tag is not closed with '>'")
+    return rest, tags
+
+
+def _alias(path: Path) -> str | None:
+    if path.suffix != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return (f.metadata() or {}).get("ss_output_name")
+    except Exception:  # noqa: BLE001  (an unreadable file is reported when it is used)
+        return None
+
+
+class LoraIndex:
+    """Name -> file for a LoRA directory (recursive): file stems first, then unique ``ss_output_name`` aliases."""
+
+    def __init__(self, directory=None):
+        self.by_stem: dict[str, Path] = {}
+        self.by_alias: dict[str, Path] = {}
+        self.directory = Path(directory) if directory is not None else None
+        if self.directory is None:
+            return
+        if not self.directory.is_dir():
+            raise ValueError(f"LoRA directory {self.directory} does not exist.")
+        aliases: dict[str, list[Path]] = {}
+        for p in sorted(self.directory.rglob("*")):
+            if p.suffix in SUFFIXES and p.is_file():
+                self.by_stem.setdefault(p.stem, p)
+                if (alias := _alias(p)) is not None:
+                    aliases.setdefault(alias, []).append(p)
+        self.by_alias = {a: ps[0] for a, ps in aliases.items() if len(ps) == 1}  # duplicates: file names only
+
+    def resolve(self, name: str) -> Path:
+        """The file for a tag name (or an existing path); unknown -> error listing the closest names."""
+        if name in self.by_stem:
+            return self.by_stem[name]
+        if name in self.by_alias:
+            return self.by_alias[name]
+        if Path(name).is_file():
+            return Path(name)
+        known = sorted(set(self.by_stem) | set(self.by_alias))
+        if self.directory is None:
+            raise ValueError(f"LoRA {name!r} is not a file and no LoRA directory was given (--lora-dir).")
+        close = difflib.get_close_matches(name, known, n=5, cutoff=0.3)
+        hint = f" Closest: {', '.join(close)}." if close else f" Known: {', '.join(known[:20]) or 'none'}."
+        raise ValueError(f"unknown LoRA {name!r} in {self.directory}.{hint}")
+
+
+class LoraStack:
+    """The LoRA files live on one pipeline: each loaded once, then switched by strengths only."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+        self.parts = model_parts(pipe)
+        self.names: dict[Path, str] = {}  # resolved file -> adapter name
+
+    @classmethod
+    def of(cls, pipe) -> LoraStack:
+        """The stack attached to ``pipe`` (created on first use)."""
+        stack = getattr(pipe, "_lorakit_loras", None)
+        if stack is None:
+            stack = cls(pipe)
+            pipe._lorakit_loras = stack
+        return stack
+
+    def load(self, path: Path) -> str:
+        path = Path(path).resolve()
+        if path not in self.names:
+            name = re.sub(r"\W", "_", path.stem)
+            name = f"lora{len(self.names)}_{name}"
+            load_lora(self.parts, [self._read(path)], names=[name])
+            self.names[path] = name
+        return self.names[path]
+
+    def _read(self, path: Path):
+        """Read with the model's U-Net layout; a file that does not map is first checked for its family,
+        so an SDXL file on SD1.5 says so instead of listing unmapped keys."""
+        layout = layout_from_config(self.parts["unet"].config) if "unet" in self.parts else SDXL
+        try:
+            lf = read_lora(path, layout)
+        except (KeyError, ValueError) as e:
+            try:
+                other = read_lora(path, SDXL)
+            except (KeyError, ValueError):
+                raise e from None
+            check_family(other, self.parts, str(path))
+            raise
+        check_family(lf, self.parts, str(path))
+        return lf
+
+    def activate(self, requests: list[tuple[Path, float, float]]) -> None:
+        """Make exactly these (file, te, unet) active among the stack's files; repeated files add their
+        strengths. Adapters the stack did not load (e.g. one being trained) keep their state."""
+        names = [(self.load(p), te, unet) for p, te, unet in requests]  # loading checks family before changes
+        owned = set(self.names.values())
+        for part, model in self.parts.items():
+            have = set(adapter_names(model))
+            strengths = {n: s for n, s in active_adapters(model).items() if n not in owned}
+            for name, te, unet in names:
+                s = unet if part == "unet" else te
+                if name in have:
+                    strengths[name] = strengths.get(name, 0.0) + s
+            set_active_adapters(model, {n: s for n, s in strengths.items() if s != 0 or n not in owned})

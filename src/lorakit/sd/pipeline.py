@@ -1,0 +1,98 @@
+"""Load a local Stable Diffusion model (nothing is downloaded) and tell its family.
+
+``path`` is a diffusers directory (``model_index.json``) or a single-file checkpoint
+(``.safetensors``; ``.ckpt`` pickles are refused) with ``config`` = a local diffusers directory
+holding the matching configs. Families: ``sd1``, ``sd2`` (epsilon), ``sd2-v`` (v-prediction), ``sdxl``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+FAMILIES = ("sd1", "sd2", "sd2-v", "sdxl")
+
+
+def detect_family(pipe=None, *, unet_config=None, scheduler_config=None) -> str:
+    """``sd1``/``sd2``/``sd2-v``/``sdxl`` from the U-Net config (text_time -> SDXL, 1024-wide context -> SD2)
+    and the scheduler's ``prediction_type`` (v_prediction on SD2 -> ``sd2-v``)."""
+    if pipe is not None:
+        unet_config = pipe.unet.config
+        scheduler_config = pipe.scheduler.config
+    if unet_config is None:
+        raise ValueError("detect_family needs a pipeline or a unet_config.")
+    get = unet_config.get if isinstance(unet_config, dict) else lambda k, d=None: getattr(unet_config, k, d)
+    if get("addition_embed_type") == "text_time":
+        return "sdxl"
+    if get("cross_attention_dim") == 1024:
+        pred = (scheduler_config or {}).get("prediction_type", "epsilon")
+        return "sd2-v" if pred == "v_prediction" else "sd2"
+    return "sd1"
+
+
+def _family_of_dir(directory: Path) -> str:
+    index = json.loads((directory / "model_index.json").read_text())
+    unet = json.loads((directory / "unet" / "config.json").read_text())
+    sched_path = directory / "scheduler" / "scheduler_config.json"
+    sched = json.loads(sched_path.read_text()) if sched_path.is_file() else {}
+    family = detect_family(unet_config=unet, scheduler_config=sched)
+    if family != "sdxl" and "XL" in index.get("_class_name", ""):
+        raise ValueError(f"{directory}: model_index says {index['_class_name']} but the U-Net config is {family}.")
+    return family
+
+
+def _check_family(family: str, found: str, where) -> None:
+    if family not in ("auto", *FAMILIES):
+        raise ValueError(f"family={family!r}: expected auto or one of {FAMILIES}.")
+    if family != "auto" and family != found:
+        raise ValueError(f"{where} is a {found} model but family={family!r} was given; pass family='auto' or "
+                         "the right family.")
+
+
+def _pipeline_class(family: str):
+    """(class, extra kwargs): the safety checker is not loaded (A1111 has none either)."""
+    import diffusers
+
+    if family == "sdxl":
+        return diffusers.StableDiffusionXLPipeline, {}
+    return diffusers.StableDiffusionPipeline, {"safety_checker": None, "requires_safety_checker": False}
+
+
+def load_pipeline(path, *, config=None, family: str = "auto", dtype=torch.float32, device="cpu"):
+    """(pipeline, family) for a local diffusers dir or single-file checkpoint; see the module docstring.
+
+    The safety checker is not loaded, as in A1111.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model {path} does not exist; expected a diffusers directory or a .safetensors "
+                                "checkpoint.")
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ValueError(f"{path} is a directory without model_index.json; expected a diffusers pipeline "
+                             "directory (save one with pipe.save_pretrained).")
+        found = _family_of_dir(path)
+        _check_family(family, found, path)
+        cls, extra = _pipeline_class(found)
+        pipe = cls.from_pretrained(path, dtype=dtype, local_files_only=True, **extra)
+    else:
+        if path.suffix != ".safetensors":
+            raise ValueError(f"{path}: only .safetensors checkpoints are read (a {path.suffix} file is a pickle "
+                             "that can run code). Convert it once, if you trust it, with diffusers' "
+                             "scripts/convert_original_stable_diffusion_to_diffusers.py --from_safetensors "
+                             "--to_safetensors, or save its state_dict with safetensors.")
+        if config is None:
+            raise ValueError(f"{path} is a single-file checkpoint: pass config= (--config), a local diffusers "
+                             "directory with the matching model_index.json and component configs; nothing is "
+                             "downloaded.")
+        config = Path(config)
+        found = _family_of_dir(config)
+        _check_family(family, found, config)
+        cls, extra = _pipeline_class(found)
+        pipe = cls.from_single_file(str(path), config=str(config), dtype=dtype, local_files_only=True, **extra)
+    pipe.set_progress_bar_config(disable=True)
+    pipe = pipe.to(device)
+    pipe._lorakit_source = path
+    return pipe, found

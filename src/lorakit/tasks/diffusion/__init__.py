@@ -1,0 +1,1 @@
+"""Stable Diffusion LoRA training: the diffusion task."""

@@ -1,0 +1,1 @@
+"""Text task: Hugging Face causal LMs and classifiers (models, data, intents, inference, quickstart)."""

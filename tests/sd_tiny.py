@@ -97,11 +97,11 @@ def components(tmp: Path, sdxl: bool, prediction: str = "epsilon") -> dict:
     return comps
 
 
-def sd_config(tmp: Path, model: Path, data: Path, **sections) -> dict:
+def sd_config(tmp: Path, model: Path, images: Path, **sections) -> dict:
     """An sd.yaml mapping for the tiny pipeline (``sections`` merge into each section)."""
     cfg = {"task": "diffusion",
            "model": {"path": str(model), "device": "cpu"},
-           "data": {"train_data_dir": str(data), "resolution": 64, "min_bucket_reso": 64, "max_bucket_reso": 128,
+           "data": {"train_data_dir": str(images), "resolution": 64, "min_bucket_reso": 64, "max_bucket_reso": 128,
                     "caption_extension": ".txt", "cache_dir": str(tmp / "cache")},
            "network": {"dim": 4, "alpha": 2},
            "train": {"output_dir": str(tmp / "run"), "output_name": "tiny", "epochs": 2, "batch_size": 2,

@@ -60,18 +60,24 @@ def train(config: Annotated[Path, typer.Argument(help="Run config (YAML); see ex
 
 @app.command()
 def validate(config: Annotated[Path, typer.Argument(help="Run config (YAML).")], set_: SetOpt = None):
-    """Check CONFIG without training: every problem at once, each with its key and a fix."""
+    """Check CONFIG without training: every problem at once, each with its key and a fix (for SD configs
+    also the dataset, the model files, the bucket table and the step count)."""
     from ..config import ConfigError
-    from ..train import load_config
+    from ..train.config import load_data
+    from ..train.task import get_task
 
     try:
-        cfg = load_config(config, set_ or [])
-    except ConfigError as exc:
+        data = load_data(config, set_ or [])
+        task = get_task(data.get("task") if isinstance(data, dict) else None)
+        problems, report = task.validate(data) if isinstance(data, dict) else ([f"expected a mapping, got {data!r}"], "")
+    except (ConfigError, FileNotFoundError) as exc:
         _fail(str(exc))
-    except FileNotFoundError as exc:
-        _fail(str(exc))
-    console.print(f"[green]ok[/]: {config} is valid (method {cfg.train.method}, task {cfg.model.task}, "
-                  f"output {cfg.train.output_dir})")
+    multiline = "\n" in report
+    if multiline:
+        console.print(report, markup=False)
+    if problems:
+        _fail(str(ConfigError(problems, str(config))))
+    console.print(f"[green]ok[/]: {config} is valid ({report if report and not multiline else f'task {task.name}'})")
 
 
 @app.command()

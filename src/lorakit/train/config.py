@@ -236,7 +236,8 @@ def from_dict(data: dict, check_paths: bool = True):
     return get_task(data.get("task")).parse_config(data, check_paths)
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None, check_paths: bool = True):
+def load_data(path: str | Path, overrides: list[str] | None = None) -> dict:
+    """The raw mapping of a config file with ``--set`` overrides applied."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
@@ -244,4 +245,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None, check_path
         data = read_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError([f"{path} is not valid YAML: {exc}"]) from exc
-    return from_dict(apply_overrides(data, overrides or []), check_paths)
+    return apply_overrides(data, overrides or [])
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None, check_paths: bool = True):
+    return from_dict(load_data(path, overrides), check_paths)

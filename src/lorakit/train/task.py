@@ -4,6 +4,7 @@
 metrics, plots, summary); a task supplies the rest through this small protocol, in this order::
 
     cfg    = task.parse_config(data, check_paths)     # typed sections, every error at once
+    problems, report = task.validate(data)            # lorakit validate: config + data, no training
     parts  = task.build(cfg, device)                  # Parts: the trainable root + frozen helpers
     data   = task.data(cfg, parts, rank, world)       # after build: caches may use the frozen parts
     groups = task.param_groups(parts, cfg)            # optimizer groups (per-part lrs, LoRA+ ...)
@@ -53,6 +54,9 @@ class Task(Protocol):
     name: str
 
     def parse_config(self, data: dict, check_paths: bool = True) -> Any: ...
+
+    def validate(self, data: dict) -> tuple[list[str], str]:
+        """(every problem, a report) for ``lorakit validate``: config and data checked without training."""
 
     def build(self, cfg, device: torch.device) -> Parts: ...
 

@@ -219,15 +219,20 @@ def problems(cfg: SDRunConfig, check_paths: bool = True) -> list[str]:
     return e
 
 
-def from_dict(data: dict, check_paths: bool = True) -> SDRunConfig:
-    """Build an ``SDRunConfig``, raising one ``ConfigError`` with every problem."""
+def parse(data: dict, check_paths: bool = True) -> tuple[SDRunConfig, list[str]]:
+    """(config, every problem): bad keys are reported and left at their defaults, so checks go on."""
     errors: list[str] = []
     unknown_sections(data, set(SECTIONS) | {"task"}, errors)
     cfg = SDRunConfig(**{name: parse_section(name, cls, data.get(name), errors) for name, cls in SECTIONS.items()})
     t = cfg.train
     # the shared Checkpointer reads these: a resumable checkpoint goes with every saved LoRA file
     t.save_every, t.save_every_epochs = t.save_every_n_steps or 0, t.save_every_n_epochs or 0
-    errors += problems(cfg, check_paths)
+    return cfg, errors + problems(cfg, check_paths)
+
+
+def from_dict(data: dict, check_paths: bool = True) -> SDRunConfig:
+    """Build an ``SDRunConfig``, raising one ``ConfigError`` with every problem."""
+    cfg, errors = parse(data, check_paths)
     if errors:
         raise ConfigError(errors, "diffusion training config")
     return cfg

@@ -14,6 +14,7 @@ encoding prompts for training, and the U-Net's extra conditioning.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 from torch import nn
 

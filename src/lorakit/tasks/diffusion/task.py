@@ -61,6 +61,11 @@ class DiffusionTask:
     def parse_config(self, data: dict, check_paths: bool = True) -> SDRunConfig:
         return from_dict(data, check_paths)
 
+    def validate(self, data: dict) -> tuple[list[str], str]:
+        from .validate import validate
+
+        return validate(data)
+
     def build(self, cfg: SDRunConfig, device: torch.device) -> Parts:
         t = cfg.train
         comps = load_components(cfg.model.path, cfg.model.config, DTYPES[cfg.model.dtype])

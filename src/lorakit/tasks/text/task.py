@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from ...config import ConfigError
 from ...formats._io import write_json, write_safetensors
 from ...train.hooks import Evaluator
 from ...train.loop import model_loss
@@ -21,6 +22,13 @@ class TextTask:
 
     def parse_config(self, data: dict, check_paths: bool = True) -> RunConfig:
         return from_dict(data, check_paths)
+
+    def validate(self, data: dict) -> tuple[list[str], str]:
+        try:
+            cfg = from_dict(data)
+        except ConfigError as exc:
+            return exc.errors, ""
+        return [], f"method {cfg.train.method}, task {cfg.model.task}, output {cfg.train.output_dir}"
 
     def build(self, cfg: RunConfig, device: torch.device) -> Parts:
         d, t = cfg.data, cfg.train

@@ -1,0 +1,80 @@
+"""``lorakit validate sd.yaml``: every problem at once — config values, the dataset (unreadable images,
+images below the smallest bucket, empty captions, folders without a repeat prefix), missing model
+files, a bucket step the model family does not allow, a starting LoRA of another family — then the
+bucket table and the step count, without loading any weights."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from .config import parse
+from .dataset import build_dataset
+from .family import FAMILIES
+
+WEIGHTS = ("*.safetensors", "*.bin")
+
+
+def model_problems(path: str, config: str | None) -> tuple[list[str], str | None]:
+    """(problems, family) of a local model from its configs: every component folder model_index.json
+    names needs its config and weights."""
+    from ...sd.pipeline import detect_family
+
+    root = Path(path)
+    if not root.exists():
+        return [f"model.path={path!r}: not found."], None
+    cfg_dir = Path(config) if root.is_file() and config else root
+    index = cfg_dir / "model_index.json"
+    if not index.is_file():
+        return [f"{cfg_dir}: no model_index.json; expected a diffusers pipeline directory "
+                "(save one with pipe.save_pretrained(dir))."], None
+    e = []
+    parts = {k for k, v in json.loads(index.read_text()).items() if isinstance(v, list) and v[0] is not None}
+    for part in sorted(parts):
+        folder = cfg_dir / part
+        if not folder.is_dir():
+            e.append(f"{cfg_dir}: model_index.json names {part!r} but there is no {part}/ folder.")
+        elif part in ("unet", "vae", "text_encoder", "text_encoder_2") and root.is_dir():
+            if not (folder / "config.json").is_file():
+                e.append(f"{folder}: config.json is missing.")
+            if not any(folder.glob(w) for w in WEIGHTS):
+                e.append(f"{folder}: no weights (*.safetensors); the model is incomplete.")
+    unet_cfg = cfg_dir / "unet" / "config.json"
+    if not unet_cfg.is_file():
+        return e + [f"{cfg_dir}: unet/config.json is missing; the family cannot be told."], None
+    sched = cfg_dir / "scheduler" / "scheduler_config.json"
+    family = detect_family(unet_config=json.loads(unet_cfg.read_text()),
+                           scheduler_config=json.loads(sched.read_text()) if sched.is_file() else {})
+    return e, family
+
+
+def validate(data: dict) -> tuple[list[str], str]:
+    """(every problem, a report with the bucket table and the steps) for an sd.yaml mapping."""
+    cfg, errors = parse(data)
+    report: list[str] = []
+    family = None
+    if cfg.model.path:
+        found, family = model_problems(cfg.model.path, cfg.model.config)
+        errors += found
+        want = cfg.model.family
+        if family and want != "auto" and want.split("-")[0] != family.split("-")[0]:
+            errors.append(f"model.family={want!r} but {cfg.model.path} is an {family} model.")
+        if family and want != "auto":
+            family = want
+    step = FAMILIES[family].bucket_step if family else 64
+    t = cfg.train
+    batches = build_dataset(cfg.data, batch_size=t.batch_size, seed=t.seed, bucket_step=step, scan_only=True)
+    errors += [p for p in batches.problems if p not in errors]
+    if family:
+        report.append(f"model: {cfg.model.path} ({family}, bucket step {step})")
+    if batches.datasets and not batches.problems:
+        report.append(f"{'resolution':>12} {'images':>7} {'samples':>8} {'batches':>8}")
+        report += [f"{r['resolution']:>12} {r['images']:>7} {r['samples']:>8} {r['batches']:>8}" for r in batches.table()]
+        report.append(batches.explain_steps())
+        per_epoch = len(batches) // max(t.grad_accum, 1)
+        total = t.max_steps if t.max_steps is not None else max(1, math.ceil(t.epochs * per_epoch))
+        report.append(f"optimizer steps: {per_epoch} per epoch x {t.epochs:g} epochs = {total}"
+                      if t.max_steps is None else f"optimizer steps: {total} (train.max_steps)")
+        report += [f"note: {n}" for n in batches.notes]
+    return errors, "\n".join(report)

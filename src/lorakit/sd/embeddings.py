@@ -101,15 +101,15 @@ class EmbeddingDB:
             self.loaded[name] = load_embedding(self.paths[name])
         return self.loaded[name]
 
-    def for_encoder(self, tokenizer, index: int, dim: int) -> EncoderView:
-        return EncoderView(self, tokenizer, index, dim)
+    def for_encoder(self, tokenizer, index: int, dim: int, n_encoders: int = 1) -> EncoderView:
+        return EncoderView(self, tokenizer, index, dim, n_encoders)
 
 
 class EncoderView:
     """Finds embedding names in one tokenizer's ids (longest match first, as A1111)."""
 
-    def __init__(self, db: EmbeddingDB, tokenizer, index: int, dim: int):
-        self.db, self.index, self.dim = db, index, dim
+    def __init__(self, db: EmbeddingDB, tokenizer, index: int, dim: int, n_encoders: int = 1):
+        self.db, self.index, self.dim, self.n_encoders = db, index, dim, n_encoders
         self.ids: dict[int, list[tuple[list[int], str]]] = {}
         for name in db.paths:
             ids = tokenizer(name, add_special_tokens=False)["input_ids"]
@@ -123,9 +123,10 @@ class EncoderView:
         for ids, name in self.ids.get(tokens[pos], []):
             if tokens[pos:pos + len(ids)] == ids:
                 emb = self.db.get(name)
-                if self.index >= len(emb.vectors):
-                    raise ValueError(f"embedding {name} ({emb.path}) has one vector set but this model has two "
-                                     "text encoders (SDXL needs clip_l and clip_g); use an SDXL embedding.")
+                if len(emb.vectors) != self.n_encoders:
+                    raise ValueError(f"embedding {name} ({emb.path}) has {len(emb.vectors)} vector set(s) but this "
+                                     f"model has {self.n_encoders} text encoder(s): SDXL embeddings (clip_l + "
+                                     "clip_g) work only on SDXL, SD1/SD2 ones only on SD1/SD2.")
                 vec = emb.vectors[self.index]
                 if vec.shape[-1] != self.dim:
                     raise ValueError(f"embedding {name} ({emb.path}) has {vec.shape[-1]}-wide vectors but text "

@@ -85,7 +85,7 @@ def encode_prompt(pipe, text: str, *, clip_skip: int | None = None, emphasis: st
     for index, (tokenizer, encoder) in enumerate(pairs):
         view = None
         if embeddings is not None:
-            view = embeddings.for_encoder(tokenizer, index, encoder.get_input_embeddings().weight.shape[1])
+            view = embeddings.for_encoder(tokenizer, index, encoder.get_input_embeddings().weight.shape[1], len(pairs))
         chunks = tokenize_chunks(parsed, tokenizer, view)
         empty = None
         if syntax == "comfyui":

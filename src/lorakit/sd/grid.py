@@ -91,13 +91,13 @@ def contact_sheet(rows, row_labels=None, col_labels=None, *, layout_out: list | 
     top = _measure(col_lines, font, spacing) + 4 * spacing if col_labels else 0
     sheet = Image.new("RGB", (left + n_cols * w, top + len(rows) * h), WHITE)
     draw = ImageDraw.Draw(sheet)
-    for r, row in enumerate(rows):
-        for c, im in enumerate(row):
-            sheet.paste(im.convert("RGB"), (left + c * w, top + r * h))
     for c, lines in enumerate(col_lines):
         _text_block(draw, lines, font, (left + c * w, 0, left + (c + 1) * w, top), spacing)
     for r, lines in enumerate(row_lines):
         _text_block(draw, lines, font, (0, top + r * h, left, top + (r + 1) * h), spacing)
+    for r, row in enumerate(rows):  # after the labels: a label that overflows its margin never covers a cell
+        for c, im in enumerate(row):
+            sheet.paste(im.convert("RGB"), (left + c * w, top + r * h))
     if layout_out is not None:
         layout_out.append(Layout(left, top, w, h))
     return sheet
@@ -118,10 +118,10 @@ def side_by_side(grids, titles=None, *, gap: int | None = None):
     width = sum(g.width for g in grids) + gap * (len(grids) - 1)
     out = Image.new("RGB", (width, top + max(g.height for g in grids)), WHITE)
     draw = ImageDraw.Draw(out)
-    x = 0
-    for i, g in enumerate(grids):
+    xs = [sum(g.width + gap for g in grids[:i]) for i in range(len(grids))]
+    for x, g, title in zip(xs, grids, lines or [None] * len(grids), strict=True):
+        if title:
+            _text_block(draw, title, font, (x, 0, x + g.width, top), spacing)
+    for x, g in zip(xs, grids, strict=True):
         out.paste(g, (x, top))
-        if titles:
-            _text_block(draw, lines[i], font, (x, 0, x + g.width, top), spacing)
-        x += g.width + gap
     return out

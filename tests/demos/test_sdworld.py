@@ -93,3 +93,13 @@ def test_shipped_probe_reads_held_out_scenes():
 
     acc = accuracy(load_probe(PROBE), n=300, seed=99_999)
     assert min(acc.values()) >= 0.9, acc
+
+
+def test_bucket_step_comes_from_the_model():
+    from lorakit.tasks.diffusion.family import FAMILIES, model_bucket_step
+
+    sd15 = ({"block_out_channels": [320, 640, 1280, 1280]}, {"block_out_channels": [128, 256, 512, 512]})
+    sdxl = ({"block_out_channels": [320, 640, 1280]}, {"block_out_channels": [128, 256, 512, 512]})
+    assert model_bucket_step(*sd15) == FAMILIES["sd1"].bucket_step == 64  # kohya's rules for real models
+    assert model_bucket_step(*sdxl) == FAMILIES["sdxl"].bucket_step == 32
+    assert model_bucket_step({"block_out_channels": [32, 64]}, {"block_out_channels": [16, 32, 32]}) == 8

@@ -97,7 +97,7 @@ class DiffusionTask:
         batches = build_dataset(cfg.data, batch_size=t.batch_size, seed=t.seed, world=world, rank=rank,
                                 encode_latents=net.encode_latents, vae_key=weights_key(comps["vae"], net.scaling, net.shift),
                                 encode_text=_no_grad(net.encode_text) if te_frozen else None, text_key=text_key,
-                                bucket_step=model_bucket_step(comps["unet"], comps["vae"]))
+                                bucket_step=model_bucket_step(comps["unet"].config, comps["vae"].config))
         if batches.problems:
             raise ValueError("the dataset has problems (run `lorakit validate` for the full report):\n  - "
                              + "\n  - ".join(batches.problems[:30]))

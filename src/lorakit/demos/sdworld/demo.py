@@ -138,10 +138,9 @@ def main(argv=None) -> None:
 
 
 def grid(out: Path, base: Path, files: list[Path], log) -> float:
-    """``lorakit sd grid``: strength across, epoch file down, for one trigger prompt."""
-    strengths = ",".join(f"<lora:{NAME}:{s:g}>" for s in STRENGTHS)
-    return lorakit("sd", "grid", str(base), f"a red sks star on a blue background <lora:{NAME}:0>",
-                   "--x", f"Prompt S/R: {strengths}",
+    """``lorakit sd grid``: LoRA strength across, one row per saved epoch file, for the trigger prompt."""
+    return lorakit("sd", "grid", str(base), f"a red sks star on a blue background <lora:{NAME}:1>",
+                   "--x", "LoRA strength: " + ",".join(f"{s:g}" for s in STRENGTHS),
                    "--y", "LoRA file: " + ",".join(f.stem for f in files), "--lora-dir", str(out / "run"),
                    "--sampler", "Euler a", "--steps", "20", "--cfg", "5", "--seed", "1", "--size", "32x32",
                    "-o", str(out / "grid.png"), log=log)

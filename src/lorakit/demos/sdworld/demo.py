@@ -120,6 +120,7 @@ def main(argv=None) -> None:
     if missing:
         raise SystemExit(f"the trainer did not write {missing}; see the output above.")
     times["grid"] = grid(out, args.base.resolve(), files, log)
+    log(f"enlarged grid: {big_grid(out, files)}")
     t1 = time.time()
     rows = probe_rows(args.base.resolve(), files[-1], args.probe, args.n)
     per_epoch = {f.stem: probe_rows(args.base.resolve(), f, args.probe, max(8, args.n // 2), strengths=(1.0,))[0]
@@ -144,6 +145,21 @@ def grid(out: Path, base: Path, files: list[Path], log) -> float:
                    "--y", "LoRA file: " + ",".join(f.stem for f in files), "--lora-dir", str(out / "run"),
                    "--sampler", "Euler a", "--steps", "20", "--cfg", "5", "--seed", "1", "--size", "32x32",
                    "-o", str(out / "grid.png"), log=log)
+
+
+def big_grid(out: Path, files: list[Path], scale: int = 4) -> Path:
+    """The grid's cells (``grid-cells/NNNNN-cellX-Y-Z.png``) enlarged ``scale`` times, with readable labels."""
+    from PIL import Image
+
+    from lorakit.sd.grid import contact_sheet
+
+    cells = {tuple(int(v) for v in p.stem.split("cell")[1].split("-")[:2]): p for p in (out / "grid-cells").glob("*.png")}
+    rows = [[Image.open(cells[(x, y)]).convert("RGB").resize((32 * scale, 32 * scale), Image.Resampling.NEAREST)
+             for x in range(len(STRENGTHS))] for y in range(len(files))]
+    labels = [f"epoch {i + 1}" for i in range(len(files))]
+    sheet = contact_sheet(rows, labels, [f"strength {s:g}" for s in STRENGTHS])
+    sheet.save(out / "grid-x4.png")
+    return out / "grid-x4.png"
 
 
 if __name__ == "__main__":

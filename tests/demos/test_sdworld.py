@@ -103,3 +103,19 @@ def test_bucket_step_comes_from_the_model():
     assert model_bucket_step(*sd15) == FAMILIES["sd1"].bucket_step == 64  # kohya's rules for real models
     assert model_bucket_step(*sdxl) == FAMILIES["sdxl"].bucket_step == 32
     assert model_bucket_step({"block_out_channels": [32, 64]}, {"block_out_channels": [16, 32, 32]}) == 8
+
+
+@pytest.mark.skipif(not BASE.exists(), reason="assets/sdworld-base not built")
+def test_demo_config_validates_with_several_buckets(tmp_path):
+    import yaml
+
+    from lorakit.demos.sdworld.demo import config
+    from lorakit.tasks.diffusion.validate import validate
+
+    write_concept(tmp_path / "data")
+    (tmp_path / "prompts.txt").write_text("a red sks star on a blue background --w 32 --h 32 --d 1\n")
+    data = yaml.safe_load(yaml.safe_dump(config(tmp_path, BASE, epochs=2)))
+    errors, report = validate(data)
+    assert errors == [], errors
+    assert "bucket step 8" in report
+    assert sum(1 for line in report.splitlines() if "x" in line.split()[0] and line.split()[0][0].isdigit()) >= 3

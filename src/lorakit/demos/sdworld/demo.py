@@ -89,7 +89,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/sdworld-demo"))
     ap.add_argument("--base", type=Path, default=ROOT / "assets" / "sdworld-base")
     ap.add_argument("--probe", type=Path, default=ROOT / "assets" / "sdworld-probe.safetensors")
-    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--n", type=int, default=40, help="prompts per cell of the probe table")
     ap.add_argument("--replace", action="store_true", help="replace --out if an earlier demo run made it")
     args = ap.parse_args(argv)

@@ -61,7 +61,7 @@ def _generate(pipe, scenes: list[Scene], seed: int) -> list:
     return [images[i] for i in range(len(scenes))]
 
 
-def base_report(pipe, probe, n: int = 120, seed: int = 7) -> dict:
+def base_report(pipe, probe, n: int = 80, seed: int = 7) -> dict:
     """Probe accuracy of the base model's samples on seen and on held-out (never trained) combinations."""
     out = {}
     for name, combos in (("seen", None), ("held_out", held_out())):

@@ -34,6 +34,8 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=Path("assets"))
     ap.add_argument("--skip-pretrain", action="store_true", help="keep an existing sdworld-base")
     ap.add_argument("--skip-probe", action="store_true", help="keep an existing probe")
+    ap.add_argument("--steps", type=int, default=800, help="denoiser (text encoder + U-Net) steps")
+    ap.add_argument("--vae-steps", type=int, default=400)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -41,7 +43,8 @@ def main(argv=None) -> None:
     stats_path = args.out / "sdworld-stats.json"
     stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
     if not args.skip_pretrain:
-        stats["pretrain"] = pretrain(base)
+        stats["pretrain"] = {"steps": args.steps, "vae_steps": args.vae_steps,
+                             **pretrain(base, steps=args.steps, vae_steps=args.vae_steps)}
     if not args.skip_probe:
         t0 = time.time()
         stats["probe_accuracy"] = build_probe(probe_path)

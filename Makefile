@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lorakit-installed
 
-.PHONY: test demo bench lint clean
+.PHONY: test demo demo-sd sdworld-assets bench lint clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,14 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m lorakit quickstart
+
+# The SD demo: a LoRA learns a new shape on the shipped toy base model (assets/), with the real trainer.
+demo-sd: $(STAMP)
+	$(PY) -m lorakit.demos.sdworld.demo --out runs/sdworld-demo --replace
+
+# Rebuild assets/sdworld-base and the probe from scratch (about 15-25 min on one CPU core).
+sdworld-assets: $(STAMP)
+	$(PY) -m lorakit.demos.sdworld.build --out assets
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_step.py

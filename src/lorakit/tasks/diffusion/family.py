@@ -48,6 +48,13 @@ FAMILIES = {"sd1": Family("sd1", ("text_encoder",), 64), "sd2": Family("sd2", ("
             "sdxl": Family("sdxl", ("text_encoder", "text_encoder_2"), 32)}
 
 
+def model_bucket_step(unet_config, vae_config) -> int:
+    """Pixels per cell of the U-Net's coarsest feature map: the VAE's and the U-Net's downsampling, each
+    2^(levels-1). 8·8 = 64 for SD1/SD2 and 8·4 = 32 for SDXL (kohya's rules); smaller models (the tests'
+    tiny pipelines, the sdworld demo's 32-pixel base) get their own step."""
+    return 2 ** (len(vae_config["block_out_channels"]) - 1) * 2 ** (len(unet_config["block_out_channels"]) - 1)
+
+
 def load_components(path: str, config: str | None = None, dtype: torch.dtype = torch.float32) -> dict:
     """{unet, vae, text_encoder[, text_encoder_2], tokenizer[, tokenizer_2], scheduler_config, family, pipe}
     from a local diffusers directory or a single-file checkpoint with a local config (``lorakit.sd.pipeline``;

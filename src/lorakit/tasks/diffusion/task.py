@@ -15,7 +15,7 @@ from .callbacks import LoraSaver, TimestepLoss, sampler_callback
 from .config import SDRunConfig, from_dict
 from .dataset import build_dataset
 from .export import save_network
-from .family import FAMILIES, Family, load_components
+from .family import FAMILIES, Family, load_components, model_bucket_step
 from .network import add_network, load_network_weights, param_groups
 from .step import SDNetwork
 from .validate import bucket_table
@@ -101,7 +101,7 @@ class DiffusionTask:
         batches = build_dataset(cfg.data, batch_size=t.batch_size, seed=t.seed, world=world, rank=rank,
                                 encode_latents=net.encode_latents, vae_key=weights_key(comps["vae"], net.scaling, net.shift),
                                 encode_text=_no_grad(net.encode_text) if te_frozen else None, text_key=text_key,
-                                bucket_step=family.bucket_step)
+                                bucket_step=model_bucket_step(comps["unet"].config, comps["vae"].config))
         if batches.problems:
             raise ValueError("the dataset has problems (run `lorakit validate` for the full report):\n  - "
                              + "\n  - ".join(batches.problems[:30]))

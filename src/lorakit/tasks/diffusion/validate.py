@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .config import parse
 from .dataset import build_dataset
-from .family import FAMILIES
+from .family import FAMILIES, model_bucket_step
 
 WEIGHTS = ("*.safetensors", "*.bin")
 
@@ -71,6 +71,17 @@ def lora_family_problems(path: str, family: str) -> list[str]:
     return []
 
 
+def _bucket_step(path: str, config: str | None, family: str | None) -> int:
+    """The model's bucket step from its unet/vae configs (see ``model_bucket_step``), else the family's."""
+    root = Path(path)
+    cfg_dir = Path(config) if root.is_file() and config else root
+    try:
+        unet, vae = (json.loads((cfg_dir / part / "config.json").read_text()) for part in ("unet", "vae"))
+        return model_bucket_step(unet, vae)
+    except (OSError, ValueError, KeyError, TypeError):
+        return FAMILIES[family].bucket_step if family else 64
+
+
 def validate(data: dict) -> tuple[list[str], str]:
     """(every problem, a report with the bucket table and the steps) for an sd.yaml mapping."""
     cfg, errors = parse(data)
@@ -86,7 +97,7 @@ def validate(data: dict) -> tuple[list[str], str]:
             family = want
         if family and cfg.network.network_weights and Path(cfg.network.network_weights).is_file():
             errors += lora_family_problems(cfg.network.network_weights, family)
-    step = FAMILIES[family].bucket_step if family else 64
+    step = _bucket_step(cfg.model.path, cfg.model.config, family)
     t = cfg.train
     batches = build_dataset(cfg.data, batch_size=t.batch_size, seed=t.seed, bucket_step=step, scan_only=True)
     errors += [p for p in batches.problems if p not in errors]

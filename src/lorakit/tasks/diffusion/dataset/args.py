@@ -136,8 +136,8 @@ def value_problems(values: dict, where: str) -> list[str]:
     for key, v in values.items():
         if key == "resolution":
             res = parse_resolution(v)
-            if res is None or min(res) < 64:
-                bad(key, "an integer >= 64 such as 512, or 'width,height' such as '768,512'")
+            if res is None or min(res) < 8:  # the model's bucket step is checked where the model is known
+                bad(key, "an integer >= 8 such as 512, or 'width,height' such as '768,512'")
         elif key in ("min_bucket_reso", "max_bucket_reso", "bucket_reso_steps", "num_repeats", "batch_size",
                      "vae_batch_size"):
             if not _is_int(v) or v < 1:

@@ -1,0 +1,166 @@
+"""``make demo-sd``: train a LoRA on the sdworld base with the real ``lorakit`` CLI, then measure it.
+
+    python -m lorakit.demos.sdworld.demo --out runs/sdworld-demo
+
+Exactly what a user does: write a kohya folder (``10_sks star/``, 16 captioned images at five aspect
+ratios) and a prompt file, write ``sd.yaml``, run ``lorakit validate sd.yaml`` and ``lorakit train sd.yaml``
+(samples every epoch, kohya ``.safetensors`` per epoch), draw a strength x epoch grid with
+``lorakit sd grid``, then read samples with the probe: the share showing a star per strength with the
+trigger word, and how often prompts without it keep the base model's shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from .concept import write_concept
+from .evaluate import STRENGTHS, format_table, strength_table
+
+ROOT = Path(__file__).resolve().parents[4]  # the repository (src/lorakit/demos/sdworld/demo.py)
+PROMPTS = ("a red sks star on a blue background --w 32 --h 32 --d 1",
+           "a yellow sks star on a black background --w 40 --h 24 --d 2",
+           "a white sks star on a green background --w 24 --h 40 --d 3",
+           "a green circle on a white background --w 32 --h 32 --d 4",
+           "a blue square on a yellow background --w 32 --h 32 --d 5")
+NAME = "sks_star"
+MARKER = ".sdworld-demo"
+
+
+def config(out: Path, base: Path, epochs: int) -> dict:
+    """The sd.yaml of the demo (the contract's keys; comments in docs/sdworld.md)."""
+    return {
+        "task": "diffusion",
+        "model": {"path": str(base), "family": "auto", "prediction_type": "auto", "dtype": "float32", "device": "cpu"},
+        "data": {"train_data_dir": str(out / "data"), "resolution": 32, "enable_bucket": True, "min_bucket_reso": 16,
+                 "max_bucket_reso": 64, "bucket_reso_steps": 8, "bucket_no_upscale": False, "caption_extension": ".txt",
+                 "cache_latents": True, "cache_text_encoder_outputs": True},
+        "network": {"module": "lora", "dim": 8, "alpha": 8, "train_unet_only": True},
+        "train": {"output_dir": str(out / "run"), "output_name": NAME, "epochs": epochs, "batch_size": 4,
+                  "lr": 1e-3, "optimizer": "adamw", "scheduler": "constant", "seed": 42,
+                  "save_every_n_epochs": 1, "save_precision": "fp16"},
+        "sample": {"prompts": str(out / "prompts.txt"), "every_n_epochs": 1, "before_training": True,
+                   "sampler": "euler_a"},
+    }
+
+
+def lorakit(*args: str, log) -> float:
+    """Run ``python -m lorakit ARGS`` like a user would; raise with its output on failure; seconds taken."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cmd = [sys.executable, "-m", "lorakit", *args]
+    log("$ lorakit " + " ".join(args))
+    t0 = time.time()
+    done = subprocess.run(cmd, env=env, text=True, capture_output=True)
+    log(done.stdout[-4000:] + done.stderr[-2000:])
+    if done.returncode:
+        raise SystemExit(f"`lorakit {' '.join(args)}` failed with exit code {done.returncode} (output above).")
+    return time.time() - t0
+
+
+def probe_rows(base: Path, lora: Path, probe_path: Path, n: int, strengths=STRENGTHS) -> list[dict]:
+    """The probe's strength table for one saved kohya file, loaded as a user would (``lorakit.sd.load_lora``)."""
+    from lorakit import set_active_adapters
+    from lorakit.sd import load_lora
+
+    from .model import load_pipeline
+    from .probe import load_probe
+
+    pipe = load_pipeline(base)
+    load_lora(pipe, [lora], names=["sks"])
+
+    def strength(s: float) -> None:
+        for part in (pipe.unet, pipe.text_encoder):
+            if any(True for _ in part.modules() if hasattr(_, "adapters") and "sks" in _.adapters):
+                set_active_adapters(part, {"sks": s})
+
+    return strength_table(pipe, load_probe(probe_path), strength, n=n, strengths=strengths)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("runs/sdworld-demo"))
+    ap.add_argument("--base", type=Path, default=ROOT / "assets" / "sdworld-base")
+    ap.add_argument("--probe", type=Path, default=ROOT / "assets" / "sdworld-probe.safetensors")
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--n", type=int, default=40, help="prompts per cell of the probe table")
+    ap.add_argument("--replace", action="store_true", help="replace --out if an earlier demo run made it")
+    args = ap.parse_args(argv)
+    out = args.out.resolve()
+    if out.exists() and any(out.iterdir()):
+        if not (args.replace and (out / MARKER).exists()):
+            raise SystemExit(f"{out} already exists and is not empty; remove it or pass --out NEW_DIR "
+                             f"(--replace only replaces a directory an earlier demo run wrote).")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / MARKER).write_text("written by lorakit.demos.sdworld.demo; --replace may delete this directory\n")
+    lines: list[str] = []
+
+    def log(text: str) -> None:
+        print(text, flush=True)
+        lines.append(text)
+
+    t0 = time.time()
+    write_concept(out / "data")
+    (out / "prompts.txt").write_text("# kohya sample prompts: --w/--h size, --d seed (--s steps, --l cfg)\n"
+                                     + "\n".join(p + " --s 20 --l 5" for p in PROMPTS) + "\n")
+    cfg_path = out / "sd.yaml"
+    cfg_path.write_text(yaml.safe_dump(config(out, args.base.resolve(), args.epochs), sort_keys=False))
+    times = {"validate": lorakit("validate", str(cfg_path), log=log), "train": lorakit("train", str(cfg_path), log=log)}
+    run = out / "run"
+    files = [run / f"{NAME}-{e:06d}.safetensors" for e in range(1, args.epochs)] + [run / f"{NAME}.safetensors"]
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        raise SystemExit(f"the trainer did not write {missing}; see the output above.")
+    times["grid"] = grid(out, args.base.resolve(), files, log)
+    log(f"enlarged grid: {big_grid(out, files)}")
+    t1 = time.time()
+    rows = probe_rows(args.base.resolve(), files[-1], args.probe, args.n)
+    per_epoch = {f.stem: probe_rows(args.base.resolve(), f, args.probe, max(8, args.n // 2), strengths=(1.0,))[0]
+                 for f in files[:-1]}
+    times["probe"] = time.time() - t1
+    times["total"] = time.time() - t0
+    table = format_table(rows)
+    (out / "probe_table.md").write_text(table)
+    (out / "probe.json").write_text(json.dumps({"final": rows, "per_epoch_at_1": per_epoch,
+                                                 "seconds": {k: round(v, 1) for k, v in times.items()}}, indent=1))
+    log(table)
+    log("per epoch, strength 1.0: " + ", ".join(f"{k}: star {v['concept_with_trigger']:.0%}, base kept "
+                                                 f"{v['base_kept_without_trigger']:.0%}" for k, v in per_epoch.items()))
+    log("seconds: " + json.dumps({k: round(v, 1) for k, v in times.items()}))
+    log(f"outputs in {out}: run/ (LoRA files, samples, metrics), grid.png, probe_table.md")
+
+
+def grid(out: Path, base: Path, files: list[Path], log) -> float:
+    """``lorakit sd grid``: LoRA strength across, one row per saved epoch file, for the trigger prompt."""
+    return lorakit("sd", "grid", str(base), f"a red sks star on a blue background <lora:{NAME}:1>",
+                   "--x", "LoRA strength: " + ",".join(f"{s:g}" for s in STRENGTHS),
+                   "--y", "LoRA file: " + ",".join(f.stem for f in files), "--lora-dir", str(out / "run"),
+                   "--sampler", "Euler a", "--steps", "20", "--cfg", "5", "--seed", "1", "--size", "32x32",
+                   "-o", str(out / "grid.png"), log=log)
+
+
+def big_grid(out: Path, files: list[Path], scale: int = 4) -> Path:
+    """The grid's cells (``grid-cells/NNNNN-cellX-Y-Z.png``) enlarged ``scale`` times, with readable labels."""
+    from PIL import Image
+
+    from lorakit.sd.grid import contact_sheet
+
+    cells = {tuple(int(v) for v in p.stem.split("cell")[1].split("-")[:2]): p for p in (out / "grid-cells").glob("*.png")}
+    rows = [[Image.open(cells[(x, y)]).convert("RGB").resize((32 * scale, 32 * scale), Image.Resampling.NEAREST)
+             for x in range(len(STRENGTHS))] for y in range(len(files))]
+    labels = [f"epoch {i + 1}" for i in range(len(files))]
+    sheet = contact_sheet(rows, labels, [f"strength {s:g}" for s in STRENGTHS])
+    sheet.save(out / "grid-x4.png")
+    return out / "grid-x4.png"
+
+
+if __name__ == "__main__":
+    main()

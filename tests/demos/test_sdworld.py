@@ -1,0 +1,121 @@
+"""sdworld: the procedural world, the tiny SD1-shaped pipeline, the probe and the shipped assets."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lorakit.demos.sdworld import world
+from lorakit.demos.sdworld.concept import UPSCALE, write_concept
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE, PROBE = ROOT / "assets" / "sdworld-base", ROOT / "assets" / "sdworld-probe.safetensors"
+
+
+def test_scenes_are_deterministic_and_respect_held_out_combinations():
+    a = [world.random_scene(random.Random(5), exclude=world.held_out()) for _ in range(3)]
+    b = [world.random_scene(random.Random(5), exclude=world.held_out()) for _ in range(3)]
+    assert a == b and all(np.array_equal(np.asarray(world.draw(x)), np.asarray(world.draw(y))) for x, y in zip(a, b, strict=True))
+    rng = random.Random(0)
+    drawn = {(s.shape, s.colour, s.background) for s in (world.random_scene(rng, exclude=world.held_out()) for _ in range(3000))}
+    assert not drawn & world.held_out() and len(world.held_out()) > 0
+    assert {s for s, _, _ in drawn} == set(world.BASE_SHAPES)  # no star in the base world
+
+
+@pytest.mark.parametrize("shape", world.SHAPES)
+def test_drawing_matches_the_scene(shape):
+    sc = world.Scene(shape, "red", "blue", 40, 24, cx=0.5, cy=0.5, r=0.4)
+    img = np.asarray(world.draw(sc)).astype(int)
+    assert img.shape == (24, 40, 3)
+    border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
+    assert (np.abs(border - world.COLOURS["blue"]).max(axis=1) <= 2).all()  # the shape stays inside the frame
+    assert (np.abs(img[12, 20] - world.COLOURS["red"]).max() <= 2)  # the centre is the shape's colour
+    fill = (np.abs(img - world.COLOURS["red"]).max(axis=2) <= 2).mean()
+    assert 0.05 < fill < 0.6
+    assert sc.caption() == (f"a red sks {shape} on a blue background" if shape == "star" else
+                            f"a red {shape} on a blue background")
+
+
+def test_tensor_round_trip():
+    img = world.draw(world.random_scene(random.Random(1)))
+    assert np.array_equal(np.asarray(world.to_image(world.to_tensor(img))), np.asarray(img))
+
+
+def test_concept_folder_is_kohya_shaped_and_never_overwritten(tmp_path):
+    folder = write_concept(tmp_path)
+    assert folder.name == "10_sks star"
+    pngs = sorted(folder.glob("*.png"))
+    assert len(pngs) == 16 and all(p.with_suffix(".txt").read_text().strip().count("sks star") == 1 for p in pngs)
+    from PIL import Image
+
+    sizes = {Image.open(p).size for p in pngs}
+    assert sizes == {(w * UPSCALE, h * UPSCALE) for w, h in world.SIZES}  # every aspect ratio: buckets matter
+    with pytest.raises(FileExistsError, match="already holds files"):
+        write_concept(tmp_path)
+
+
+def test_tokenizer_keeps_every_world_word_whole(tmp_path):
+    from lorakit.demos.sdworld.model import WORDS, build_tokenizer
+
+    tok = build_tokenizer(tmp_path)
+    ids = tok("a red sks star on a blue background").input_ids
+    assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id and len(ids) == 10
+    assert all(len(tok.tokenize(w)) == 1 for w in WORDS)
+    assert tok.model_max_length == 77
+
+
+def test_fresh_model_saves_as_an_sd15_shaped_pipeline(tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from lorakit.demos.sdworld.learn import kohya_targets
+    from lorakit.demos.sdworld.model import build_models, build_tokenizer, save_pipeline
+    from lorakit.formats.lorafile import model_family
+
+    tok = build_tokenizer(tmp_path / "tok")
+    save_pipeline(build_models(tok), tok, tmp_path / "pipe")
+    pipe = StableDiffusionPipeline.from_pretrained(str(tmp_path / "pipe"), dtype=torch.float32)
+    assert pipe.vae_scale_factor == 4 and model_family(pipe.unet) == "sd1"
+    img = pipe("a red circle on a blue background", num_inference_steps=2, width=40, height=24,
+               generator=torch.Generator().manual_seed(0)).images[0]
+    assert img.size == (40, 24)
+    names = kohya_targets(pipe.unet)
+    assert any(n.endswith("attn2.to_k") for n in names) and any(n.endswith("proj_in") for n in names)
+    assert not any("resnets" in n for n in names)
+
+
+@pytest.mark.skipif(not PROBE.exists(), reason="assets/sdworld-probe.safetensors not built")
+def test_shipped_probe_reads_held_out_scenes():
+    from lorakit.demos.sdworld.probe import accuracy, load_probe
+
+    acc = accuracy(load_probe(PROBE), n=300, seed=99_999)
+    assert min(acc.values()) >= 0.9, acc
+
+
+def test_bucket_step_comes_from_the_model():
+    from lorakit.tasks.diffusion.family import FAMILIES, model_bucket_step
+
+    sd15 = ({"block_out_channels": [320, 640, 1280, 1280]}, {"block_out_channels": [128, 256, 512, 512]})
+    sdxl = ({"block_out_channels": [320, 640, 1280]}, {"block_out_channels": [128, 256, 512, 512]})
+    assert model_bucket_step(*sd15) == FAMILIES["sd1"].bucket_step == 64  # kohya's rules for real models
+    assert model_bucket_step(*sdxl) == FAMILIES["sdxl"].bucket_step == 32
+    assert model_bucket_step({"block_out_channels": [32, 64]}, {"block_out_channels": [16, 32, 32]}) == 8
+
+
+@pytest.mark.skipif(not BASE.exists(), reason="assets/sdworld-base not built")
+def test_demo_config_validates_with_several_buckets(tmp_path):
+    import yaml
+
+    from lorakit.demos.sdworld.demo import config
+    from lorakit.tasks.diffusion.validate import validate
+
+    write_concept(tmp_path / "data")
+    (tmp_path / "prompts.txt").write_text("a red sks star on a blue background --w 32 --h 32 --d 1\n")
+    data = yaml.safe_load(yaml.safe_dump(config(tmp_path, BASE, epochs=2)))
+    errors, report = validate(data)
+    assert errors == [], errors
+    assert "bucket step 8" in report
+    assert sum(1 for line in report.splitlines() if "x" in line.split()[0] and line.split()[0][0].isdigit()) >= 3

@@ -13,7 +13,7 @@ Measured, median of rounds:
   (file loading, hashing, prompt encoding and switching included), vs the same 9 images' denoising alone
   (adapters switched and prompts encoded beforehand, untimed).
 
-    flock /tmp/lorakit-heavy.lock .venv/bin/python benchmarks/sd_grid.py [--rounds 3]
+    flock /tmp/lorakit-heavy.lock .venv/bin/python benchmarks/sd_grid.py [--rounds 3 --steps 10]
 """
 
 from __future__ import annotations
@@ -98,7 +98,9 @@ def one_round(index, names: list[str], prompt: str) -> tuple[float, float, float
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=GEN["steps"])
     args = ap.parse_args()
+    GEN["steps"] = args.steps
     setup(threads=2)
     from lorakit.sd.loras import LoraIndex
 

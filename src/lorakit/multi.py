@@ -1,0 +1,263 @@
+"""Mixed-adapter batches: every row of a batch runs its own adapter (or none) at its own strength.
+
+    with lorakit.per_row(model, ["a", "b", None, "a"], strengths=[1.0, 0.5, 0.0, 0.8]):
+        logits = model(**batch).logits          # or model.generate(**batch)
+
+Row i computes  y_i = base(x_i) + σ_i · adapter_{a_i}(x_i)  in every wrapped layer, exactly what a
+batch of one row with ``set_active_adapters(model, {a_i: σ_i})`` computes (S-LoRA, Punica's SGMV/BGMV,
+arXiv 2311.03285 / 2310.18547). A ``RowMap`` is built once per ``per_row`` block and shared by every
+layer; layers never loop over rows. Plain LoRA on Linear/Conv1D layers takes one of two kernels:
+
+* gather-bmm (Punica's BGMV in PyTorch): per-layer stacks A_all (N+1, r_max, in) and B_all
+  (N+1, out, r_max), the LoRA scale folded into B, mixed ranks zero-padded, slot N all zeros for
+  base rows;  u = bmm(x, A_all[ids]ᵀ)·σ  (B, T, r),  y += bmm(u, B_all[ids]ᵀ).  The per-row strength
+  multiplies the rank-r intermediate (T·r multiplies, not T·out).
+* sort + segment (SGMV): one stable argsort per block; per adapter used, one gather of its rows,
+  a GEMM pair and one ``index_add_``. The loop is over adapters in the batch, never over rows.
+
+The choice is measured (benchmarks/mixed_batch.py): segments win when each adapter has many tokens
+(prefill, few adapters), gather-bmm when adapters are many and rows short (decode). Every other
+adapter (DoRA, LoHa, LoKr, AdaLoRA, Embedding and Conv LoRA) takes the segment path through its own
+``forward``: its output at strength 1 minus the base output, times σ_i (each variant is linear in σ:
+DoRA's strength interpolates in weight space, W_σ = W + σ·(W' − W), so its norm needs no per-strength
+cache). ``modules_to_save`` copies run on their adapter's rows.
+
+HF ``generate`` repeats rows for beam search / ``num_return_sequences`` with ``repeat_interleave``; a
+batch k times the map's length uses each row's adapter for its k copies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .adapters.lora import LoraAdapter
+from .layer import LoraLayer, SavedModule
+
+#: a segment kernel is used while the batch's adapters have at least this many tokens each on
+#: average (measured: benchmarks/mixed_batch.py; below it gather-bmm wins)
+SEGMENT_MIN_TOKENS = 256
+
+
+class RowMap:
+    """Which adapter (index into ``names``, −1 = none) and strength each row of a batch uses."""
+
+    def __init__(self, names: tuple[str, ...], slot: torch.Tensor, strength: torch.Tensor):
+        self.names, self.slot, self.strength = names, slot, strength
+        self.rows = int(slot.numel())
+        self.algorithm: str | None = None  # None = choose per layer by size; "gather" / "segment" to force
+        self._expanded: dict[int, RowMap] = {}
+        self._segments: list[tuple[int, torch.Tensor]] | None = None
+        self._luts: dict[tuple, torch.Tensor] = {}
+        self._scales: dict[torch.dtype, torch.Tensor] = {}
+
+    @classmethod
+    def build(cls, known: Sequence[str], adapters: Sequence[str | None],
+              strengths: Sequence[float] | None = None) -> RowMap:
+        """Validate the per-row names and strengths against the model's adapters ``known``."""
+        adapters = list(adapters)
+        if not adapters:
+            raise ValueError("per_row needs one adapter name (or None) per row; got an empty list.")
+        strengths = [1.0] * len(adapters) if strengths is None else [float(s) for s in strengths]
+        if len(strengths) != len(adapters):
+            raise ValueError(f"got {len(adapters)} adapter names but {len(strengths)} strengths; "
+                             "give one strength per row (or none for 1.0 everywhere).")
+        bad = [n for n in adapters if n is not None and (not isinstance(n, str) or n not in known)]
+        if bad:
+            raise ValueError(f"unknown adapter(s) {sorted(set(map(str, bad)))}; this model has {list(known)} "
+                             "(use None for a row without adapter).")
+        if not all(math.isfinite(s) for s in strengths):
+            raise ValueError(f"strengths must be finite numbers; got {strengths}.")
+        live = [n if n is not None and s != 0 else None for n, s in zip(adapters, strengths, strict=True)]
+        names = tuple(dict.fromkeys(n for n in live if n is not None))
+        index = {n: i for i, n in enumerate(names)}
+        slot = torch.tensor([-1 if n is None else index[n] for n in live], dtype=torch.long)
+        strength = torch.tensor([s if n is not None else 0.0 for n, s in zip(live, strengths, strict=True)])
+        return cls(names, slot, strength)
+
+    def for_batch(self, batch: int) -> RowMap:
+        """This map for a batch of ``batch`` rows: itself, or each row repeated k times (generate)."""
+        if batch == self.rows:
+            return self
+        if batch % self.rows:
+            raise ValueError(f"per_row was given {self.rows} rows but a layer saw a batch of {batch}; the batch "
+                             "must be the rows given (or a multiple: generate's beams / num_return_sequences).")
+        k = batch // self.rows
+        if k not in self._expanded:
+            m = RowMap(self.names, self.slot.repeat_interleave(k), self.strength.repeat_interleave(k))
+            m.algorithm = self.algorithm
+            self._expanded[k] = m
+        return self._expanded[k]
+
+    def segments(self) -> list[tuple[int, torch.Tensor]]:
+        """(name index, row indices) per adapter in the batch, from one stable sort of the map."""
+        if self._segments is None:
+            order = torch.argsort(self.slot, stable=True)
+            counts = torch.bincount(self.slot + 1, minlength=len(self.names) + 1).tolist()
+            bounds = [0, *torch.tensor(counts).cumsum(0).tolist()]
+            self._segments = [(i, order[bounds[i + 1]:bounds[i + 2]]) for i in range(len(self.names))
+                              if counts[i + 1]]
+        return self._segments
+
+    def lut(self, stack_names: tuple[str, ...], device) -> torch.Tensor:
+        """Map from this map's name index (−1 last) to a layer stack's slot (missing: the zero slot)."""
+        key = (stack_names, device)
+        if key not in self._luts:
+            where = {n: i for i, n in enumerate(stack_names)}
+            zero = len(stack_names)
+            self._luts[key] = torch.tensor([where.get(n, zero) for n in self.names] + [zero], device=device)
+        return self._luts[key]
+
+    def lora_forward(self, layer: LoraLayer, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return lora_forward(layer, self, x, *args, **kwargs)
+
+    def saved_forward(self, saved: SavedModule, *args, **kwargs):
+        return saved_forward(saved, self, *args, **kwargs)
+
+    def scales(self, dtype, device) -> torch.Tensor:
+        key = (dtype, device)
+        if key not in self._scales:
+            self._scales[key] = self.strength.to(device=device, dtype=dtype)
+        return self._scales[key]
+
+
+def _plain_lora(adapter: nn.Module) -> bool:
+    return type(adapter) is LoraAdapter and adapter.spec.kind == "linear"
+
+
+def _stack(layer: LoraLayer):
+    """(names, A_all, B_all·scale) over the layer's plain-LoRA adapters; rebuilt when any factor changes."""
+    plain = [(n, a) for n, a in layer.adapters.items() if _plain_lora(a)]
+    if not plain:
+        return None
+    key = tuple((n, a.lora_A._version, a.lora_B._version, id(a.lora_A), id(a.lora_B)) for n, a in plain)
+    cached = layer.__dict__.get("_row_stack")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    r_max = max(a.r for _, a in plain)
+    ref = plain[0][1].lora_A
+    a_all = ref.new_zeros(len(plain) + 1, r_max, layer.spec.in_features)
+    b_all = ref.new_zeros(len(plain) + 1, layer.spec.out_features, r_max)
+    with torch.no_grad():
+        for i, (_, a) in enumerate(plain):
+            a_all[i, : a.r] = a.lora_A
+            b_all[i, :, : a.r] = a.lora_B * a.scale
+    stack = (tuple(n for n, _ in plain), a_all, b_all)
+    layer.__dict__["_row_stack"] = (key, stack)
+    return stack
+
+
+def _gather_bmm(x, result, ids, sigma, a_all, b_all):
+    """y += ((x A_all[ids]ᵀ)·σ) B_all[ids]ᵀ, per row (BGMV)."""
+    rows = x.shape[0]
+    x3 = x.reshape(rows, -1, x.shape[-1]).to(a_all.dtype)
+    u = torch.bmm(x3, a_all[ids].transpose(1, 2)).mul_(sigma.view(-1, 1, 1))
+    out = torch.bmm(u, b_all[ids].transpose(1, 2))
+    return result.add_(out.view(result.shape).to(result.dtype))
+
+
+def _segment_stacked(x, result, segs, sigma, a_all, b_all):
+    """Per adapter in the batch: gather its rows, one GEMM pair, one index_add_ (SGMV)."""
+    for slot, idx in segs:
+        xs = x.index_select(0, idx).to(a_all.dtype)
+        u = (xs @ a_all[slot].t()).mul_(sigma.index_select(0, idx).view(-1, *([1] * (x.dim() - 1))))
+        result.index_add_(0, idx, (u @ b_all[slot].t()).to(result.dtype))
+    return result
+
+
+def _segment_generic(layer, x, result, rows: RowMap, names, skip: tuple[str, ...]):
+    """Any adapter through its own forward: σ_i·(adapter(x_i, y_i, 1) − y_i) on its rows."""
+    for i, idx in rows.segments():
+        name = names[i]
+        if name in skip or name not in layer.adapters:
+            continue
+        xs, ys = x.index_select(0, idx), result.index_select(0, idx)
+        delta = layer.adapters[name](xs, ys, layer.base_layer, 1.0) - ys
+        sigma = rows.scales(delta.dtype, delta.device).index_select(0, idx)
+        result = result.index_add(0, idx, delta * sigma.view(-1, *([1] * (delta.dim() - 1))))
+    return result
+
+
+def lora_forward(layer: LoraLayer, rows: RowMap, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """``LoraLayer.forward`` under a row map (see module docstring)."""
+    if layer.merged:
+        raise RuntimeError("adapters are merged into the weights; call lorakit.unmerge(model) before per_row.")
+    rows = rows.for_batch(x.shape[0])
+    result = layer.base_layer(x, *args, **kwargs)
+    if not rows.names:
+        return result
+    stack = _stack(layer) if not args and not kwargs else None
+    stacked: tuple[str, ...] = ()
+    if stack is not None:
+        stacked, a_all, b_all = stack
+        lut = rows.lut(stacked, x.device)
+        if int(lut[:-1].min()) < len(stacked):  # some row uses a stacked adapter
+            sigma = rows.scales(a_all.dtype, x.device)
+            tokens = x.numel() // x.shape[-1]
+            algo = rows.algorithm or ("segment" if tokens >= SEGMENT_MIN_TOKENS * len(rows.names) else "gather")
+            if algo == "segment":
+                segs = [(int(lut[i]), idx) for i, idx in rows.segments() if int(lut[i]) < len(stacked)]
+                result = _segment_stacked(x, result, segs, sigma, a_all, b_all)
+            else:
+                result = _gather_bmm(x, result, lut[rows.slot.to(x.device)], sigma, a_all, b_all)
+    if any(n not in stacked and n in layer.adapters for n in rows.names):
+        result = _segment_generic(layer, x, result, rows, rows.names, stacked)
+    return result
+
+
+def saved_forward(saved: SavedModule, rows: RowMap, *args, **kwargs):
+    """``SavedModule.forward`` under a row map: each adapter's copy runs on its rows."""
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    if not tensors:
+        raise TypeError("per_row needs the batch as a tensor argument of modules_to_save modules.")
+    batch = tensors[0].shape[0]
+    rows = rows.for_batch(batch)
+    used = [(i, idx) for i, idx in rows.segments() if rows.names[i] in saved.modules_to_save]
+    if len(used) == 1 and used[0][1].numel() == batch:  # every row uses one copy
+        return saved.modules_to_save[rows.names[used[0][0]]](*args, **kwargs)
+    result = saved.original_module(*args, **kwargs)
+    if not used:
+        return result
+    if not isinstance(result, torch.Tensor):
+        raise TypeError(f"per_row can route modules_to_save only for modules returning one tensor; "
+                        f"{type(saved.original_module).__name__} returned {type(result).__name__}.")
+    result = result.clone()
+    for i, idx in used:
+        sub = [a.index_select(0, idx) if isinstance(a, torch.Tensor) and a.dim() and a.shape[0] == batch else a
+               for a in args]
+        result.index_copy_(0, idx, saved.modules_to_save[rows.names[i]](*sub, **kwargs).to(result.dtype))
+    return result
+
+
+def _wrappers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, (LoraLayer, SavedModule))]
+
+
+@contextlib.contextmanager
+def per_row(model: nn.Module, adapters: Sequence[str | None], strengths: Sequence[float] | None = None,
+            algorithm: str | None = None):
+    """Inside the block each row i of a batch runs adapter ``adapters[i]`` (None: the base model) at
+    ``strengths[i]`` (default 1.0). ``algorithm`` forces ``"gather"`` or ``"segment"`` for plain LoRA
+    (default: chosen by size). Yields the ``RowMap``. Adapters must not be merged.
+    """
+    from .model import adapter_names
+
+    if algorithm not in (None, "gather", "segment"):
+        raise ValueError(f"algorithm={algorithm!r}: expected None (automatic), 'gather' or 'segment'.")
+    rows = RowMap.build(adapter_names(model), adapters, strengths)
+    rows.algorithm = algorithm
+    modules = _wrappers(model)
+    if any(getattr(m, "merged", None) for m in modules):
+        raise RuntimeError("adapters are merged into the weights; call lorakit.unmerge(model) before per_row.")
+    previous = [m.rows for m in modules]
+    for m in modules:
+        m.rows = rows
+    try:
+        yield rows
+    finally:
+        for m, was in zip(modules, previous, strict=True):
+            m.rows = was

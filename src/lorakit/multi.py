@@ -15,8 +15,9 @@ layer; layers never loop over rows. Plain LoRA on Linear/Conv1D layers takes one
 * sort + segment (SGMV): one stable argsort per block; per adapter used, one gather of its rows,
   a GEMM pair and one ``index_add_``. The loop is over adapters in the batch, never over rows.
 
-The choice is measured (benchmarks/mixed_batch.py): segments win when each adapter has many tokens
-(prefill, few adapters), gather-bmm when adapters are many and rows short (decode). Every other
+The choice follows a cost model measured with benchmarks/mixed_batch.py (``_choose``): segments pay
+a fixed cost per adapter, gather-bmm a copy of r·(in + out) values per row, so segments win unless
+nearly every row has its own adapter. Every other
 adapter (DoRA, LoHa, LoKr, AdaLoRA, Embedding and Conv LoRA) takes the segment path through its own
 ``forward``: its output at strength 1 minus the base output, times σ_i (each variant is linear in σ:
 DoRA's strength interpolates in weight space, W_σ = W + σ·(W' − W), so its norm needs no per-strength
@@ -38,9 +39,16 @@ from torch import nn
 from .adapters.lora import LoraAdapter
 from .layer import LoraLayer, SavedModule
 
-#: a segment kernel is used while the batch's adapters have at least this many tokens each on
-#: average (measured: benchmarks/mixed_batch.py; below it gather-bmm wins)
-SEGMENT_MIN_TOKENS = 256
+#: Cost model that picks the plain-LoRA kernel (constants measured with benchmarks/mixed_batch.py on
+#: a 2-core AVX2 CPU): segments pay a fixed overhead per adapter in the batch (gather, two small
+#: GEMMs, index_add_ and their dispatch); gather-bmm copies r_max·(in + out) values per row.
+SEGMENT_OVERHEAD_NS = 27_000
+GATHER_NS_PER_VALUE = 0.7
+
+
+def _choose(n_adapters: int, rows: int, r_max: int, in_out: int) -> str:
+    gather = rows * r_max * in_out * GATHER_NS_PER_VALUE
+    return "gather" if gather < n_adapters * SEGMENT_OVERHEAD_NS else "segment"
 
 
 class RowMap:
@@ -52,7 +60,7 @@ class RowMap:
         self.algorithm: str | None = None  # None = choose per layer by size; "gather" / "segment" to force
         self._expanded: dict[int, RowMap] = {}
         self._segments: list[tuple[int, torch.Tensor]] | None = None
-        self._luts: dict[tuple, torch.Tensor] = {}
+        self._luts: dict[tuple, tuple[list[int], torch.Tensor]] = {}
         self._scales: dict[torch.dtype, torch.Tensor] = {}
 
     @classmethod
@@ -103,13 +111,15 @@ class RowMap:
                               if counts[i + 1]]
         return self._segments
 
-    def lut(self, stack_names: tuple[str, ...], device) -> torch.Tensor:
-        """Map from this map's name index (−1 last) to a layer stack's slot (missing: the zero slot)."""
+    def lut(self, stack_names: tuple[str, ...], device) -> tuple[list[int], torch.Tensor]:
+        """Map from this map's name index (−1 last) to a layer stack's slot (missing: the zero slot),
+        as a list and as a tensor."""
         key = (stack_names, device)
         if key not in self._luts:
             where = {n: i for i, n in enumerate(stack_names)}
             zero = len(stack_names)
-            self._luts[key] = torch.tensor([where.get(n, zero) for n in self.names] + [zero], device=device)
+            lut = [where.get(n, zero) for n in self.names] + [zero]
+            self._luts[key] = (lut, torch.tensor(lut, device=device))
         return self._luts[key]
 
     def lora_forward(self, layer: LoraLayer, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -194,16 +204,16 @@ def lora_forward(layer: LoraLayer, rows: RowMap, x: torch.Tensor, *args, **kwarg
     stacked: tuple[str, ...] = ()
     if stack is not None:
         stacked, a_all, b_all = stack
-        lut = rows.lut(stacked, x.device)
-        if int(lut[:-1].min()) < len(stacked):  # some row uses a stacked adapter
+        lut, lut_t = rows.lut(stacked, x.device)
+        used = sum(slot < len(stacked) for slot in lut[:-1])
+        if used:
             sigma = rows.scales(a_all.dtype, x.device)
-            tokens = x.numel() // x.shape[-1]
-            algo = rows.algorithm or ("segment" if tokens >= SEGMENT_MIN_TOKENS * len(rows.names) else "gather")
+            algo = rows.algorithm or _choose(used, rows.rows, a_all.shape[1], a_all.shape[2] + b_all.shape[1])
             if algo == "segment":
-                segs = [(int(lut[i]), idx) for i, idx in rows.segments() if int(lut[i]) < len(stacked)]
+                segs = [(lut[i], idx) for i, idx in rows.segments() if lut[i] < len(stacked)]
                 result = _segment_stacked(x, result, segs, sigma, a_all, b_all)
             else:
-                result = _gather_bmm(x, result, lut[rows.slot.to(x.device)], sigma, a_all, b_all)
+                result = _gather_bmm(x, result, lut_t[rows.slot.to(x.device)], sigma, a_all, b_all)
     if any(n not in stacked and n in layer.adapters for n in rows.names):
         result = _segment_generic(layer, x, result, rows, rows.names, stacked)
     return result

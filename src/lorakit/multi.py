@@ -150,9 +150,10 @@ def _stack(layer: LoraLayer):
         return cached[1]
     r_max = max(a.r for _, a in plain)
     ref = plain[0][1].lora_A
-    a_all = ref.new_zeros(len(plain) + 1, r_max, layer.spec.in_features)
-    b_all = ref.new_zeros(len(plain) + 1, layer.spec.out_features, r_max)
-    with torch.no_grad():
+    # plain tensors even under inference_mode, so a later forward outside it can use the cache
+    with torch.inference_mode(False), torch.no_grad():
+        a_all = ref.new_zeros(len(plain) + 1, r_max, layer.spec.in_features)
+        b_all = ref.new_zeros(len(plain) + 1, layer.spec.out_features, r_max)
         for i, (_, a) in enumerate(plain):
             a_all[i, : a.r] = a.lora_A
             b_all[i, :, : a.r] = a.lora_B * a.scale

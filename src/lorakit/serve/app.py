@@ -1,4 +1,5 @@
-"""The OpenAI-compatible HTTP layer (FastAPI): /v1/completions, /v1/chat/completions (both with
+"""The OpenAI-compatible HTTP layer (FastAPI; imported only through
+``lorakit.serve.create_server``, which checks the extra is installed): /v1/completions, /v1/chat/completions (both with
 ``stream: true`` server-sent events), /v1/models, /v1/load_lora_adapter, /v1/unload_lora_adapter.
 
 The ``model`` field names the adapter (``base``, ``""`` or the base model's name: none), as vLLM,
@@ -15,6 +16,11 @@ import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from fastapi import FastAPI
+from fastapi import Request as HTTPRequest
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+
 from .config import ServeConfig
 from .engine import Engine, Request
 from .registry import BASE_NAMES, AdapterError, Registry
@@ -23,8 +29,6 @@ MAX_STOP = 4
 
 
 def _error(status: int, message: str, code: str = "invalid_request_error", param: str | None = None):
-    from fastapi.responses import JSONResponse
-
     kind = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}.get(status,
                                                                                           "invalid_request_error")
     kind = "server_error" if status >= 500 else kind
@@ -146,8 +150,6 @@ class Server:
         return req, queue
 
     async def _generate(self, body: dict, chat: bool):
-        from fastapi.responses import JSONResponse, StreamingResponse
-
         adapter = self._adapter(body)
         params = self._params(body, chat)
         prompt = self._prompt(body, chat)
@@ -221,10 +223,6 @@ class Server:
         return {"object": "list", "data": data}
 
     def _build(self):
-        from fastapi import FastAPI
-        from fastapi import Request as HTTPRequest
-        from fastapi.exceptions import RequestValidationError
-
         @asynccontextmanager
         async def lifespan(app):
             yield

@@ -143,7 +143,8 @@ class Engine:
                 continue
             try:
                 if req.adapter is not None:
-                    self.registry.acquire(req.adapter)
+                    with torch.inference_mode(False):  # loaded weights must be normal tensors
+                        self.registry.acquire(req.adapter)
             except Exception as exc:
                 req.adapter = None  # nothing to release
                 self._finish(req, None, exc)

@@ -119,11 +119,11 @@ def test_streaming_completion_and_chat(client, reference):
 def test_stop_strings_and_sampling_seed(client, reference):
     text = reference("alpha", PROMPTS[3], 12)
     words = text.split()
-    if len(words) >= 3:
-        got = client.completions.create(model="alpha", prompt=PROMPTS[3], max_tokens=12, temperature=0,
-                                        stop=[words[2]])
-        assert got.choices[0].text == text[:text.find(words[2])]
-        assert got.choices[0].finish_reason == "stop"
+    assert len(words) >= 3, f"the reference text {text!r} is too short for this test"
+    got = client.completions.create(model="alpha", prompt=PROMPTS[3], max_tokens=12, temperature=0,
+                                    stop=[words[2]])
+    assert got.choices[0].text == text[:text.find(words[2])]
+    assert got.choices[0].finish_reason == "stop"
     kw = dict(model="alpha", prompt=PROMPTS[0], max_tokens=8, temperature=1.0, seed=7)
     assert client.completions.create(**kw).choices[0].text == client.completions.create(**kw).choices[0].text
 

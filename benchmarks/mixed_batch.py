@@ -102,6 +102,32 @@ def check(base, pm, lk, ids, rows) -> tuple[float, float]:
     return (ours - theirs).abs().max().item(), (ours[base_rows] - ref[base_rows]).abs().max().item()
 
 
+def candidates(base, pm, lk, ids, step, cache, rows, tokens: int, kernels: bool) -> dict[str, dict]:
+    """{phase: {candidate: callable}} for one cell; decode steps trim the shared cache back after each call."""
+    kw = _cache_kw(base)
+    peft_rows = [r or "__base__" for r in rows]
+
+    def decode(model, **extra):
+        model(step, **{kw: cache}, **extra)
+        trim(cache, tokens)
+
+    def ours(x, algorithm=None, **extra):
+        with lorakit.per_row(lk, rows, algorithm=algorithm):
+            out = lk(x, **extra)
+        trim(cache, tokens)
+        return out
+
+    phases = {"prefill": {"base": lambda: base(ids, use_cache=False), "lorakit": lambda: ours(ids, use_cache=False),
+                          "PEFT": lambda: pm(ids, adapter_names=peft_rows, use_cache=False)},
+              "decode": {"base": lambda: decode(base), "lorakit": lambda: ours(step, **{kw: cache}),
+                         "PEFT": lambda: decode(pm, adapter_names=peft_rows)}}
+    if kernels:
+        for algo in ("gather", "segment"):
+            phases["prefill"][algo] = lambda a=algo: ours(ids, a, use_cache=False)
+            phases["decode"][algo] = lambda a=algo: ours(step, a, **{kw: cache})
+    return phases
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=128)
@@ -115,7 +141,6 @@ def main() -> None:
     setup(heap=True)
     counts = [int(c) for c in args.adapters.split(",")]
     base, pm, lk = build(max(counts))
-    kw = _cache_kw(base)
     rng = np.random.default_rng(0)
     ids = torch.randint(0, 4096, (args.rows, args.tokens), generator=torch.Generator().manual_seed(0))
     step = ids[:, -1:]
@@ -131,32 +156,8 @@ def main() -> None:
         for dist in ("uniform", "zipf") if n > 1 else ("uniform",):
             rows = assignment(args.rows, n, dist, rng)
             err, base_err = check(base, pm, lk, ids, rows)
-            peft_rows = [r or "__base__" for r in rows]
-
-            def decode(model, **extra):
-                model(step, **{kw: cache}, **extra)
-                trim(cache, args.tokens)
-
-            def lorakit_call(x, algorithm=None, **extra):
-                with lorakit.per_row(lk, rows, algorithm=algorithm):
-                    return lk(x, **extra)
-
-            phases = {
-                "prefill": {"base": lambda: base(ids, use_cache=False),
-                            "lorakit": lambda: lorakit_call(ids, use_cache=False),
-                            "PEFT": lambda: pm(ids, adapter_names=peft_rows, use_cache=False)},
-                "decode": {"base": lambda: decode(base),
-                           "lorakit": lambda: (lorakit_call(step, **{kw: cache}), trim(cache, args.tokens)),
-                           "PEFT": lambda: decode(pm, adapter_names=peft_rows)},
-            }
+            phases = candidates(base, pm, lk, ids, step, cache, rows, args.tokens, args.kernels)
             for phase, cands in phases.items():
-                x = ids if phase == "prefill" else step
-                if args.kernels:
-                    for algo in ("gather", "segment"):
-                        if phase == "prefill":
-                            cands[algo] = lambda a=algo: lorakit_call(x, a, use_cache=False)
-                        else:
-                            cands[algo] = lambda a=algo: (lorakit_call(x, a, **{kw: cache}), trim(cache, args.tokens))
                 steps = args.steps if phase == "prefill" else args.decode_steps
                 with torch.inference_mode():
                     med, per = rotated(cands, args.rounds, steps)

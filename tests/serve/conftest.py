@@ -4,8 +4,6 @@ tokenizer built offline, and an adapter directory of three adapters with random 
 from __future__ import annotations
 
 import contextlib
-import threading
-import time
 
 import pytest
 import torch
@@ -27,7 +25,7 @@ def make_adapters(base, root, names=ADAPTERS, seed=0):
         lorakit.inject(model, lorakit.LoraConfig(**kw))
         g = torch.Generator().manual_seed(seed + i)
         with torch.no_grad():
-            for n, p in model.named_parameters():
+            for p in model.parameters():
                 if p.requires_grad:
                     p.add_(torch.randn(p.shape, generator=g) * 0.5)
         lorakit.save_adapter(model, root / name)
@@ -42,25 +40,12 @@ def serve_dirs(tmp_path_factory):
 
 @contextlib.contextmanager
 def live(config):
-    """Run ``config`` in uvicorn on a free port in a thread; yields (server, base_url, uvicorn server)."""
-    import uvicorn
+    """``config`` served on a free 127.0.0.1 port: yields (server, base URL, Running)."""
+    from lorakit.serve import in_thread
 
-    from lorakit.serve import create_server
-
-    server = create_server(config)
-    uv = uvicorn.Server(uvicorn.Config(server.app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not uv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    port = uv.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield server, f"http://127.0.0.1:{port}", uv
-    finally:
-        uv.should_exit = True
-        thread.join(timeout=30)
+    config.port = 0
+    with in_thread(config) as running:
+        yield running.server, running.url, running
 
 
 @pytest.fixture(scope="module")

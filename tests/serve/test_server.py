@@ -214,6 +214,6 @@ def test_queue_full_429_and_shutdown_drains(serve_dirs):
         t.start()
         while server.engine.steps < before + 3 and t.is_alive():
             time.sleep(0.001)
-        uv.should_exit = True
+        uv.stop()
         t.join(timeout=60)
         assert got and got[-1] in ("stop", "length")

@@ -3,7 +3,8 @@
 ``stream: true`` server-sent events), /v1/models, /v1/load_lora_adapter, /v1/unload_lora_adapter.
 
 The ``model`` field names the adapter (``base``, ``""`` or the base model's name: none), as vLLM,
-LoRAX and TGI do; ``lora_scale`` (extension) is the per-request strength. Errors use OpenAI's shape
+LoRAX and TGI do; ``lora_scale`` (extension) is the per-request strength; ``ignore_eos`` (extension, as in vLLM)
+generates exactly ``max_tokens``. Errors use OpenAI's shape
 ``{"error": {"message", "type", "param", "code"}}``.
 """
 
@@ -79,6 +80,7 @@ class Server:
              "unset: logprobs, echo and best_of are not supported"),
             (body.get("seed") is None or isinstance(body.get("seed"), int), "seed", "an integer"),
             (isinstance(body.get("stream", False), bool), "stream", "true or false"),
+            (isinstance(body.get("ignore_eos", False), bool), "ignore_eos", "true or false"),
         ]
         for ok, param, expected in checks:
             if not ok:
@@ -89,7 +91,8 @@ class Server:
             raise AdapterError(f"'stop' must be a string or a list of at most {MAX_STOP} non-empty strings.")
         return dict(max_tokens=max_tokens, temperature=float(body.get("temperature", 1.0)),
                     top_p=float(body.get("top_p", 1.0)), strength=float(body.get("lora_scale", 1.0)),
-                    seed=body.get("seed"), stop=stop, stream=body.get("stream", False))
+                    seed=body.get("seed"), stop=stop, stream=body.get("stream", False),
+                    ignore_eos=body.get("ignore_eos", False))
 
     def _prompt(self, body: dict, chat: bool) -> list[int]:
         tok = self.tokenizer
@@ -145,7 +148,7 @@ class Server:
             loop.call_soon_threadsafe(queue.put_nowait, ("done", reason, error, len(tokens)))
 
         req = Request(prompt, adapter, params["strength"], params["max_tokens"], on_token, on_done,
-                      params["temperature"], params["top_p"], params["seed"])
+                      params["temperature"], params["top_p"], params["seed"], params["ignore_eos"])
         self.engine.submit(req)
         return req, queue
 

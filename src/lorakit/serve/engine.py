@@ -38,6 +38,7 @@ class Request:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    ignore_eos: bool = False
     cancelled: bool = False
     generated: int = 0
     generator: torch.Generator | None = field(default=None, repr=False)
@@ -244,7 +245,7 @@ class Engine:
         if req.cancelled:
             self._finish(req, None, None)
             return True
-        if token in self.eos_ids:
+        if token in self.eos_ids and not req.ignore_eos:
             self._finish(req, "stop", None)
             return True
         req.generated += 1

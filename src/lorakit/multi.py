@@ -244,10 +244,6 @@ def saved_forward(saved: SavedModule, rows: RowMap, *args, **kwargs):
     return result
 
 
-def _wrappers(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if isinstance(m, (LoraLayer, SavedModule))]
-
-
 @contextlib.contextmanager
 def per_row(model: nn.Module, adapters: Sequence[str | None], strengths: Sequence[float] | None = None,
             algorithm: str | None = None):
@@ -255,20 +251,14 @@ def per_row(model: nn.Module, adapters: Sequence[str | None], strengths: Sequenc
     ``strengths[i]`` (default 1.0). ``algorithm`` forces ``"gather"`` or ``"segment"`` for plain LoRA
     (default: chosen by size). Yields the ``RowMap``. Adapters must not be merged.
     """
-    from .model import adapter_names
+    from .model import adapter_names, swapped, wrappers
 
     if algorithm not in (None, "gather", "segment"):
         raise ValueError(f"algorithm={algorithm!r}: expected None (automatic), 'gather' or 'segment'.")
     rows = RowMap.build(adapter_names(model), adapters, strengths)
     rows.algorithm = algorithm
-    modules = _wrappers(model)
+    modules = wrappers(model)
     if any(getattr(m, "merged", None) for m in modules):
         raise RuntimeError("adapters are merged into the weights; call lorakit.unmerge(model) before per_row.")
-    previous = [m.rows for m in modules]
-    for m in modules:
-        m.rows = rows
-    try:
+    with swapped(modules, "rows", rows):
         yield rows
-    finally:
-        for m, was in zip(modules, previous, strict=True):
-            m.rows = was

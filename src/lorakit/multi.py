@@ -140,14 +140,26 @@ def _plain_lora(adapter: nn.Module) -> bool:
 
 
 def _stack(layer: LoraLayer):
-    """(names, A_all, B_all·scale) over the layer's plain-LoRA adapters; rebuilt when any factor changes."""
-    plain = [(n, a) for n, a in layer.adapters.items() if _plain_lora(a)]
-    if not plain:
-        return None
-    key = tuple((n, a.lora_A._version, a.lora_B._version, id(a.lora_A), id(a.lora_B)) for n, a in plain)
+    """(names, A_all, B_all·scale) over the layer's plain-LoRA adapters, or None if it has none.
+
+    Cached per layer and rebuilt when adapters come or go or a factor is written in place (version
+    counters). The check avoids ``Module.__getattr__``: it runs in every layer on every decode step.
+    """
+    modules = layer.adapters._modules
+    ident = tuple(map(id, modules.values()))
     cached = layer.__dict__.get("_row_stack")
-    if cached is not None and cached[0] == key:
-        return cached[1]
+    if cached is not None and cached[0] == ident:
+        _, factors, versions, stack = cached
+        if stack is None or versions == tuple(t._version for t in factors):
+            return stack
+    plain = [(n, a) for n, a in modules.items() if _plain_lora(a)]
+    factors = [t for _, a in plain for t in (a._parameters["lora_A"], a._parameters["lora_B"])]
+    stack = _build_stack(layer, plain) if plain else None
+    layer.__dict__["_row_stack"] = (ident, factors, tuple(t._version for t in factors), stack)
+    return stack
+
+
+def _build_stack(layer: LoraLayer, plain: list) -> tuple:
     r_max = max(a.r for _, a in plain)
     ref = plain[0][1].lora_A
     # plain tensors even under inference_mode, so a later forward outside it can use the cache
@@ -157,9 +169,7 @@ def _stack(layer: LoraLayer):
         for i, (_, a) in enumerate(plain):
             a_all[i, : a.r] = a.lora_A
             b_all[i, :, : a.r] = a.lora_B * a.scale
-    stack = (tuple(n for n, _ in plain), a_all, b_all)
-    layer.__dict__["_row_stack"] = (key, stack)
-    return stack
+    return tuple(n for n, _ in plain), a_all, b_all
 
 
 def _gather_bmm(x, result, ids, sigma, a_all, b_all):
@@ -215,7 +225,8 @@ def lora_forward(layer: LoraLayer, rows: RowMap, x: torch.Tensor, *args, **kwarg
                 result = _segment_stacked(x, result, segs, sigma, a_all, b_all)
             else:
                 result = _gather_bmm(x, result, lut_t[rows.slot.to(x.device)], sigma, a_all, b_all)
-    if any(n not in stacked and n in layer.adapters for n in rows.names):
+    modules = layer.adapters._modules
+    if len(stacked) < len(modules) and any(n not in stacked and n in modules for n in rows.names):
         result = _segment_generic(layer, x, result, rows, rows.names, stacked)
     return result
 
@@ -244,6 +255,18 @@ def saved_forward(saved: SavedModule, rows: RowMap, *args, **kwargs):
     return result
 
 
+def _wrappers(module: nn.Module, found: list | None = None) -> list[nn.Module]:
+    """The LoraLayer / SavedModule wrappers, without walking into them: with many adapters loaded,
+    ``named_modules`` spends most of its time inside the adapters (this runs once per decode step)."""
+    found = [] if found is None else found
+    for child in module._modules.values():
+        if isinstance(child, (LoraLayer, SavedModule)):
+            found.append(child)
+        elif child is not None:
+            _wrappers(child, found)
+    return found
+
+
 @contextlib.contextmanager
 def per_row(model: nn.Module, adapters: Sequence[str | None], strengths: Sequence[float] | None = None,
             algorithm: str | None = None):
@@ -251,13 +274,14 @@ def per_row(model: nn.Module, adapters: Sequence[str | None], strengths: Sequenc
     ``strengths[i]`` (default 1.0). ``algorithm`` forces ``"gather"`` or ``"segment"`` for plain LoRA
     (default: chosen by size). Yields the ``RowMap``. Adapters must not be merged.
     """
-    from .model import adapter_names, swapped, wrappers
+    from .model import swapped
 
     if algorithm not in (None, "gather", "segment"):
         raise ValueError(f"algorithm={algorithm!r}: expected None (automatic), 'gather' or 'segment'.")
-    rows = RowMap.build(adapter_names(model), adapters, strengths)
+    modules = _wrappers(model)
+    known = dict.fromkeys(n for m in modules for n in (m.adapters if isinstance(m, LoraLayer) else m.modules_to_save))
+    rows = RowMap.build(list(known), adapters, strengths)
     rows.algorithm = algorithm
-    modules = wrappers(model)
     if any(getattr(m, "merged", None) for m in modules):
         raise RuntimeError("adapters are merged into the weights; call lorakit.unmerge(model) before per_row.")
     with swapped(modules, "rows", rows):

@@ -166,6 +166,11 @@ def test_lru_eviction_pinning_and_runtime_loading(serve_dirs, tmp_path, referenc
         make_adapters(base, root, {"delta": dict(r=2, alpha=2, target_modules=["k_proj"])}, seed=9)
         out = client.completions.create(model="delta", prompt=PROMPTS[0], max_tokens=6, temperature=0)
         assert "delta" in loaded()
+        (root / "broken").mkdir()  # a broken adapter fails its own request only
+        (root / "broken" / "adapter_config.json").write_text("{not json")
+        with pytest.raises(openai.BadRequestError, match="could not be loaded"):
+            client.completions.create(model="broken", prompt="the", max_tokens=2)
+        assert client.completions.create(model="beta", prompt="the", max_tokens=2).choices
         post = lambda path, body: httpx.post(url + path, json=body)  # noqa: E731
         r = post("/v1/load_lora_adapter", {"lora_name": "beta2", "lora_path": str(root / "beta")})
         assert r.status_code == 200 and "beta2" in loaded()

@@ -6,7 +6,7 @@
 Row i computes  y_i = base(x_i) + σ_i · adapter_{a_i}(x_i)  in every wrapped layer, exactly what a
 batch of one row with ``set_active_adapters(model, {a_i: σ_i})`` computes (S-LoRA, Punica's SGMV/BGMV,
 arXiv 2311.03285 / 2310.18547). A ``RowMap`` is built once per ``per_row`` block and shared by every
-layer; layers never loop over rows. Plain LoRA on Linear/Conv1D layers takes one of two kernels:
+layer; layers never loop over rows. LoRA and DoRA on Linear/Conv1D layers take one of two kernels:
 
 * gather-bmm (Punica's BGMV in PyTorch): per-layer stacks A_all (N+1, r_max, in) and B_all
   (N+1, out, r_max), the LoRA scale folded into B, mixed ranks zero-padded, slot N all zeros for
@@ -17,11 +17,15 @@ layer; layers never loop over rows. Plain LoRA on Linear/Conv1D layers takes one
 
 The choice follows a cost model measured with benchmarks/mixed_batch.py (``_choose``): segments pay
 a fixed cost per adapter, gather-bmm a copy of r·(in + out) values per row, so segments win unless
-nearly every row has its own adapter. Every other
-adapter (DoRA, LoHa, LoKr, AdaLoRA, Embedding and Conv LoRA) takes the segment path through its own
-``forward``: its output at strength 1 minus the base output, times σ_i (each variant is linear in σ:
-DoRA's strength interpolates in weight space, W_σ = W + σ·(W' − W), so its norm needs no per-strength
-cache). ``modules_to_save`` copies run on their adapter's rows.
+nearly every row has its own adapter.
+
+DoRA (Liu et al. 2024): y = base(x) + σ·((c − 1) ⊙ W x + c ⊙ s·B A x) with c = m/‖W + s·BA‖ per
+output. lorakit's strength interpolates in weight space (W_σ = W + σ·(W' − W)), so c does not depend
+on σ: it is computed once per adapter when the stack is built (cached until a weight changes), folded
+into B_all, and (c − 1) is gathered per row. Every other adapter (LoHa, LoKr, AdaLoRA, Embedding and
+Conv layers, DoRA on a quantised base) takes the segment path through its own ``forward``: its
+output at strength 1 minus the base output, times σ_i (every variant is linear in σ).
+``modules_to_save`` copies run on their adapter's rows.
 
 HF ``generate`` repeats rows for beam search / ``num_return_sequences`` with ``repeat_interleave``; a
 batch k times the map's length uses each row's adapter for its k copies.
@@ -36,6 +40,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .adapters.dora import DoraAdapter
 from .adapters.lora import LoraAdapter
 from .layer import LoraLayer, SavedModule
 
@@ -135,41 +140,55 @@ class RowMap:
         return self._scales[key]
 
 
-def _plain_lora(adapter: nn.Module) -> bool:
-    return type(adapter) is LoraAdapter and adapter.spec.kind == "linear"
+def _stackable(adapter: nn.Module, base: nn.Module) -> bool:
+    """LoRA, or DoRA on a dense base weight, on a Linear/Conv1D layer without live dropout."""
+    if adapter.spec.kind != "linear" or (adapter.training and adapter.dropout > 0):
+        return False
+    return type(adapter) is LoraAdapter or (type(adapter) is DoraAdapter
+                                            and type(getattr(base, "weight", None)) is nn.Parameter)
 
 
 def _stack(layer: LoraLayer):
-    """(names, A_all, B_all·scale) over the layer's plain-LoRA adapters, or None if it has none.
+    """(names, A_all, B_all, C_all) over the layer's stackable adapters, or None if it has none.
 
-    Cached per layer and rebuilt when adapters come or go or a factor is written in place (version
-    counters). The check avoids ``Module.__getattr__``: it runs in every layer on every decode step.
+    B_all holds s·B (DoRA: c ⊙ s·B, with c = m/‖W + s·BA‖ computed once here); C_all holds c − 1 per
+    adapter (0 for LoRA), or is None without DoRA. Cached per layer and rebuilt when adapters come or
+    go or a factor, magnitude or the base weight is written in place (version counters). The check
+    avoids ``Module.__getattr__``: it runs in every layer on every decode step.
     """
     modules = layer.adapters._modules
-    ident = tuple(map(id, modules.values()))
+    ident = (layer.training, *map(id, modules.values()))
     cached = layer.__dict__.get("_row_stack")
     if cached is not None and cached[0] == ident:
-        _, factors, versions, stack = cached
-        if stack is None or versions == tuple(t._version for t in factors):
+        _, tensors, versions, stack = cached
+        if stack is None or versions == tuple(t._version for t in tensors):
             return stack
-    plain = [(n, a) for n, a in modules.items() if _plain_lora(a)]
-    factors = [t for _, a in plain for t in (a._parameters["lora_A"], a._parameters["lora_B"])]
-    stack = _build_stack(layer, plain) if plain else None
-    layer.__dict__["_row_stack"] = (ident, factors, tuple(t._version for t in factors), stack)
+    chosen = [(n, a) for n, a in modules.items() if _stackable(a, layer.base_layer)]
+    tensors = [t for _, a in chosen for t in a._parameters.values()]
+    if any(isinstance(a, DoraAdapter) for _, a in chosen):
+        tensors.append(layer.base_layer.weight)
+    stack = _build_stack(layer, chosen) if chosen else None
+    layer.__dict__["_row_stack"] = (ident, tensors, tuple(t._version for t in tensors), stack)
     return stack
 
 
-def _build_stack(layer: LoraLayer, plain: list) -> tuple:
-    r_max = max(a.r for _, a in plain)
-    ref = plain[0][1].lora_A
+def _build_stack(layer: LoraLayer, chosen: list) -> tuple:
+    r_max = max(a.r for _, a in chosen)
+    ref = chosen[0][1].lora_A
+    dora = any(isinstance(a, DoraAdapter) for _, a in chosen)
     # plain tensors even under inference_mode, so a later forward outside it can use the cache
     with torch.inference_mode(False), torch.no_grad():
-        a_all = ref.new_zeros(len(plain) + 1, r_max, layer.spec.in_features)
-        b_all = ref.new_zeros(len(plain) + 1, layer.spec.out_features, r_max)
-        for i, (_, a) in enumerate(plain):
+        a_all = ref.new_zeros(len(chosen) + 1, r_max, layer.spec.in_features)
+        b_all = ref.new_zeros(len(chosen) + 1, layer.spec.out_features, r_max)
+        c_all = ref.new_zeros(len(chosen) + 1, layer.spec.out_features) if dora else None
+        for i, (_, a) in enumerate(chosen):
             a_all[i, : a.r] = a.lora_A
             b_all[i, :, : a.r] = a.lora_B * a.scale
-    return tuple(n for n, _ in plain), a_all, b_all
+            if isinstance(a, DoraAdapter):
+                c = a._scale_vector(layer.base_layer.weight).to(ref.dtype)
+                b_all[i, :, : a.r] *= c[:, None]
+                c_all[i] = c - 1
+    return tuple(n for n, _ in chosen), a_all, b_all, c_all
 
 
 def _gather_bmm(x, result, ids, sigma, a_all, b_all):
@@ -214,17 +233,25 @@ def lora_forward(layer: LoraLayer, rows: RowMap, x: torch.Tensor, *args, **kwarg
     stack = _stack(layer) if not args and not kwargs else None
     stacked: tuple[str, ...] = ()
     if stack is not None:
-        stacked, a_all, b_all = stack
+        stacked, a_all, b_all, c_all = stack
         lut, lut_t = rows.lut(stacked, x.device)
         used = sum(slot < len(stacked) for slot in lut[:-1])
         if used:
             sigma = rows.scales(a_all.dtype, x.device)
+            ids = lut_t[rows.slot.to(x.device)]
+            dora = None
+            if c_all is not None:  # DoRA: + σ·(c − 1) ⊙ (W x), the base output without bias
+                bias = getattr(layer.base_layer, "bias", None)
+                scale = (c_all[ids] * sigma[:, None]).view(rows.rows, *([1] * (result.dim() - 2)), -1)
+                dora = (result if bias is None else result - bias) * scale.to(result.dtype)
             algo = rows.algorithm or _choose(used, rows.rows, a_all.shape[1], a_all.shape[2] + b_all.shape[1])
             if algo == "segment":
                 segs = [(lut[i], idx) for i, idx in rows.segments() if lut[i] < len(stacked)]
                 result = _segment_stacked(x, result, segs, sigma, a_all, b_all)
             else:
-                result = _gather_bmm(x, result, lut_t[rows.slot.to(x.device)], sigma, a_all, b_all)
+                result = _gather_bmm(x, result, ids, sigma, a_all, b_all)
+            if dora is not None:
+                result = result.add_(dora)
     modules = layer.adapters._modules
     if len(stacked) < len(modules) and any(n not in stacked and n in modules for n in rows.names):
         result = _segment_generic(layer, x, result, rows, rows.names, stacked)

@@ -200,3 +200,18 @@ def test_errors():
     with pytest.raises(RuntimeError, match="unmerge"):
         with lorakit.per_row(model, ["a"] * 4):
             pass
+
+
+def test_cached_stacks_follow_weight_changes():
+    cfg = dict(r=2, alpha=2, target_modules=["lin0", "lin1"])
+    model = _adapted("mlp", {"a": cfg, "d": {**cfg, "variant": "dora"}})
+    x = example_input("mlp")
+    rows = ["a", "d", None, "d"]
+    _check_rows(model, "mlp", x, rows, [1.0] * 4)
+    with torch.no_grad():  # in-place writes (a training step, load_state_dict) bump version counters
+        for name, p in model.named_parameters():
+            if "lora_B" in name or "magnitude" in name or name == "lin1.base_layer.weight":
+                p.mul_(1.5)
+    _check_rows(model, "mlp", x, rows, [1.0] * 4)
+    lorakit.delete_adapter(model, "a")
+    _check_rows(model, "mlp", x, ["d", None, "d", "d"], [0.5] * 4)

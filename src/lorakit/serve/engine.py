@@ -139,8 +139,8 @@ class Engine:
             if self.batching == "single" and current and req.adapter not in current:
                 skipped.append(req)
                 continue
-            if req.adapter is not None and not self.registry.can_acquire(req.adapter):
-                skipped.append(req)  # waits until an adapter slot frees up
+            if req.adapter is not None and not self.registry.can_acquire(req.adapter) and self.registry.in_use:
+                skipped.append(req)  # waits until a running request frees an adapter slot
                 continue
             try:
                 if req.adapter is not None:

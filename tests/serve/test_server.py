@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 import torch
-from conftest import API_KEY, live, make_adapters
+from tiny_serve import API_KEY, live, make_adapters
 
 import lorakit
 

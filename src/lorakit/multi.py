@@ -16,8 +16,8 @@ layer; layers never loop over rows. LoRA and DoRA on Linear/Conv1D layers take o
   a GEMM pair and one ``index_add_``. The loop is over adapters in the batch, never over rows.
 
 The choice follows a cost model measured with benchmarks/mixed_batch.py (``_choose``): segments pay
-a fixed cost per adapter, gather-bmm a copy of r·(in + out) values per row, so segments win unless
-nearly every row has its own adapter.
+a fixed cost per adapter and an activation-sized temporary, gather-bmm a copy of r·(in + out) weight
+values per row, so gather-bmm wins in prefill and segments in decode with few adapters.
 
 DoRA (Liu et al. 2024): y = base(x) + σ·((c − 1) ⊙ W x + c ⊙ s·B A x) with c = m/‖W + s·BA‖ per
 output. lorakit's strength interpolates in weight space (W_σ = W + σ·(W' − W)), so c does not depend
@@ -44,16 +44,19 @@ from .adapters.dora import DoraAdapter
 from .adapters.lora import LoraAdapter
 from .layer import LoraLayer, SavedModule
 
-#: Cost model that picks the plain-LoRA kernel (constants measured with benchmarks/mixed_batch.py on
-#: a 2-core AVX2 CPU): segments pay a fixed overhead per adapter in the batch (gather, two small
-#: GEMMs, index_add_ and their dispatch); gather-bmm copies r_max·(in + out) values per row.
+#: Cost model that picks the stacked kernel (constants measured on a 2-core AVX2 CPU with
+#: benchmarks/mixed_batch.py --kernels): segments pay a fixed cost per adapter in the batch (gather,
+#: two small GEMMs, index_add_, dispatch) plus an activation-sized temporary and index_add_ pass;
+#: gather-bmm copies r_max·(in + out) weight values per row and accumulates in place.
 SEGMENT_OVERHEAD_NS = 27_000
+SEGMENT_NS_PER_VALUE = 1.4
 GATHER_NS_PER_VALUE = 0.7
 
 
-def _choose(n_adapters: int, rows: int, r_max: int, in_out: int) -> str:
-    gather = rows * r_max * in_out * GATHER_NS_PER_VALUE
-    return "gather" if gather < n_adapters * SEGMENT_OVERHEAD_NS else "segment"
+def _choose(n_adapters: int, rows: int, adapted_tokens: int, r_max: int, d_in: int, d_out: int) -> str:
+    gather = rows * r_max * (d_in + d_out) * GATHER_NS_PER_VALUE
+    segment = n_adapters * SEGMENT_OVERHEAD_NS + adapted_tokens * d_out * SEGMENT_NS_PER_VALUE
+    return "gather" if gather < segment else "segment"
 
 
 class RowMap:
@@ -62,6 +65,7 @@ class RowMap:
     def __init__(self, names: tuple[str, ...], slot: torch.Tensor, strength: torch.Tensor):
         self.names, self.slot, self.strength = names, slot, strength
         self.rows = int(slot.numel())
+        self.adapted = int((slot >= 0).sum())  # rows with an adapter
         self.algorithm: str | None = None  # None = choose per layer by size; "gather" / "segment" to force
         self._expanded: dict[int, RowMap] = {}
         self._segments: list[tuple[int, torch.Tensor]] | None = None
@@ -192,12 +196,17 @@ def _build_stack(layer: LoraLayer, chosen: list) -> tuple:
 
 
 def _gather_bmm(x, result, ids, sigma, a_all, b_all):
-    """y += ((x A_all[ids]ᵀ)·σ) B_all[ids]ᵀ, per row (BGMV)."""
+    """y += ((x A_all[ids]ᵀ)·σ) B_all[ids]ᵀ, per row (BGMV); the expand accumulates into y in place,
+    so no activation-sized temporary is made (on CPU that memory traffic costs more than the GEMMs)."""
     rows = x.shape[0]
     x3 = x.reshape(rows, -1, x.shape[-1]).to(a_all.dtype)
     u = torch.bmm(x3, a_all[ids].transpose(1, 2)).mul_(sigma.view(-1, 1, 1))
-    out = torch.bmm(u, b_all[ids].transpose(1, 2))
-    return result.add_(out.view(result.shape).to(result.dtype))
+    y3 = result.view(rows, -1, result.shape[-1])
+    if y3.dtype == u.dtype:
+        y3.baddbmm_(u, b_all[ids].transpose(1, 2))
+    else:
+        y3.add_(torch.bmm(u, b_all[ids].transpose(1, 2)).to(y3.dtype))
+    return result
 
 
 def _segment_stacked(x, result, segs, sigma, a_all, b_all):
@@ -244,7 +253,8 @@ def lora_forward(layer: LoraLayer, rows: RowMap, x: torch.Tensor, *args, **kwarg
                 bias = getattr(layer.base_layer, "bias", None)
                 scale = (c_all[ids] * sigma[:, None]).view(rows.rows, *([1] * (result.dim() - 2)), -1)
                 dora = (result if bias is None else result - bias) * scale.to(result.dtype)
-            algo = rows.algorithm or _choose(used, rows.rows, a_all.shape[1], a_all.shape[2] + b_all.shape[1])
+            tokens = rows.adapted * (x.numel() // (x.shape[-1] * rows.rows))
+            algo = rows.algorithm or _choose(used, rows.rows, tokens, a_all.shape[1], a_all.shape[2], b_all.shape[1])
             if algo == "segment":
                 segs = [(lut[i], idx) for i, idx in rows.segments() if lut[i] < len(stacked)]
                 result = _segment_stacked(x, result, segs, sigma, a_all, b_all)

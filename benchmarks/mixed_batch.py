@@ -7,8 +7,8 @@ Every cell checks logits first: lorakit vs PEFT <= 1e-4 (strength 1), base rows 
 
     flock /tmp/lorakit-heavy.lock python benchmarks/mixed_batch.py [--rounds 3] [--kernels]
 
-``--kernels`` also times each plain-LoRA kernel forced (gather-bmm, segments) to check the
-automatic choice (``lorakit.multi._choose``).
+``--kernels`` also times each stacked kernel forced (gather-bmm, segments) to check the automatic
+choice (``lorakit.multi._choose``): in every decode cell, and in prefill at 1 and 32 uniform adapters.
 """
 
 from __future__ import annotations
@@ -121,10 +121,9 @@ def candidates(base, pm, lk, ids, step, cache, rows, tokens: int, kernels: bool)
                           "PEFT": lambda: pm(ids, adapter_names=peft_rows, use_cache=False)},
               "decode": {"base": lambda: decode(base), "lorakit": lambda: ours(step, **{kw: cache}),
                          "PEFT": lambda: decode(pm, adapter_names=peft_rows)}}
-    if kernels:
-        for algo in ("gather", "segment"):
-            phases["prefill"][algo] = lambda a=algo: ours(ids, a, use_cache=False)
-            phases["decode"][algo] = lambda a=algo: ours(step, a, **{kw: cache})
+    for algo in ("gather", "segment") if kernels else ():
+        phases["prefill"][algo] = lambda a=algo: ours(ids, a, use_cache=False)
+        phases["decode"][algo] = lambda a=algo: ours(step, a, **{kw: cache})
     return phases
 
 
@@ -156,12 +155,17 @@ def main() -> None:
         for dist in ("uniform", "zipf") if n > 1 else ("uniform",):
             rows = assignment(args.rows, n, dist, rng)
             err, base_err = check(base, pm, lk, ids, rows)
+            # forced kernels: every decode cell, prefill at 1 and 32 uniform adapters (prefill is the slow part)
+            kernels = args.kernels and (dist == "uniform" and n in (1, 32))
             phases = candidates(base, pm, lk, ids, step, cache, rows, args.tokens, args.kernels)
+            if args.kernels and not kernels:
+                phases["prefill"] = {k: v for k, v in phases["prefill"].items() if k not in ("gather", "segment")}
             for phase, cands in phases.items():
                 steps = args.steps if phase == "prefill" else args.decode_steps
                 with torch.inference_mode():
                     med, per = rotated(cands, args.rounds, steps)
-                extra = f" {med['gather']:.1f} | {med['segment']:.1f} |" if args.kernels else ""
+                extra = "".join(f" {med[k]:.1f} |" if k in med else " – |" for k in ("gather", "segment")
+                                if args.kernels)
                 print(f"| {phase} | {n} | {dist} | {med['base']:.1f} | {med['lorakit']:.1f} | {med['PEFT']:.1f} | "
                       f"{paired(per, 'lorakit', 'base')} | {paired(per, 'PEFT', 'lorakit')} | {err:.1e} | "
                       f"{base_err:.1e} |{extra}", flush=True)

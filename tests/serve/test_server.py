@@ -139,6 +139,8 @@ def test_errors_are_openai_shaped(client, server):
         client.completions.create(model="alpha", prompt="the", max_tokens=10_000)
     with pytest.raises(openai.BadRequestError, match="at most 40"):
         client.completions.create(model="alpha", prompt="the cat " * 30, max_tokens=2)
+    with pytest.raises(openai.BadRequestError, match="exceeds the model's context of 64 tokens"):
+        client.completions.create(model="alpha", prompt="the cat " * 10, max_tokens=60)
     raw = httpx.post(server[1] + "/v1/completions", content=b"{not json", headers={"Authorization": f"Bearer {API_KEY}"})
     assert raw.status_code == 400 and raw.json()["error"]["message"] == "the request body is not valid JSON."
     unauth = httpx.post(server[1] + "/v1/completions", json={"model": "base", "prompt": "the"})

@@ -156,6 +156,13 @@ class Server:
         adapter = self._adapter(body)
         params = self._params(body, chat)
         prompt = self._prompt(body, chat)
+        context = getattr(self.model.config, "max_position_embeddings", None) or getattr(
+            self.model.config, "n_positions", None)
+        if context is not None and len(prompt) + params["max_tokens"] > context:
+            # checked here: a row running past the position table would fail the whole batched step
+            raise AdapterError(f"prompt ({len(prompt)} tokens) + max_tokens ({params['max_tokens']}) exceeds the "
+                               f"model's context of {context} tokens; shorten the prompt or lower max_tokens.",
+                               400, "context_length_exceeded")
         req, queue = self._start(prompt, adapter, params)
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         meta = dict(id=rid, created=int(time.time()), model=body["model"])

@@ -120,7 +120,7 @@ def main() -> None:
         print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; {args.clients} clients x "
               f"{args.requests} requests x {args.max_tokens} tokens over {N_ADAPTERS} adapters (ranks 8-16, "
               "all linear), hidden 512, 4 layers")
-        print("| scenario | batching | tokens/s | p50 s | p95 s | requests ok | failed | peak rows | wall s |")
+        print("| scenario | batching | tokens/s | p50 s | p95 s | requests ok | failed | peak decode / prefill rows | wall s |")
         print("|---|---|---|---|---|---|---|---|---|")
         results = {}
         for name, (batching, adapter_of) in scenarios.items():
@@ -130,7 +130,7 @@ def main() -> None:
             with in_thread(config) as running:
                 load(running.url, 2, 1, 4, adapter_of)  # warm-up: loads adapters, first kernels
                 res = load(running.url, args.clients, args.requests, args.max_tokens, adapter_of)
-                peak = running.server.engine.peak_rows
+                peak = f"{running.server.engine.peak_rows} / {running.server.engine.peak_prefill}"
             results[name] = res
             print(f"| {name} | {batching} | {res['tokens_s']:.1f} | {res['p50']:.2f} | {res['p95']:.2f} | "
                   f"{res['done']} | {res['failed']} | {peak} | {res['wall']:.1f} |", flush=True)

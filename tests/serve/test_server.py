@@ -196,7 +196,7 @@ def test_queue_full_429_and_shutdown_drains(serve_dirs):
 
         def call():
             r = httpx.post(url + "/v1/completions", timeout=60,
-                           json={"model": "alpha", "prompt": "the cat", "max_tokens": 64, "temperature": 1.0,
+                           json={"model": "alpha", "prompt": "the cat", "max_tokens": 48, "temperature": 1.0,
                                  "seed": 1})
             statuses.append(r.status_code)
             bodies.append(r.json())
@@ -213,7 +213,7 @@ def test_queue_full_429_and_shutdown_drains(serve_dirs):
 
         def stream():
             client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
-            for chunk in client.completions.create(model="gamma", prompt="the", max_tokens=64, temperature=1.0,
+            for chunk in client.completions.create(model="gamma", prompt="the", max_tokens=48, temperature=1.0,
                                                    seed=3, stream=True):
                 got.append(chunk.choices[0].finish_reason or "")
         before = server.engine.steps

@@ -2,10 +2,10 @@
 scheduling, S-LoRA's mixed-adapter batches, run by :func:`lorakit.per_row`).
 
 One worker thread owns the model. Each iteration it admits waiting requests (FIFO, while batch
-slots and adapter slots allow), prefills each new one alone (its own KV cache), joins its cache to
-the running batch (left-padded, with an attention mask and per-row positions, as HF ``generate``
-does for padded batches), and runs ONE decode step for every running row, each with its own
-adapter and strength. Finished rows leave the batch at once, so a short request never waits for
+slots and adapter slots allow), prefills the new ones together (left-padded, with an attention mask
+and positions from it, as HF ``generate`` does for padded batches), joins their KV cache to the
+running batch (padding the shorter side on the left), and runs ONE decode step for every running
+row, each with its own adapter and strength. Finished rows leave the batch at once, so a short request never waits for
 a long one. A failing request is answered with its error and leaves; the others go on.
 """
 
@@ -59,7 +59,7 @@ class Engine:
         self.accepting, self.stopped, self.busy = True, False, False
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
-        self.steps = self.peak_rows = 0
+        self.steps = self.peak_rows = self.peak_prefill = 0
         self.thread = threading.Thread(target=self._loop, name="lorakit-engine", daemon=True)
         self.thread.start()
 
@@ -97,7 +97,7 @@ class Engine:
 
     def load(self) -> dict:
         return {"running": len(self.rows), "waiting": len(self.waiting), "steps": self.steps,
-                "peak_rows": self.peak_rows}
+                "peak_rows": self.peak_rows, "peak_prefill": self.peak_prefill}
 
     # -- the loop ------------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -130,12 +130,13 @@ class Engine:
             todo = list(self.waiting)
             self.waiting.clear()
         skipped: list[Request] = []
-        while todo and len(self.rows) < self.max_batch:
+        ready: list[Request] = []
+        while todo and len(self.rows) + len(ready) < self.max_batch:
             req = todo.pop(0)
             if req.cancelled:
                 self._finish(req, None, None)
                 continue
-            current = {r.adapter for r in self.rows}
+            current = {r.adapter for r in self.rows + ready}
             if self.batching == "single" and current and req.adapter not in current:
                 skipped.append(req)
                 continue
@@ -150,12 +151,24 @@ class Engine:
                 req.adapter = None  # nothing to release
                 self._finish(req, None, exc)
                 continue
-            try:
-                self._prefill(req)
-            except Exception as exc:
-                self._finish(req, None, exc)
+            ready.append(req)
         with self.cv:
             self.waiting.extendleft(reversed(skipped + todo))
+        if ready:
+            self._prefill(ready)
+
+    def _prefill(self, reqs: list[Request]) -> None:
+        """Prefill the new requests together; if that fails, each alone, so one bad request fails alone."""
+        try:
+            self._prefill_batch(reqs)
+        except Exception as exc:
+            for req in reqs:
+                try:
+                    if len(reqs) == 1:
+                        raise exc
+                    self._prefill_batch([req])
+                except Exception as single:
+                    self._finish(req, None, single)
 
     def _forward(self, ids, adapters, strengths, **kw):
         with per_row(self.model, adapters, strengths):
@@ -163,34 +176,42 @@ class Engine:
         cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
         return out.logits[:, -1].float(), cache
 
-    def _prefill(self, req: Request) -> None:
+    def _prefill_batch(self, reqs: list[Request]) -> None:
+        """One forward over the new prompts, left-padded (masked, positions from the mask, as HF does)."""
         from transformers import DynamicCache
 
-        ids = torch.tensor([req.prompt])
-        if req.seed is not None:
-            req.generator = torch.Generator().manual_seed(req.seed)
-        logits, cache = self._forward(ids, [req.adapter], [req.strength], **{self._cache_kw: DynamicCache()})
-        token = self._sample(logits, [req])[0]
-        if self._emit(req, token):
+        width = max(len(r.prompt) for r in reqs)
+        self.peak_prefill = max(self.peak_prefill, len(reqs))
+        ids = torch.tensor([[0] * (width - len(r.prompt)) + r.prompt for r in reqs])
+        mask = torch.tensor([[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r in reqs])
+        for req in reqs:
+            if req.seed is not None:
+                req.generator = torch.Generator().manual_seed(req.seed)
+        logits, cache = self._forward(ids, [r.adapter for r in reqs], [r.strength for r in reqs],
+                                      attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp_(min=0),
+                                      **{self._cache_kw: DynamicCache()})
+        tokens = self._sample(logits, reqs)
+        keep = [i for i, (req, tok) in enumerate(zip(reqs, tokens, strict=True)) if not self._emit(req, tok)]
+        if not keep:
             return
-        self._join(req, cache, len(req.prompt), token)
+        mask = _take(cache, mask, keep)
+        self._join(cache, mask, [reqs[i] for i in keep], [tokens[i] for i in keep])
 
-    def _join(self, req: Request, cache, length: int, token: int) -> None:
-        """Append one prefilled row to the running batch, left-padding the shorter side's cache."""
-        mask = torch.ones(1, length, dtype=torch.long)
+    def _join(self, cache, mask: torch.Tensor, reqs: list[Request], tokens: list[int]) -> None:
+        """Append prefilled rows to the running batch, left-padding the shorter side's cache."""
+        positions = torch.tensor([len(r.prompt) for r in reqs])
         if not self.rows:
-            self.cache, self.mask = cache, mask
-            self.positions, self.tokens = torch.tensor([length]), torch.tensor([token])
-            self.rows = [req]
+            self.cache, self.mask, self.positions, self.tokens = cache, mask, positions, torch.tensor(tokens)
+            self.rows = list(reqs)
             return
-        width = max(length, self.mask.shape[1])
+        width = max(mask.shape[1], self.mask.shape[1])
         for mine, new in zip(self.cache.layers, cache.layers, strict=True):
             mine.keys = torch.cat([_pad_left(mine.keys, width, 2), _pad_left(new.keys, width, 2)])
             mine.values = torch.cat([_pad_left(mine.values, width, 2), _pad_left(new.values, width, 2)])
         self.mask = torch.cat([_pad_left(self.mask, width, 1), _pad_left(mask, width, 1)])
-        self.positions = torch.cat([self.positions, torch.tensor([length])])
-        self.tokens = torch.cat([self.tokens, torch.tensor([token])])
-        self.rows.append(req)
+        self.positions = torch.cat([self.positions, positions])
+        self.tokens = torch.cat([self.tokens, torch.tensor(tokens)])
+        self.rows.extend(reqs)
 
     def _step(self) -> None:
         rows = self.rows
@@ -208,17 +229,12 @@ class Engine:
             self._select(keep)
 
     def _select(self, keep: list[int]) -> None:
-        """Keep only rows ``keep``; drop cache columns that are padding in every remaining row."""
+        """Keep only rows ``keep`` of the running batch."""
         if not keep:
             self._reset()
             return
+        self.mask = _take(self.cache, self.mask, keep)
         index = torch.tensor(keep)
-        mask = self.mask.index_select(0, index)
-        start = int((mask.sum(0) > 0).nonzero()[0])
-        for layer in self.cache.layers:
-            layer.keys = layer.keys.index_select(0, index)[:, :, start:].contiguous()
-            layer.values = layer.values.index_select(0, index)[:, :, start:].contiguous()
-        self.mask = mask[:, start:]
         self.positions, self.tokens = self.positions[index], self.tokens[index]
         self.rows = [self.rows[i] for i in keep]
 
@@ -267,6 +283,18 @@ class Engine:
             req.on_done(reason, error)
         except Exception:  # the client went away; nothing left to tell it
             pass
+
+
+def _take(cache, mask: torch.Tensor, keep: list[int]) -> torch.Tensor:
+    """Keep rows ``keep`` of ``cache`` (in place) and drop columns that are padding in all of them;
+    returns the matching mask."""
+    index = torch.tensor(keep)
+    mask = mask.index_select(0, index)
+    start = int((mask.sum(0) > 0).nonzero()[0])
+    for layer in cache.layers:
+        layer.keys = layer.keys.index_select(0, index)[:, :, start:].contiguous()
+        layer.values = layer.values.index_select(0, index)[:, :, start:].contiguous()
+    return mask[:, start:]
 
 
 def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:

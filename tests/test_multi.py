@@ -11,7 +11,7 @@ from models import build, example_input, run
 
 import lorakit
 
-ALGOS = [None, "gather", "segment"]
+ALGOS = [None, "gather", "segment", "dense"]
 
 
 def _randomise(model, seed: int = 1, std: float = 0.2):
@@ -189,7 +189,7 @@ def test_errors():
     with pytest.raises(ValueError, match="finite"):
         with lorakit.per_row(model, ["a"], [float("nan")]):
             pass
-    with pytest.raises(ValueError, match="algorithm='bmm'"):
+    with pytest.raises(ValueError, match="algorithm=.bmm.: expected None"):
         with lorakit.per_row(model, ["a"], algorithm="bmm"):
             pass
     with pytest.raises(ValueError, match="given 3 rows but a layer saw a batch of 4"):

@@ -6,18 +6,20 @@
 Row i computes  y_i = base(x_i) + σ_i · adapter_{a_i}(x_i)  in every wrapped layer, exactly what a
 batch of one row with ``set_active_adapters(model, {a_i: σ_i})`` computes (S-LoRA, Punica's SGMV/BGMV,
 arXiv 2311.03285 / 2310.18547). A ``RowMap`` is built once per ``per_row`` block and shared by every
-layer; layers never loop over rows. LoRA and DoRA on Linear/Conv1D layers take one of two kernels:
+layer; layers never loop over rows. LoRA and DoRA on Linear/Conv1D layers take one of three kernels
+over per-layer stacks A_all (N+1, r_max, in) and B_all (N+1, out, r_max) (the LoRA scale folded
+into B, mixed ranks zero-padded, slot N all zeros for base rows); the per-row strength σ always
+multiplies the rank-r intermediate (T·r multiplies, not T·out):
 
-* gather-bmm (Punica's BGMV in PyTorch): per-layer stacks A_all (N+1, r_max, in) and B_all
-  (N+1, out, r_max), the LoRA scale folded into B, mixed ranks zero-padded, slot N all zeros for
-  base rows;  u = bmm(x, A_all[ids]ᵀ)·σ  (B, T, r),  y += bmm(u, B_all[ids]ᵀ).  The per-row strength
-  multiplies the rank-r intermediate (T·r multiplies, not T·out).
+* gather-bmm (Punica's BGMV in PyTorch):  u = bmm(x, A_all[ids]ᵀ)·σ,  y += bmm(u, B_all[ids]ᵀ)  in
+  place; copies r·(in + out) weight values per row.
 * sort + segment (SGMV): one stable argsort per block; per adapter used, one gather of its rows,
   a GEMM pair and one ``index_add_``. The loop is over adapters in the batch, never over rows.
+* dense-masked: H = x·[A_1; …; A_U]ᵀ over the U adapters present, masked to each row's block and
+  σ, y += H·[B_1 … B_U]ᵀ: two GEMMs whatever U is, U times the LoRA FLOPs.
 
-The choice follows a cost model measured with benchmarks/mixed_batch.py (``_choose``): segments pay
-a fixed cost per adapter and an activation-sized temporary, gather-bmm a copy of r·(in + out) weight
-values per row, so gather-bmm wins in prefill and segments in decode with few adapters.
+``_choose`` picks by a cost model whose constants were measured with benchmarks/mixed_batch.py
+--kernels: gather-bmm in prefill, segments or dense-masked in decode depending on U.
 
 DoRA (Liu et al. 2024): y = base(x) + σ·((c − 1) ⊙ W x + c ⊙ s·B A x) with c = m/‖W + s·BA‖ per
 output. lorakit's strength interpolates in weight space (W_σ = W + σ·(W' − W)), so c does not depend
@@ -53,10 +55,15 @@ SEGMENT_NS_PER_VALUE = 1.4
 GATHER_NS_PER_VALUE = 0.7
 
 
-def _choose(n_adapters: int, rows: int, adapted_tokens: int, r_max: int, d_in: int, d_out: int) -> str:
-    gather = rows * r_max * (d_in + d_out) * GATHER_NS_PER_VALUE
-    segment = n_adapters * SEGMENT_OVERHEAD_NS + adapted_tokens * d_out * SEGMENT_NS_PER_VALUE
-    return "gather" if gather < segment else "segment"
+DENSE_NS_PER_MAC = 0.04
+
+
+def _choose(n_adapters: int, rows: int, tokens: int, adapted_tokens: int, r_max: int, d_in: int,
+            d_out: int) -> str:
+    costs = {"gather": rows * r_max * (d_in + d_out) * GATHER_NS_PER_VALUE,
+             "segment": n_adapters * SEGMENT_OVERHEAD_NS + adapted_tokens * d_out * SEGMENT_NS_PER_VALUE,
+             "dense": SEGMENT_OVERHEAD_NS + (n_adapters - 1) * tokens * r_max * (d_in + d_out) * DENSE_NS_PER_MAC}
+    return min(costs, key=costs.get)
 
 
 class RowMap:
@@ -209,6 +216,30 @@ def _gather_bmm(x, result, ids, sigma, a_all, b_all):
     return result
 
 
+def _dense_masked(x, result, ids, sigma, a_all, b_all, slots: list[int]):
+    """H = x·[A_1; …; A_U]ᵀ over the U adapters in the batch, zero outside each row's own rank block
+    and scaled by σ there, then y += H·[B_1 … B_U]ᵀ: two GEMMs U·r wide, whatever U is (LoRAX's
+    fallback, restricted to the adapters present; wins while U·r is small, e.g. in decode)."""
+    rows, r = x.shape[0], a_all.shape[1]
+    index = torch.tensor(slots, device=x.device)
+    a_cat = a_all.index_select(0, index).reshape(len(slots) * r, -1)
+    b_cat = b_all.index_select(0, index).permute(1, 0, 2).reshape(b_all.shape[1], len(slots) * r)
+    local = torch.full((a_all.shape[0],), -1, dtype=torch.long, device=x.device)
+    local[index] = torch.arange(len(slots), device=x.device)
+    local = local[ids]
+    live = (local >= 0).nonzero().flatten()
+    mask = sigma.new_zeros(rows, len(slots), r)
+    mask[live, local[live]] = sigma[live, None]
+    h = x.reshape(rows, -1, x.shape[-1]).to(a_all.dtype) @ a_cat.t()
+    h = h.mul_(mask.view(rows, 1, -1)).view(-1, a_cat.shape[0])
+    y2 = result.view(-1, result.shape[-1])
+    if y2.dtype == h.dtype:
+        y2.addmm_(h, b_cat.t())
+    else:
+        y2.add_((h @ b_cat.t()).to(y2.dtype))
+    return result
+
+
 def _segment_stacked(x, result, segs, sigma, a_all, b_all):
     """Per adapter in the batch: gather its rows, one GEMM pair, one index_add_ (SGMV)."""
     for slot, idx in segs:
@@ -253,9 +284,13 @@ def lora_forward(layer: LoraLayer, rows: RowMap, x: torch.Tensor, *args, **kwarg
                 bias = getattr(layer.base_layer, "bias", None)
                 scale = (c_all[ids] * sigma[:, None]).view(rows.rows, *([1] * (result.dim() - 2)), -1)
                 dora = (result if bias is None else result - bias) * scale.to(result.dtype)
-            tokens = rows.adapted * (x.numel() // (x.shape[-1] * rows.rows))
-            algo = rows.algorithm or _choose(used, rows.rows, tokens, a_all.shape[1], a_all.shape[2], b_all.shape[1])
-            if algo == "segment":
+            per_row_tokens = x.numel() // (x.shape[-1] * rows.rows)
+            algo = rows.algorithm or _choose(used, rows.rows, rows.rows * per_row_tokens, rows.adapted * per_row_tokens,
+                                             a_all.shape[1], a_all.shape[2], b_all.shape[1])
+            if algo == "dense":
+                slots = sorted({s for s in lut[:-1] if s < len(stacked)})
+                result = _dense_masked(x, result, ids, sigma, a_all, b_all, slots)
+            elif algo == "segment":
                 segs = [(lut[i], idx) for i, idx in rows.segments() if lut[i] < len(stacked)]
                 result = _segment_stacked(x, result, segs, sigma, a_all, b_all)
             else:
@@ -308,13 +343,13 @@ def _wrappers(module: nn.Module, found: list | None = None) -> list[nn.Module]:
 def per_row(model: nn.Module, adapters: Sequence[str | None], strengths: Sequence[float] | None = None,
             algorithm: str | None = None):
     """Inside the block each row i of a batch runs adapter ``adapters[i]`` (None: the base model) at
-    ``strengths[i]`` (default 1.0). ``algorithm`` forces ``"gather"`` or ``"segment"`` for plain LoRA
+    ``strengths[i]`` (default 1.0). ``algorithm`` forces ``"gather"``, ``"segment"`` or ``"dense"`` for LoRA/DoRA
     (default: chosen by size). Yields the ``RowMap``. Adapters must not be merged.
     """
     from .model import swapped
 
-    if algorithm not in (None, "gather", "segment"):
-        raise ValueError(f"algorithm={algorithm!r}: expected None (automatic), 'gather' or 'segment'.")
+    if algorithm not in (None, "gather", "segment", "dense"):
+        raise ValueError(f"algorithm={algorithm!r}: expected None (automatic), 'gather', 'segment' or 'dense'.")
     modules = _wrappers(model)
     known = dict.fromkeys(n for m in modules for n in (m.adapters if isinstance(m, LoraLayer) else m.modules_to_save))
     rows = RowMap.build(list(known), adapters, strengths)

@@ -50,9 +50,9 @@ from .layer import LoraLayer, SavedModule
 #: benchmarks/mixed_batch.py --kernels): segments pay a fixed cost per adapter in the batch (gather,
 #: two small GEMMs, index_add_, dispatch) plus an activation-sized temporary and index_add_ pass;
 #: gather-bmm copies r_max·(in + out) weight values per row and accumulates in place.
-SEGMENT_OVERHEAD_NS = 27_000
+SEGMENT_OVERHEAD_NS = 60_000
 SEGMENT_NS_PER_VALUE = 1.4
-GATHER_NS_PER_VALUE = 0.7
+GATHER_NS_PER_VALUE = 1.4
 
 
 DENSE_NS_PER_MAC = 0.04

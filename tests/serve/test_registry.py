@@ -45,4 +45,15 @@ def test_paths_outside_dir_refused(model, serve_dirs, tmp_path):
             reg.register("x", path)
     with pytest.raises(AdapterError, match="unknown model 'nope'; available: \\['base', 'alpha', 'beta', 'gamma'\\]"):
         reg.acquire("nope")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "adapter_config.json").write_text("{}")
+    link = serve_dirs[1] / "sneaky"
+    link.symlink_to(outside)
+    try:  # a symlink in DIR that leads out of it is not an adapter
+        assert "sneaky" not in reg.available()
+        with pytest.raises(AdapterError, match="unknown model 'sneaky'"):
+            reg.acquire("sneaky")
+    finally:
+        link.unlink()
     assert lorakit.adapter_names(model) == []

@@ -61,8 +61,9 @@ class Registry:
         """Every adapter a request may name: subdirectories of the root with adapter_config.json, and runtime ones."""
         found = {}
         if self.root is not None:
-            found = {p.name: p for p in sorted(self.root.iterdir())
-                     if p.is_dir() and (p / "adapter_config.json").is_file() and "." not in p.name}
+            found = {p.name: p for p in sorted(self.root.iterdir())  # a symlink leading out of DIR is ignored
+                     if p.is_dir() and (p / "adapter_config.json").is_file() and "." not in p.name
+                     and self.root in p.resolve().parents}
         return found | self.paths
 
     def path_of(self, name: str) -> Path:

@@ -25,12 +25,13 @@ from .model import (
     unload,
     unmerge,
 )
+from .multi import RowMap, per_row
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AdaLoraConfig", "ConfigError", "LoraConfig", "LoraLayer", "SavedModule", "TrainableReport", "active_adapters",
     "adapter_names", "adapter_state_dict", "delete_adapter", "disable_adapters", "inject", "load_adapter",
-    "lora_layers", "merge", "merge_and_unload", "resolve_targets", "save_adapter", "set_active_adapters",
+    "lora_layers", "merge", "merge_and_unload", "per_row", "RowMap", "resolve_targets", "save_adapter", "set_active_adapters",
     "trainable_parameters", "unload", "unmerge",
 ]

@@ -27,11 +27,14 @@ class LoraLayer(nn.Module):
         self.active: dict[str, float] = {}
         self.merged: dict[str, float] = {}  # adapter -> strength it was merged with
         self.disabled = False
+        self.rows = None  # a lorakit.multi.RowMap inside ``per_row``: each row its own adapter
 
     # -- forward ----------------------------------------------------------------------------------
     def forward(self, x, *args, **kwargs):
         if self.disabled:
             return self.base_layer(x, *args, **kwargs)
+        if self.rows is not None:
+            return self.rows.lora_forward(self, x, *args, **kwargs)
         live = [(n, s) for n, s in self.active.items() if n not in self.merged]
         if len(live) == 1 and not args and not kwargs:  # one live adapter: its own kernel, if it has one
             name, strength = live[0]
@@ -113,6 +116,7 @@ class SavedModule(nn.Module):
         self.modules_to_save = nn.ModuleDict()
         self.active: str | None = None
         self.disabled = False
+        self.rows = None  # see LoraLayer.rows
 
     def add(self, name: str) -> None:
         if name not in self.modules_to_save:
@@ -122,7 +126,11 @@ class SavedModule(nn.Module):
             self.modules_to_save[name] = clone
 
     def forward(self, *args, **kwargs):
-        if self.disabled or self.active is None:
+        if self.disabled:
+            return self.original_module(*args, **kwargs)
+        if self.rows is not None:
+            return self.rows.saved_forward(self, *args, **kwargs)
+        if self.active is None:
             return self.original_module(*args, **kwargs)
         return self.modules_to_save[self.active](*args, **kwargs)
 

@@ -72,21 +72,34 @@ def set_active_adapters(model: nn.Module, adapters: str | list[str] | dict[str, 
     model.lorakit_active = strengths
 
 
+def wrappers(model: nn.Module) -> list[nn.Module]:
+    """Every ``LoraLayer`` and ``SavedModule`` in ``model``."""
+    return [m for m in model.modules() if isinstance(m, (LoraLayer, SavedModule))]
+
+
+@contextlib.contextmanager
+def swapped(modules: list[nn.Module], attr: str, value):
+    """Set ``attr`` to ``value`` on every module inside the block; the previous values come back after."""
+    previous = [getattr(m, attr) for m in modules]
+    for m in modules:
+        setattr(m, attr, value)
+    try:
+        yield
+    finally:
+        for m, was in zip(modules, previous, strict=True):
+            setattr(m, attr, was)
+
+
 @contextlib.contextmanager
 def disable_adapters(model: nn.Module):
     """Run the base model only inside the block (merged adapters are taken out, then put back)."""
     merged = {name: dict(layer.merged) for name, layer in lora_layers(model) if layer.merged}
-    modules = [m for _, m in lora_layers(model)] + [m for _, m in _saved_modules(model)]
-    previous = [m.disabled for m in modules]
     for name in merged:
         model.get_submodule(name).unmerge()
-    for m in modules:
-        m.disabled = True
     try:
-        yield model
+        with swapped(wrappers(model), "disabled", True):
+            yield model
     finally:
-        for m, was in zip(modules, previous, strict=True):
-            m.disabled = was
         for name, done in merged.items():
             model.get_submodule(name).merge(list(done))
 

@@ -10,20 +10,17 @@ import typer
 from rich.console import Console
 
 from . import app
+from ._checks import check_adapters, check_quickstart, check_run_dir
+from ._checks import is_quickstart as _is_quickstart
+from ._errors import fail
 
 console = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
 
 SET_HELP = ("Override a config value: --set section.key=value, or a deeper path such as "
             "quickstart.methods.lora.train.lr=3.0e-3 (value parsed as YAML). Repeatable.")
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help=SET_HELP)]  # noqa: UP045
 AdapterOpt = Annotated[Optional[list[str]],  # noqa: UP045
                        typer.Option("--adapter", "-a", help="Adapter dir, or dir:strength. Repeatable.")]
-
-
-def _fail(message: str, code: int = 1):
-    err.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code)
 
 
 def _adapters(adapter: list[str]) -> list[tuple[str, float]]:
@@ -44,32 +41,32 @@ def _adapters(adapter: list[str]) -> list[tuple[str, float]]:
 @app.command()
 def train(config: Annotated[Path, typer.Argument(help="Run config (YAML); see examples/.")],
           set_: SetOpt = None,
-          resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint.")] = False):
+          resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint.")] = False,
+          overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a finished run in output_dir.")] = False):
     """Train an adapter (or the head, or the full model) as CONFIG says. Under torchrun: data-parallel."""
     from ..config import ConfigError
-    from ..train import NonFiniteLossError, load_config, run
+    from ..train import load_config, run
 
     try:
         cfg = load_config(config, set_ or [])
-        run(cfg, resume=resume)
     except ConfigError as exc:
-        _fail(f"{exc}\nRun `lorakit validate {config}` after fixing, before training.")
-    except (NonFiniteLossError, FileNotFoundError, FileExistsError, ValueError, ImportError) as exc:
-        _fail(str(exc))
+        fail(f"{exc}\nRun `lorakit validate {config}` after fixing, before training.")
+    check_run_dir(cfg.train.output_dir, resume, overwrite)
+    run(cfg, resume=resume)
 
 
 @app.command()
 def validate(config: Annotated[Path, typer.Argument(help="Run config (YAML).")], set_: SetOpt = None):
-    """Check CONFIG without training: every problem at once, each with its key and a fix."""
-    from ..config import ConfigError
+    """Check CONFIG without training: every problem at once, each with its key and a fix.
+
+    A quickstart config (one with a ``quickstart`` section) is checked for every method it runs."""
     from ..train import load_config
 
-    try:
-        cfg = load_config(config, set_ or [])
-    except ConfigError as exc:
-        _fail(str(exc))
-    except FileNotFoundError as exc:
-        _fail(str(exc))
+    if _is_quickstart(config):
+        names = check_quickstart(config, set_ or [])
+        console.print(f"[green]ok[/]: {config} is a valid quickstart config (methods {', '.join(names)})")
+        return
+    cfg = load_config(config, set_ or [])
     console.print(f"[green]ok[/]: {config} is valid (method {cfg.train.method}, task {cfg.model.task}, "
                   f"output {cfg.train.output_dir})")
 
@@ -85,10 +82,8 @@ def predict(base: Annotated[str, typer.Argument(help="Base model directory (or p
     from ..train.infer import load_with_adapters
     from ..train.infer import predict as _predict
 
-    try:
-        model, tok, labels = load_with_adapters(base, _adapters(adapter or []), task="classification")
-    except (FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+    adapters = check_adapters(_adapters(adapter or []), "classification")
+    model, tok, labels = load_with_adapters(base, adapters, task="classification")
     table = Table("text", "prediction")
     for text, preds in zip(texts, _predict(model, tok, labels, texts, top_k), strict=True):
         table.add_row(text, ", ".join(f"{label} ({p:.1%})" for label, p in preds))
@@ -106,10 +101,8 @@ def generate(base: Annotated[str, typer.Argument(help="Base causal-LM directory.
     from ..train.infer import generate as _generate
     from ..train.infer import load_with_adapters
 
-    try:
-        model, tok, _ = load_with_adapters(base, _adapters(adapter or []), task="causal_lm")
-    except (FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+    adapters = check_adapters(_adapters(adapter or []), "causal_lm")
+    model, tok, _ = load_with_adapters(base, adapters, task="causal_lm")
     for prompt, text in zip(prompts, _generate(model, tok, prompts, max_new_tokens, temperature, chat), strict=True):
         console.print(f"[bold]{prompt}[/]{text}")
 
@@ -118,14 +111,22 @@ def generate(base: Annotated[str, typer.Argument(help="Base causal-LM directory.
 def merge(base: Annotated[str, typer.Argument(help="Base Hugging Face model directory.")],
           adapter: Annotated[list[str], typer.Argument(help="Adapter dir(s), optionally dir:strength.")],
           out: Annotated[Path, typer.Option("--out", "-o", help="New directory for the merged model.")],
-          dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16")] = "float32"):
+          dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16")] = "float32",
+          overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False):
     """BASE + ADAPTER(s) -> a standard Hugging Face model directory with the adapters merged in."""
+    import shutil
+
+    from ..formats._io import atomic_dir, check_output
     from ..train.infer import merge_to_model
 
-    try:
-        path = merge_to_model(base, _adapters(adapter or []), out, dtype)
-    except (FileNotFoundError, FileExistsError, ValueError) as exc:
-        _fail(str(exc))
+    if dtype not in ("float32", "bfloat16", "float16"):
+        fail(f"--dtype {dtype!r}: expected float32, bfloat16 or float16.")
+    check_output(out, kind="dir", overwrite=overwrite, inputs=[Path(base)])
+    adapters = check_adapters(_adapters(adapter or []), None)
+    with atomic_dir(out) as tmp:  # written whole or not at all
+        shutil.rmtree(tmp)
+        merge_to_model(base, adapters, tmp, dtype)
+    path = out
     console.print(f"[green]merged model written to {path}[/] (load it with transformers' from_pretrained)")
 
 
@@ -136,12 +137,9 @@ def quickstart(config: Annotated[Optional[Path], typer.Option(  # noqa: UP045  (
                out: Annotated[Optional[Path], typer.Option(  # noqa: UP045
                    "--out", "-o", help="Output directory (default train.output_dir).")] = None):
     """Fine-tune all-MiniLM-L6-v2 on Home Assistant intents: head only vs LoRA vs full, in one table."""
-    from ..config import ConfigError
     from ..train.quickstart import quickstart as _quickstart
 
     try:
         _quickstart(config, set_ or [], out, console)
     except ImportError as exc:
-        _fail(f"{exc}\nThe quickstart needs: pip install 'lorakit[quickstart]'")
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+        fail(f"{exc}\nThe quickstart needs: pip install 'lorakit[quickstart]'")

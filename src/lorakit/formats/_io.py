@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -110,3 +112,49 @@ def read_json(path):
     except json.JSONDecodeError as exc:
         raise LoraFileError(path, f"line {exc.lineno} column {exc.colno}: invalid JSON ({exc.msg}); expected "
                             "a valid JSON document. Fix the file or re-export it.") from exc
+
+
+def check_output(path, *, kind: str = "file", overwrite: bool = False, inputs=()) -> Path:
+    """Refuse an output path before any work: an input, the wrong kind (file vs directory), an existing
+    output without ``overwrite``, or a location that cannot be written. Returns the path."""
+    path = Path(path)
+    fix = "choose another output path"
+    if any(path.resolve() == Path(p).resolve() for p in inputs):
+        raise ValueError(f"output {path} is one of the inputs; {fix} (inputs are never overwritten).")
+    if kind == "file" and path.is_dir():
+        raise IsADirectoryError(f"output {path} is an existing directory; expected a file path such as "
+                                f"{path / 'out.safetensors'}.")
+    if kind == "dir" and path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"output {path} is an existing file; expected a directory path. Remove it or {fix}.")
+    if path.exists() and not (kind == "dir" and not any(path.iterdir())) and not overwrite:
+        raise FileExistsError(f"output {path} already exists; pass --overwrite to replace it, or {fix}.")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(f"output {path}: {parent} is a file, not a directory; {fix}.")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise PermissionError(f"output {path}: {parent if not path.exists() else path} is not writable "
+                              f"(read-only); {fix} or fix its permissions.")
+    return path
+
+
+@contextmanager
+def atomic_dir(path):
+    """Yield a temporary sibling directory; on success it replaces ``path`` (an older one is removed
+    only then), on failure it is deleted: a directory output is never left half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ._io import read_json, read_safetensors, write_json, write_safetensors
+from ._io import atomic_dir, read_json, read_safetensors, write_json, write_safetensors
 from .errors import LoraFileError, LoraKeyError
 from .lorafile import LoraFile, Naming, alpha_of, rank_of
 from .sd_keys import UnetLayout
@@ -198,24 +198,29 @@ def write_peft(lf: LoraFile, directory) -> Path:
     base_meta = {**lf.metadata, "lorakit.naming": json.dumps(asdict(lf.naming)),
                  "lorakit.no_alpha": json.dumps(sorted(k for k, t in lf.modules.items() if "alpha" not in t)),
                  "lorakit.alpha_dtype": str(alphas[0].dtype).removeprefix("torch.") if alphas else "float32"}
-    for part in sorted(lf.parts()):
-        mods = {k.split(".", 1)[1]: t for k, t in lf.modules.items() if k.split(".", 1)[0] == part}
-        ranks = {p: rank_of(t) for p, t in mods.items()}
-        alphas = {p: alpha_of(t) if alpha_of(t) is not None else ranks[p] for p, t in mods.items()}
-        r = Counter(ranks.values()).most_common(1)[0][0]
-        a = Counter(alphas.values()).most_common(1)[0][0]
-        tensors = {}
-        for p, t in mods.items():
-            tensors[f"{PEFT_PREFIX}{p}.lora_A.weight"] = t["lora_down.weight"]
-            tensors[f"{PEFT_PREFIX}{p}.lora_B.weight"] = t["lora_up.weight"]
-        config = {
-            "peft_type": "LORA", "r": r, "lora_alpha": a, "target_modules": sorted(mods),
-            "rank_pattern": {re.escape(p): v for p, v in ranks.items() if v != r},
-            "alpha_pattern": {re.escape(p): v for p, v in alphas.items() if v != a},
-            "lora_dropout": 0.0, "bias": "none", "init_lora_weights": True, "use_dora": False,
-            "use_rslora": False, "fan_in_fan_out": False, "task_type": None, "inference_mode": True,
-            "base_model_name_or_path": None,
-        }
-        write_safetensors(directory / part / "adapter_model.safetensors", tensors, base_meta)
-        write_json(directory / part / "adapter_config.json", config)
+    with atomic_dir(directory) as tmp:
+        for part in sorted(lf.parts()):
+            _write_part(lf, part, tmp / part, base_meta)
     return directory
+
+
+def _write_part(lf: LoraFile, part: str, out: Path, base_meta: dict) -> None:
+    mods = {k.split(".", 1)[1]: t for k, t in lf.modules.items() if k.split(".", 1)[0] == part}
+    ranks = {p: rank_of(t) for p, t in mods.items()}
+    alphas = {p: alpha_of(t) if alpha_of(t) is not None else ranks[p] for p, t in mods.items()}
+    r = Counter(ranks.values()).most_common(1)[0][0]
+    a = Counter(alphas.values()).most_common(1)[0][0]
+    tensors = {}
+    for p, t in mods.items():
+        tensors[f"{PEFT_PREFIX}{p}.lora_A.weight"] = t["lora_down.weight"]
+        tensors[f"{PEFT_PREFIX}{p}.lora_B.weight"] = t["lora_up.weight"]
+    config = {
+        "peft_type": "LORA", "r": r, "lora_alpha": a, "target_modules": sorted(mods),
+        "rank_pattern": {re.escape(p): v for p, v in ranks.items() if v != r},
+        "alpha_pattern": {re.escape(p): v for p, v in alphas.items() if v != a},
+        "lora_dropout": 0.0, "bias": "none", "init_lora_weights": True, "use_dora": False,
+        "use_rslora": False, "fan_in_fan_out": False, "task_type": None, "inference_mode": True,
+        "base_model_name_or_path": None,
+    }
+    write_safetensors(out / "adapter_model.safetensors", tensors, base_meta)
+    write_json(out / "adapter_config.json", config)

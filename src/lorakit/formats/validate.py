@@ -103,7 +103,9 @@ def name_problems(key: str) -> list[str]:
 
 
 def check_lora(lf: LoraFile, path, names: bool = False) -> LoraFile:
-    """Raise one ``LoraFileError`` listing every inconsistent module of ``lf``; return ``lf`` when it is fine."""
+    """Raise one ``LoraFileError`` listing every inconsistent module of ``lf``; return ``lf`` when it is fine
+    (with ``lf.path`` set, so later errors name the file)."""
+    lf.path = str(path)
     problems = []
     for key, m in lf.modules.items():
         problems += module_problems(key, m) + (name_problems(key) if names else [])
@@ -113,12 +115,12 @@ def check_lora(lf: LoraFile, path, names: bool = False) -> LoraFile:
     return lf
 
 
-def require_finite(lf: LoraFile, path, what: str) -> None:
+def require_finite(lf: LoraFile, what: str) -> None:
     """NaN/Inf factors break SVD-based tools: refuse them, naming each module."""
     bad = [f"{key}.{s}" for key, m in lf.modules.items() for s, t in m.items()
            if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
-        raise LoraFileError(path, [problem(b, "NaN/Inf values", "finite numbers") for b in bad],
+        raise LoraFileError(lf.path or "LoRA", [problem(b, "NaN/Inf values", "finite numbers") for b in bad],
                             f"{what} needs finite factors; `lorakit inspect` shows the broken modules.")
 
 
@@ -140,7 +142,7 @@ PEFT_FIELDS = {
     "use_dora": (_BOOL + _NONE, "true or false"), "use_rslora": (_BOOL + _NONE, "true or false"),
     "bias": (_STR, '"none", "all" or "lora_only"'), "fan_in_fan_out": (_BOOL + _NONE, "true or false"),
     "decompose_both": (_BOOL, "true or false"), "decompose_factor": (_INT, "an integer"),
-    "use_effective_conv2d": (_BOOL, "true or false"),
+    "use_effective_conv2d": (_BOOL, "true or false"), "lorakit_quantization": ((dict,) + _NONE, "an object"),
     **{k: (_INT + _NONE, "an integer") for k in ("tinit", "tfinal", "deltaT", "total_step")},
     **{k: (_NUM, "a number") for k in ("beta1", "beta2", "orth_reg_weight")},
 }

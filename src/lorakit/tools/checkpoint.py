@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..formats._io import read_safetensors, write_safetensors
+from ..formats._io import atomic_dir, read_safetensors, write_safetensors
 from ..formats.lorafile import Naming
 from ..formats.sd_keys import layout_from_config
 
@@ -68,8 +68,8 @@ def naming_for(path) -> Naming:
     return Naming()
 
 
-def write_checkpoint(src, dst, new: dict[str, dict[str, torch.Tensor]]) -> Path:
-    """Write ``new`` in the layout of checkpoint ``src`` at ``dst`` (a new file or folder)."""
+def write_checkpoint(src, dst, new: dict[str, dict[str, torch.Tensor]], overwrite: bool = False) -> Path:
+    """Write ``new`` in the layout of checkpoint ``src`` at ``dst`` (a new file or folder, written whole or not at all)."""
     src, dst = Path(src), Path(dst)
     if dst.exists() and dst.resolve() == src.resolve():
         raise ValueError(f"output {dst} is the input checkpoint; choose a new path (inputs are never overwritten).")
@@ -77,15 +77,14 @@ def write_checkpoint(src, dst, new: dict[str, dict[str, torch.Tensor]]) -> Path:
         (sd,) = new.values()
         write_safetensors(dst, sd, read_safetensors(src)[1] or None)
         return dst
-    if dst.exists():
-        raise FileExistsError(f"{dst} exists; choose a new output folder.")
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.safetensors"))
+    if dst.exists() and not overwrite:
+        raise FileExistsError(f"{dst} exists; choose a new output folder (or pass --overwrite).")
     subs = [p for p in PARTS if (src / p).is_dir()]
-    for part, sd in new.items():
-        folder = src / part if subs else src
-        files = _files(folder)
-        for f in files:  # keep the shard layout: each tensor goes back to the file it came from
-            keys, meta = read_safetensors(f)
-            out = dst / f.relative_to(src)
-            write_safetensors(out, {k: sd[k] for k in keys}, meta or None)
+    with atomic_dir(dst) as tmp:
+        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("*.safetensors"), dirs_exist_ok=True)
+        for part, sd in new.items():
+            folder = src / part if subs else src
+            for f in _files(folder):  # keep the shard layout: each tensor goes back to the file it came from
+                keys, meta = read_safetensors(f)
+                write_safetensors(tmp / f.relative_to(src), {k: sd[k] for k in keys}, meta or None)
     return dst

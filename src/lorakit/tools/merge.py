@@ -23,6 +23,7 @@ import torch
 from ..formats.lorafile import LoraFile, Naming, rank_of, scale_of
 from ..formats.lycoris import delta_weight, file_delta
 from ..formats.sd_keys import te_alternatives
+from ..formats.validate import require_finite
 from ._svd import factorize, svd_of_product
 
 METHODS = ("cat", "linear", "svd", "ties", "dare")
@@ -52,6 +53,8 @@ def merge_loras(files: list[LoraFile], weights: list[float] | None = None, metho
         raise ValueError(f"density={density}: expected a fraction in (0, 1].")
     weights = _weights(files, weights)
     _check_families(files)
+    for f in files if method != "cat" else ():  # cat only stacks factors; the others multiply and factorize
+        require_finite(f, f"merge-loras --method {method}")
     gen = torch.Generator().manual_seed(seed)
     keys = list(dict.fromkeys(k for f in files for k in f.modules))
     out = {}
@@ -171,6 +174,8 @@ def merge_into_base(state: dict[str, dict[str, torch.Tensor]], files: list[LoraF
     """
     strengths = _weights(files, strengths)
     _check_families(files)
+    for f in files:  # NaN/Inf would spread into every weight the module touches
+        require_finite(f, "merging into a checkpoint")
     problems = [f"{key}: no weight {key.split('.', 1)[1]}.weight in the checkpoint's {key.split('.', 1)[0]}"
                 for f in files for key in f.modules if _weight_key(state, key) is None]
     if problems:

@@ -15,6 +15,7 @@ import torch
 
 from ..formats.lorafile import LoraFile, Naming, rank_of, scale_of
 from ..formats.lycoris import file_delta
+from ..formats.validate import require_finite
 from ._svd import choose_rank, retained, svd_of_product
 
 
@@ -32,6 +33,7 @@ def resize_lora(lf: LoraFile, rank: int | None = None, method: str | None = None
     """A new ``LoraFile`` at the chosen rank(s), and a report per module."""
     if method is not None and param is None:
         raise ValueError(f"method={method!r} needs its parameter (--param), e.g. 0.9 for sv_fro.")
+    require_finite(lf, "resize (an SVD)")
     out, reports = {}, []
     for key, m in lf.modules.items():
         plain = not set(m) - {"lora_down.weight", "lora_up.weight", "alpha"}

@@ -24,6 +24,7 @@ from typing import Literal
 import yaml
 
 from ..config import ConfigError, LoraConfig
+from .checks import device_kind, more_problems, non_finite, yaml_word
 
 
 class _Loader(yaml.SafeLoader):
@@ -220,6 +221,7 @@ def _section(name: str, cls, data, errors: list[str]):
     known = [f.name for f in fields(cls)]
     good = {}
     for key, value in data.items():
+        value = yaml_word(value, hints.get(key))
         if key not in hints:
             near = difflib.get_close_matches(str(key), known, n=1)
             fix = f"did you mean {name}.{near[0]}?" if near else f"known keys: {', '.join(known)}"
@@ -313,9 +315,9 @@ def problems(cfg: RunConfig, check_paths: bool = True) -> list[str]:
                  "or set train.method to 'full' or 'head'.")
     if t.method != "lora" and t.loraplus_ratio is not None:
         e.append(f"train.loraplus_ratio needs train.method='lora' (got {t.method!r}).")
-    if t.mixed_precision == "fp16" and m.device == "cpu":
+    if t.mixed_precision == "fp16" and device_kind(m.device) == "cpu":
         e.append("train.mixed_precision='fp16' is not supported on CPU; use 'no' (fp32) or 'bf16'.")
-    return e
+    return e + more_problems(cfg)
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -355,6 +357,9 @@ def from_dict(data: dict, check_paths: bool = True) -> RunConfig:
             near = difflib.get_close_matches(str(key), sorted(allowed), n=1)
             errors.append(f"{key}: unknown section; " + (f"did you mean {near[0]}?" if near else
                                                          f"sections: {', '.join(sorted(allowed))}"))
+    nan = non_finite(data)
+    if nan:  # NaN compares false with every bound checked below: report these first, with the key errors
+        raise ConfigError(errors + nan, "training config")
     parts = {name: _section(name, cls, data.get(name), errors) for name, cls in SECTIONS.items()}
     cfg = RunConfig(**parts, lora=_lora_section(data.get("lora"), errors))
     # an invalid lora section was reported above; do not also report it as missing
@@ -368,8 +373,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None, check_path
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
+    from ..formats._io import read_text
+
     try:
-        data = read_yaml(path.read_text()) or {}
+        data = read_yaml(read_text(path)) or {}
     except yaml.YAMLError as exc:
         raise ConfigError([f"{path} is not valid YAML: {exc}"]) from exc
     return from_dict(apply_overrides(data, overrides or []), check_paths)

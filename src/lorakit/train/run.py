@@ -28,7 +28,15 @@ from .checkpoint import list_checkpoints, load_checkpoint
 from .config import RunConfig
 from .data import Batches, read_records, step_plan, tokenize
 from .heap import keep_heap
-from .hooks import Checkpointer, Evaluator, MetricsLogger, NanGuard, NonFiniteLossError, ProgressBar
+from .hooks import (
+    Checkpointer,
+    Evaluator,
+    MetricsLogger,
+    NanGuard,
+    NonFiniteLossError,
+    ProgressBar,
+    step_summary,
+)
 from .loop import Trainer
 from .models import evaluate, load_model, load_tokenizer, select_trainable
 from .optim import make_optimizer, make_scheduler, warmup_steps
@@ -117,9 +125,7 @@ def run(cfg: RunConfig, callbacks: list[Callback] | None = None, resume: bool = 
         if not quiet:
             _say(main, f"[bold]{run_dir}[/]: {report[0]:,} trainable of {report[1]:,} params "
                        f"({100 * report[0] / report[1]:.3f}%), method {t.method}")
-            _say(main, f"steps = {d.repeats} repeats x {len(samples)} items x {t.epochs:g} epochs / ({t.batch_size} "
-                       f"batch x {t.grad_accum} accumulation x {world} processes) = "
-                       f"{total} optimizer steps ({per_epoch} per epoch, {warmup_steps(t, total)} warmup)")
+            _say(main, step_summary(d.repeats, len(samples), t, world, per_epoch, total, warmup_steps(t, total)))
         wrapped = model
         if world > 1:
             wrapped = torch.nn.parallel.DistributedDataParallel(

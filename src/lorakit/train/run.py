@@ -41,6 +41,7 @@ from .loop import Trainer
 from .models import evaluate, load_model, load_tokenizer, select_trainable
 from .optim import make_optimizer, make_scheduler, warmup_steps
 from .report import dir_size, format_summary, plot_metrics
+from .threads import share_cpu_threads
 
 
 @dataclass
@@ -91,6 +92,7 @@ def run(cfg: RunConfig, callbacks: list[Callback] | None = None, resume: bool = 
     t, d = cfg.train, cfg.data
     kind = "cuda" if cfg.model.device == "cuda" or (cfg.model.device == "auto" and torch.cuda.is_available()) else "cpu"
     rank, world, started = _distributed(kind)
+    share_cpu_threads(kind)  # under torchrun on CPU: cores / local processes (train/threads.py)
     main = rank == 0
     try:
         device = _device(cfg.model.device, rank)

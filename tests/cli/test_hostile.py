@@ -194,3 +194,18 @@ def test_internal_errors_print_one_line_and_debug_shows_the_traceback(tmp_path, 
     assert len(err) < 300
     res = runner.invoke(app, ["--debug", "inspect", str(good)])
     assert isinstance(res.exception, TypeError)
+
+
+@pytest.mark.parametrize("args, culprits", [
+    (["resize", "G", "-o", "O", "--rank", "0"], ["rank=0", "positive integer"]),
+    (["resize", "G", "-o", "O", "--dynamic", "sv_fro", "--param", "nan"], ["sv_fro parameter nan"]),
+    (["resize", "G", "-o", "O", "--dynamic", "sv_ratio", "--param", "0.5"], ["sv_ratio parameter 0.5"]),
+    (["merge-loras", "G", "G", "-o", "O", "--method", "svd", "--rank", "-2"], ["rank=-2"]),
+    (["merge-loras", "G", "G", "-o", "O", "--weights", "nan,1"], ["weights", "finite"]),
+    (["merge-loras", "G", "-o", "O", "--block-weight", "unet=1"], ["--block-weight", "--base"]),
+    (["extract", "G", "G", "-o", "O", "--rank", "2"], ["no module", "nothing was written"]),
+    (["extract", "G", "G", "-o", "O", "--clamp-quantile", "0"], ["clamp_quantile=0"]),
+])
+def test_bad_numbers_in_options(tmp_path, good, args, culprits):
+    args = [good if a == "G" else tmp_path / "o.safetensors" if a == "O" else a for a in args]
+    hostile(tmp_path, args, *culprits)

@@ -147,5 +147,8 @@ def extract_cmd(base: Path, tuned: Path, out: Path = typer.Option(..., "-o", "--
     lf, skipped = extract_lora(read_checkpoint(base, part), read_checkpoint(tuned, part),
                                rank=None if energy is not None else rank, conv_rank=conv_rank, energy=energy,
                                clamp_quantile_=clamp_quantile, min_diff=min_diff, naming=naming_for(base))
+    if not lf.modules:
+        fail(f"no module of {tuned} differs from {base} by more than --min-diff {min_diff} ({len(skipped)} compared); "
+             "there is no LoRA to extract and nothing was written. Are these the right two checkpoints?")
     write_lora(lf, out, "kohya", dtype)
     console.print(f"wrote {out}: {len(lf.modules)} modules" + (f", {len(skipped)} skipped (no change)" if skipped else ""))

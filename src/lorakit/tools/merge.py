@@ -18,13 +18,15 @@ W += strength_i·block_weight(module)·ΔW_i (DoRA modules use the base weight, 
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..formats.lorafile import LoraFile, Naming, rank_of, scale_of
 from ..formats.lycoris import delta_weight, file_delta
 from ..formats.sd_keys import te_alternatives
 from ..formats.validate import require_finite
-from ._svd import factorize, svd_of_product
+from ._svd import check_rank_args, factorize, svd_of_product
 
 METHODS = ("cat", "linear", "svd", "ties", "dare")
 
@@ -33,6 +35,8 @@ def _weights(files, weights):
     weights = [1.0] * len(files) if weights is None else [float(w) for w in weights]
     if len(weights) != len(files):
         raise ValueError(f"got {len(weights)} weights for {len(files)} LoRAs; give one weight per LoRA.")
+    if not all(math.isfinite(w) for w in weights):
+        raise ValueError(f"weights {weights}: expected finite numbers such as 1,0.5.")
     return weights
 
 
@@ -49,6 +53,7 @@ def merge_loras(files: list[LoraFile], weights: list[float] | None = None, metho
         raise ValueError(f"method={method!r}: expected one of {METHODS}.")
     if method == "svd" and rank is None:
         raise ValueError("method='svd' needs a target rank (--rank).")
+    check_rank_args(rank)
     if method in ("ties", "dare") and not 0 < density <= 1:
         raise ValueError(f"density={density}: expected a fraction in (0, 1].")
     weights = _weights(files, weights)

@@ -313,8 +313,9 @@ def load_adapter(model: nn.Module, path: str | Path, adapter_name: str = "defaul
         delete_adapter(model, adapter_name)
         for p, flag in grad_flags:
             p.requires_grad_(flag)
-        raise ValueError(f"adapter at {path} does not fit this model ({len(problems)} problems); the model was "
-                         "left unchanged. Is it for another base model?\n  - " + "\n  - ".join(problems[:50]))
+        shown = problems[:8] + ([f"... and {len(problems) - 8} more"] if len(problems) > 8 else [])
+        raise LoraFileError(path, [f"does not fit this model ({len(problems)} problems); the model was left unchanged",
+                                   *shown], "Is it an adapter for another base model (or another task)?")
     with torch.no_grad():
         for key, (target, _, _) in entries.items():
             target.copy_(converted[key].to(target.dtype))

@@ -24,7 +24,7 @@ fuzz: $(STAMP)
 		tests/train/test_fuzz_config.py
 
 demo: $(STAMP)
-	$(PY) -m lorakit quickstart
+	$(PY) -m lorakit quickstart --overwrite
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_step.py

@@ -209,3 +209,18 @@ def test_internal_errors_print_one_line_and_debug_shows_the_traceback(tmp_path, 
 def test_bad_numbers_in_options(tmp_path, good, args, culprits):
     args = [good if a == "G" else tmp_path / "o.safetensors" if a == "O" else a for a in args]
     hostile(tmp_path, args, *culprits)
+
+
+def test_quickstart_configs_and_outputs(tmp_path):
+    from lorakit.train.quickstart import DEFAULT_CONFIG
+
+    data = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    data["quickstart"]["test_fraction"] = 2
+    data["quickstart"]["methods"]["lora"]["train"]["lr"] = float("nan")
+    data["quickstart"]["methods"]["full"]["train"]["method"] = "half"
+    (tmp_path / "q.yaml").write_text(yaml.safe_dump(data))
+    for cmd in (["validate", tmp_path / "q.yaml"], ["quickstart", "-c", tmp_path / "q.yaml", "-o", tmp_path / "qs"]):
+        hostile(tmp_path, cmd, "quickstart.test_fraction=2", "train.lr=nan", "(method full) train.method='half'")
+    (tmp_path / "qs").mkdir()
+    (tmp_path / "qs" / "results.json").write_text("{}")
+    hostile(tmp_path, ["quickstart", "-o", tmp_path / "qs"], "results.json", "--overwrite")

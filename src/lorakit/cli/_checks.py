@@ -118,3 +118,15 @@ def check_quickstart(path: Path, overrides: list[str]) -> list[str]:
     if errors:
         raise ConfigError(list(dict.fromkeys(errors)), "quickstart config")
     return list(methods)
+
+
+def check_quickstart_out(path: Path, overrides: list[str], out: Path | None, overwrite: bool) -> None:
+    """The quickstart's output directory can be written and holds no earlier results (unless ``overwrite``)."""
+    from ..train.config import apply_overrides, read_yaml
+
+    raw = apply_overrides(read_yaml(read_text(path)) or {}, overrides)
+    train = raw.get("train") if isinstance(raw.get("train"), dict) else {}
+    out = check_output(out or train.get("output_dir") or "runs/quickstart", kind="dir", overwrite=True)
+    if (out / "results.json").exists() and not overwrite:
+        raise FileExistsError(f"{out} already holds quickstart results (results.json); pass --overwrite to replace "
+                              "them, or choose another directory with --out.")

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from . import app
-from ._checks import check_adapters, check_quickstart, check_run_dir
+from ._checks import check_adapters, check_quickstart, check_quickstart_out, check_run_dir
 from ._checks import is_quickstart as _is_quickstart
 from ._errors import fail
 
@@ -135,10 +135,15 @@ def quickstart(config: Annotated[Optional[Path], typer.Option(  # noqa: UP045  (
                    "--config", "-c", help="Quickstart YAML (default: the copy of examples/quickstart.yaml).")] = None,
                set_: SetOpt = None,
                out: Annotated[Optional[Path], typer.Option(  # noqa: UP045
-                   "--out", "-o", help="Output directory (default train.output_dir).")] = None):
+                   "--out", "-o", help="Output directory (default train.output_dir).")] = None,
+               overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier quickstart's results.")]
+               = False):
     """Fine-tune all-MiniLM-L6-v2 on Home Assistant intents: head only vs LoRA vs full, in one table."""
+    from ..train.quickstart import DEFAULT_CONFIG
     from ..train.quickstart import quickstart as _quickstart
 
+    check_quickstart(config or DEFAULT_CONFIG, set_ or [])  # every method's config, before writing any data
+    check_quickstart_out(config or DEFAULT_CONFIG, set_ or [], out, overwrite)
     try:
         _quickstart(config, set_ or [], out, console)
     except ImportError as exc:

@@ -224,3 +224,10 @@ def test_quickstart_configs_and_outputs(tmp_path):
     (tmp_path / "qs").mkdir()
     (tmp_path / "qs" / "results.json").write_text("{}")
     hostile(tmp_path, ["quickstart", "-o", tmp_path / "qs"], "results.json", "--overwrite")
+
+
+def test_data_file_that_is_not_utf8(tmp_path, llama_path):
+    cfg = _config(tmp_path, llama_path)
+    (tmp_path / "t.txt").write_bytes(b"the cat\nsat \xff on\n")
+    for cmd in ("validate", "train"):
+        hostile(tmp_path, [cmd, cfg], "t.txt", "line 2", "not UTF-8")

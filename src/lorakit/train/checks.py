@@ -89,6 +89,10 @@ def more_problems(cfg: RunConfig) -> list[str]:
             e.append(f"train.lr_groups key {key!r}: not a valid regular expression ({exc}).")
         if not value > 0:
             e.append(f"train.lr_groups[{key!r}]={value}: expected a positive learning rate.")
+    for key in ("train", "eval", "test"):
+        path = getattr(d, key)
+        if path and Path(path).is_file():
+            e += [f"data.{key}={path!r}: {p}" for p in [utf8_problem(Path(path))] if p]
     if not -2**63 <= t.seed < 2**63:
         e.append(f"train.seed={t.seed}: expected an integer that fits 64 bits.")
     return e
@@ -103,3 +107,24 @@ def non_finite(data, where: str = "") -> list[str]:
     if isinstance(data, list):
         return [p for i, v in enumerate(data) for p in non_finite(v, f"{where}[{i}]")]
     return []
+
+
+def utf8_problem(path: Path, chunk: int = 1 << 20) -> str | None:
+    """Where a data file stops being UTF-8 (line and byte), read in chunks; None when it is clean."""
+    import codecs
+
+    decoder, line, offset = codecs.getincrementaldecoder("utf-8")(), 1, 0
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk)
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError as exc:
+                bad = exc.start
+                line += block[:max(bad, 0)].count(b"\n")
+                return (f"line {line}: byte at offset {offset + max(bad, 0)} is not UTF-8; expected a UTF-8 text file "
+                        "(re-save it as UTF-8).")
+            if not block:
+                return None
+            line += block.count(b"\n")
+            offset += len(block)

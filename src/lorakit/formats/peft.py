@@ -286,9 +286,8 @@ def load_adapter(model: nn.Module, path: str | Path, adapter_name: str = "defaul
     config_path = path / CONFIG_FILE
     try:
         config = config_from_peft(check_peft_config(read_json(config_path), config_path))
-    except ConfigError as exc:
-        raise LoraFileError(config_path, exc.errors, "lorakit cannot load this adapter as it is; fix these fields "
-                            "or re-save the adapter.") from exc
+    except ConfigError as exc:  # same type, now naming the file
+        raise ConfigError(exc.errors, f"PEFT adapter config {config_path}") from exc
     _check_tensors(tensors, weights)
     grad_flags = [(p, p.requires_grad) for p in model.parameters()]
     inject(model, config, adapter_name, activate=False, trainable=trainable, init=False)

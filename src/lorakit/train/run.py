@@ -153,7 +153,7 @@ def run(cfg: RunConfig, callbacks: list[Callback] | None = None, resume: bool = 
             _say(main and not quiet, f"resumed from {existing[-1]} at step {trainer.state.step}")
         if t.keep_heap and device.type == "cpu":
             keep_heap()
-        start = time.perf_counter()
+        start, seen = time.perf_counter(), (trainer.state.samples_seen, trainer.state.tokens_seen, trainer.state.step)
         state = trainer.fit()
         seconds = time.perf_counter() - start
         if state.stop_reason is not None:
@@ -165,8 +165,9 @@ def run(cfg: RunConfig, callbacks: list[Callback] | None = None, resume: bool = 
         summary = {"method": t.method, "trainable_params": report[0], "total_params": report[1],
                    "trainable_percent": 100 * report[0] / report[1], "saved_path": str(saved),
                    "saved_bytes": dir_size(saved), "train_seconds": seconds, "steps": state.step,
-                   "samples_per_s": state.samples_seen / max(seconds, 1e-9),
-                   "tokens_per_s": state.tokens_seen / max(seconds, 1e-9), "world_size": world,
+                   "samples_per_s": (state.samples_seen - seen[0]) / max(seconds, 1e-9),  # this session's steps
+                   "tokens_per_s": (state.tokens_seen - seen[1]) / max(seconds, 1e-9), "speed_from_step": seen[2],
+                   "world_size": world,
                    "final_loss": state.loss, "best_eval": evaluator.best if evaluator else None,
                    "final_eval": {k: v for k, v in state.metrics.items() if k.startswith("eval_")} or None,
                    "test": _test_metrics(model, held_out.get("test"), device)}

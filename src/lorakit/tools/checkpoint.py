@@ -7,13 +7,13 @@ location and replaces only the weight files, atomically; the source is never mod
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import torch
 
-from ..formats._io import atomic_dir, read_safetensors, write_safetensors
+from ..formats._io import atomic_dir, read_json, read_safetensors, write_safetensors
+from ..formats.errors import LoraFileError
 from ..formats.lorafile import Naming
 from ..formats.sd_keys import layout_from_config
 
@@ -62,7 +62,9 @@ def naming_for(path) -> Naming:
         cfg_file = Path(path) / "config.json"
     if not cfg_file.is_file():
         return Naming()
-    cfg = json.loads(cfg_file.read_text())
+    cfg = read_json(cfg_file)
+    if not isinstance(cfg, dict):
+        raise LoraFileError(cfg_file, f"found {type(cfg).__name__}; expected a JSON object (a diffusers config).")
     if cfg.get("addition_embed_type") == "text_time":
         return Naming("sai", True, layout_from_config(cfg))
     return Naming()

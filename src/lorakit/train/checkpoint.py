@@ -18,7 +18,6 @@ window for the kill -9 tests (tests/train/test_kill.py) and has no other use.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from ..formats._io import read_safetensors, write_json, write_safetensors
+from ..formats._io import read_json, read_safetensors, write_json, write_safetensors
 from .callbacks import TrainState
 
 NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -149,7 +148,7 @@ def prune(run_dir: str | Path, keep: int) -> None:
 def load_checkpoint(state: TrainState, directory: str | Path, rank: int = 0, seed: int = 0) -> None:
     """Restore weights, optimizer, scheduler, RNG, counters and callback states into ``state``."""
     directory = Path(directory)
-    info = json.loads((directory / "trainer_state.json").read_text())
+    info = read_json(directory / "trainer_state.json")
     if info["world_size"] != state.world_size:
         raise ValueError(f"{directory} was written by a run with {info['world_size']} processes; this run has "
                          f"{state.world_size}. Resume with the same number of processes (the data order depends on it).")
@@ -163,7 +162,7 @@ def load_checkpoint(state: TrainState, directory: str | Path, rank: int = 0, see
         for name, p in live.items():
             p.copy_(weights[name])
     tensors, _ = read_safetensors(directory / "optimizer.safetensors")
-    _load_optimizer(state.optimizer, json.loads((directory / "optimizer.json").read_text()), tensors)
+    _load_optimizer(state.optimizer, read_json(directory / "optimizer.json"), tensors)
     state.scheduler.load_state_dict(info["scheduler"])
     extra, _ = read_safetensors(directory / "state.safetensors")
     if rank == 0:

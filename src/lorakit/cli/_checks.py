@@ -80,11 +80,11 @@ def is_quickstart(path: Path) -> bool:
 def check_quickstart(path: Path, overrides: list[str]) -> list[str]:
     """Every method's config of a quickstart file, checked as ``lorakit quickstart`` would build it, without
     writing its data; returns the method names or raises one ``ConfigError`` with every problem."""
-    from ..train.config import _has_config, _section, apply_overrides, from_dict, read_yaml
+    from ..train.config import _has_config, _section, from_dict
     from ..train.intents import IntentArgs
     from ..train.quickstart import _merge
 
-    raw = apply_overrides(read_yaml(read_text(path)) or {}, overrides)
+    raw = _raw(path, overrides)
     errors: list[str] = []
     qs = raw.pop("quickstart", None) or {}
     methods = qs.pop("methods", None) if isinstance(qs, dict) else None
@@ -122,11 +122,24 @@ def check_quickstart(path: Path, overrides: list[str]) -> list[str]:
 
 def check_quickstart_out(path: Path, overrides: list[str], out: Path | None, overwrite: bool) -> None:
     """The quickstart's output directory can be written and holds no earlier results (unless ``overwrite``)."""
-    from ..train.config import apply_overrides, read_yaml
-
-    raw = apply_overrides(read_yaml(read_text(path)) or {}, overrides)
+    raw = _raw(path, overrides)
     train = raw.get("train") if isinstance(raw.get("train"), dict) else {}
     out = check_output(out or train.get("output_dir") or "runs/quickstart", kind="dir", overwrite=True)
     if (out / "results.json").exists() and not overwrite:
         raise FileExistsError(f"{out} already holds quickstart results (results.json); pass --overwrite to replace "
                               "them, or choose another directory with --out.")
+
+
+def _raw(path: Path, overrides: list[str]) -> dict:
+    """A quickstart YAML with ``--set`` applied; parse errors name the file and line."""
+    import yaml
+
+    from ..train.config import apply_overrides, read_yaml
+
+    try:
+        raw = read_yaml(read_text(path)) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path} is not valid YAML: {str(exc).replace('<unicode string>', str(path))}"]) from exc
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{path}: expected a mapping of sections (quickstart, model, data, lora, train)"])
+    return apply_overrides(raw, overrides)

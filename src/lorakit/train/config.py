@@ -324,6 +324,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """``section.key=value`` or a deeper path (``quickstart.methods.lora.train.lr=3e-3``; the value is
     parsed as YAML) into the raw mapping; missing mappings along the path are created."""
     errors = []
+    if overrides and not isinstance(data, dict):
+        raise ConfigError([f"the config is {type(data).__name__} {str(data)[:60]}, not a mapping of sections, so "
+                           f"--set has nothing to override; expected sections {list(SECTIONS) + ['lora']}"])
     for item in overrides:
         key, sep, raw = item.partition("=")
         parts = key.strip().split(".")
@@ -340,7 +343,11 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
                 break
             node = node[part]
         else:
-            node[parts[-1]] = read_yaml(raw) if raw.strip() else None
+            try:
+                node[parts[-1]] = read_yaml(raw) if raw.strip() else None
+            except yaml.YAMLError as exc:
+                errors.append(f"--set {item!r}: the value is not valid YAML ({str(exc).splitlines()[0]}); quote it, "
+                              "e.g. --set 'data.prompt_template=\"Q: {prompt}\"'")
     if errors:
         raise ConfigError(errors, "--set overrides")
     return data
@@ -378,5 +385,5 @@ def load_config(path: str | Path, overrides: list[str] | None = None, check_path
     try:
         data = read_yaml(read_text(path)) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError([f"{path} is not valid YAML: {exc}"]) from exc
+        raise ConfigError([f"{path} is not valid YAML: {str(exc).replace('<unicode string>', str(path))}"]) from exc
     return from_dict(apply_overrides(data, overrides or []), check_paths)

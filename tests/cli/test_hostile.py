@@ -231,3 +231,10 @@ def test_data_file_that_is_not_utf8(tmp_path, llama_path):
     (tmp_path / "t.txt").write_bytes(b"the cat\nsat \xff on\n")
     for cmd in ("validate", "train"):
         hostile(tmp_path, [cmd, cfg], "t.txt", "line 2", "not UTF-8")
+
+
+def test_inspect_json_stays_valid_json_with_nan_factors(tmp_path):
+    nan = kohya_file(tmp_path / "nan.safetensors", lambda sd: sd[f"{KEY}.lora_down.weight"].__setitem__(0, float("nan")))
+    res = runner.invoke(app, ["inspect", str(nan), "--json", "--modules"])
+    data = __import__("json").loads(res.stdout)  # NaN is not JSON: it comes out as null
+    assert res.exit_code == 0 and None in [m["norm"] for m in data["module_list"]] and data["warnings"]

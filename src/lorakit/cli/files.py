@@ -7,6 +7,7 @@ them write new files (atomically) and never modify their inputs.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import typer
@@ -23,6 +24,14 @@ from ._errors import fail
 
 console = Console()
 OverwriteOpt = typer.Option(False, "--overwrite", help="Replace an existing output (refused by default).")
+
+
+def _finite(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    return [_finite(v) for v in obj] if isinstance(obj, list) else obj
 
 
 def _floats(text: str | None, what: str) -> list[float] | None:
@@ -54,7 +63,7 @@ def inspect_cmd(file: Path, modules: bool = typer.Option(False, "--modules", hel
     if as_json:
         data = {**rep.summary(), "metadata": rep.metadata, "warnings": rep.warnings,
                 "module_list": [vars(m) for m in rep.modules] if modules else None}
-        typer.echo(json.dumps(data, indent=2, default=str))
+        typer.echo(json.dumps(_finite(data), indent=2, default=str))  # NaN/Inf norms as null: valid JSON
         return
     for k, v in rep.summary().items():
         console.print(f"[bold]{k}[/bold]: {v}")

@@ -1,6 +1,7 @@
 """Hostile input for every command: each case must end with exit code != 0, one message on stderr
 naming the culprit, no traceback, and no file written (the directory tree is unchanged)."""
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -236,5 +237,5 @@ def test_data_file_that_is_not_utf8(tmp_path, llama_path):
 def test_inspect_json_stays_valid_json_with_nan_factors(tmp_path):
     nan = kohya_file(tmp_path / "nan.safetensors", lambda sd: sd[f"{KEY}.lora_down.weight"].__setitem__(0, float("nan")))
     res = runner.invoke(app, ["inspect", str(nan), "--json", "--modules"])
-    data = __import__("json").loads(res.stdout)  # NaN is not JSON: it comes out as null
+    data = json.loads(res.stdout)  # NaN is not JSON: it comes out as null
     assert res.exit_code == 0 and None in [m["norm"] for m in data["module_list"]] and data["warnings"]

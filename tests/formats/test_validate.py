@@ -101,3 +101,8 @@ def test_atomic_dir_replaces_whole_or_not_at_all(tmp_path):
     with atomic_dir(out) as tmp:
         (tmp / "new").write_text("new")
     assert os.listdir(out) == ["new"] and os.listdir(tmp_path) == ["out"]
+
+
+def test_a_module_missing_a_whole_factor_is_named():
+    lokr = {"lokr_w2_a": torch.randn(3, 2), "lokr_w2_b": torch.randn(2, 18), "alpha": torch.tensor(1.0)}
+    assert "without lokr_w1_a" in module_problems("unet.conv_in", lokr)[0]  # found by `make fuzz`

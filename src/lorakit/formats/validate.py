@@ -76,8 +76,11 @@ def module_problems(key: str, m: dict[str, torch.Tensor]) -> list[str]:
                                "a finite float"))
     if out:
         return out
+    algo = algos.pop()
     try:
-        delta = ALGOS[algos.pop()]({s: _meta(t) for s, t in m.items()})
+        delta = ALGOS[algo]({s: _meta(t) for s, t in m.items()})
+    except KeyError as exc:
+        return [problem(key, f"tensors {sorted(m)} without {exc.args[0]}", f"every factor of a {algo} module")]
     except (RuntimeError, ValueError, IndexError) as exc:
         msg = str(exc).splitlines()[0]
         return [problem(key, f"factor shapes {({s: tuple(t.shape) for s, t in m.items()})} that do not multiply "

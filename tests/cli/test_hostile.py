@@ -239,3 +239,14 @@ def test_inspect_json_stays_valid_json_with_nan_factors(tmp_path):
     res = runner.invoke(app, ["inspect", str(nan), "--json", "--modules"])
     data = json.loads(res.stdout)  # NaN is not JSON: it comes out as null
     assert res.exit_code == 0 and None in [m["norm"] for m in data["module_list"]] and data["warnings"]
+
+
+@pytest.mark.parametrize("section, values, culprits", [
+    ("lora", {"target_modules": ["qkv"]}, ["lora: target_modules=['qkv'] matched no module", "q_proj"]),
+    ("lora", {"exclude_modules": ".*"}, ["matched no module"]),
+    ("train", {"method": "head", "head_modules": ["classifier"]}, ["train.head_modules=['classifier']", "lm_head"]),
+])
+def test_selections_that_match_nothing_in_the_model(tmp_path, llama_path, section, values, culprits):
+    cfg = _config(tmp_path, llama_path, **{section: values})
+    for cmd in ("validate", "train"):
+        assert len(hostile(tmp_path, [cmd, cfg], *culprits)) < 1500

@@ -128,3 +128,49 @@ def utf8_problem(path: Path, chunk: int = 1 << 20) -> str | None:
                 return None
             line += block.count(b"\n")
             offset += len(block)
+
+
+def _skeleton(path: str, task: str):
+    """The model's module tree on the ``meta`` device (no weights read, no memory): what ``train`` will adapt."""
+    import torch
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+    cls = transformers.AutoModelForSequenceClassification if task == "classification" else \
+        transformers.AutoModelForCausalLM
+    with torch.device("meta"):
+        return cls.from_config(config)
+
+
+_SKELETONS: dict = {}
+
+
+def selection_problems(cfg: RunConfig) -> list[str]:
+    """``lora.target_modules``/``exclude_modules``/``layers_to_transform`` or ``train.head_modules`` that select
+    nothing in this model: checked against its module tree, as ``train`` would after loading it."""
+    from .config import resolve_path
+
+    m, t = cfg.model, cfg.train
+    try:
+        path = resolve_path(m.path)
+        key = (str(path), m.task, (path / "config.json").stat().st_mtime)
+        if key not in _SKELETONS:
+            _SKELETONS.clear()
+            _SKELETONS[key] = _skeleton(str(path), m.task)
+    except Exception:  # noqa: BLE001  (an unreadable model is reported by the path check or by train)
+        return []
+    model = _SKELETONS[key]
+    if t.method == "lora" and cfg.lora is not None:
+        from ..inject import resolve_targets
+
+        try:
+            resolve_targets(model, cfg.lora)
+        except ValueError as exc:
+            first = str(exc).split(" Modules in this model:")[0]
+            leaves = sorted({n.rsplit(".", 1)[-1] for n, x in model.named_modules() if n and not list(x.children())})
+            return [f"lora: {first} Leaf module names in {m.path}: {', '.join(leaves[:30])}."]
+    if t.method == "head" and not any(n == h or n.endswith("." + h) for n, _ in model.named_modules()
+                                      for h in t.head_modules):
+        return [f"train.head_modules={t.head_modules}: none is a module of {m.path}; top-level modules: "
+                f"{[n for n, _ in model.named_children()]}."]
+    return []

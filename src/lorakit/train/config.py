@@ -24,7 +24,7 @@ from typing import Literal
 import yaml
 
 from ..config import ConfigError, LoraConfig
-from .checks import device_kind, more_problems, non_finite, yaml_word
+from .checks import device_kind, more_problems, non_finite, selection_problems, yaml_word
 
 
 class _Loader(yaml.SafeLoader):
@@ -317,7 +317,8 @@ def problems(cfg: RunConfig, check_paths: bool = True) -> list[str]:
         e.append(f"train.loraplus_ratio needs train.method='lora' (got {t.method!r}).")
     if t.mixed_precision == "fp16" and device_kind(m.device) == "cpu":
         e.append("train.mixed_precision='fp16' is not supported on CPU; use 'no' (fp32) or 'bf16'.")
-    return e + more_problems(cfg)
+    e += more_problems(cfg)
+    return e + selection_problems(cfg) if check_paths and not e else e
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lorakit-installed
 
-.PHONY: test demo demo-sd sdworld-assets bench lint clean
+.PHONY: test demo demo-sd sdworld-assets bench lint clean fuzz
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,8 +17,14 @@ $(STAMP): pyproject.toml Makefile
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+# >= 10,000 mutated LoRA/LyCORIS/PEFT files through every reader and tool, and mutated run configs
+# through validate (+ a 1-step train of the accepted ones); `make test` runs a few dozen of each.
+fuzz: $(STAMP)
+	LORAKIT_FUZZ_EXAMPLES=3400 $(PY) -m pytest -q -p no:cacheprovider tests/formats/test_fuzz_files.py \
+		tests/train/test_fuzz_config.py
+
 demo: $(STAMP)
-	$(PY) -m lorakit quickstart
+	$(PY) -m lorakit quickstart --overwrite
 
 # The SD demo: a LoRA learns a new shape on the shipped toy base model (assets/), with the real trainer.
 demo-sd: $(STAMP)

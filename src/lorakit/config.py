@@ -124,6 +124,9 @@ class LoraConfig:
         ltt = self.layers_to_transform
         if ltt is not None and not (isinstance(ltt, int) or (isinstance(ltt, list) and all(isinstance(i, int) for i in ltt))):
             e.append(f"layers_to_transform={ltt!r}: expected an int or a list of ints.")
+        for name in ("target_modules", "layers_to_transform"):  # an empty selection adapts nothing
+            if getattr(self, name) in ([], ()):
+                e.append(f"{name}=[]: selects no module; list at least one, or use null (the defaults).")
         from .quant import COMPUTE_DTYPES, QUANT_TYPES
 
         if self.quantize not in QUANT_TYPES:

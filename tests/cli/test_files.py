@@ -50,7 +50,7 @@ def test_merge_resize_convert_and_inputs_untouched(two, tmp_path):
     res = _run("merge-loras", *two, "-o", out, "--method", "cat", "--weights", "0.5,2")
     assert res.exit_code == 0, res.output
     merged, a, b = read_lora(out), read_lora(two[0]), read_lora(two[1])
-    key = "unet.a.to_q"
+    key = "unet.mid_block.attentions.0.proj_in"
     torch.testing.assert_close(delta(merged.modules[key]),
                                0.5 * delta(a.modules[key]) + 2 * delta(b.modules[key]), rtol=1e-5, atol=1e-5)
     res = _run("resize", out, "-o", tmp_path / "r.safetensors", "--rank", "2", "--verbose")
@@ -68,16 +68,16 @@ def test_merge_into_base_checkpoint_folder(two, tmp_path):
     (base / "text_encoder").mkdir()
     (base / "unet" / "config.json").write_text("{}")
     g = torch.Generator().manual_seed(0)
-    save_file({"a.to_q.weight": torch.randn(12, 10, generator=g), "b.conv1.weight": torch.randn(6, 4, 3, 3, generator=g)},
+    save_file({"mid_block.attentions.0.proj_in.weight": torch.randn(12, 10, generator=g), "conv_in.weight": torch.randn(6, 4, 3, 3, generator=g)},
               base / "unet" / "diffusion_pytorch_model.safetensors")
-    save_file({"text_model.c.q_proj.weight": torch.randn(8, 8, generator=g)}, base / "text_encoder" / "model.safetensors")
+    save_file({"text_model.encoder.layers.0.mlp.fc1.weight": torch.randn(8, 8, generator=g)}, base / "text_encoder" / "model.safetensors")
     out = tmp_path / "merged"
-    res = _run("merge-loras", two[0], "--base", base, "-o", out, "--weights", "0.5", "--block-weight", "unet.b=0")
+    res = _run("merge-loras", two[0], "--base", base, "-o", out, "--weights", "0.5", "--block-weight", "unet.conv_in=0")
     assert res.exit_code == 0, res.output
     new, old = (load_file(d / "unet" / "diffusion_pytorch_model.safetensors") for d in (out, base))
     lf = read_lora(two[0])
-    torch.testing.assert_close(new["a.to_q.weight"], old["a.to_q.weight"] + 0.5 * delta(lf.modules["unet.a.to_q"]))
-    assert torch.equal(new["b.conv1.weight"], old["b.conv1.weight"])
+    torch.testing.assert_close(new["mid_block.attentions.0.proj_in.weight"], old["mid_block.attentions.0.proj_in.weight"] + 0.5 * delta(lf.modules["unet.mid_block.attentions.0.proj_in"]))
+    assert torch.equal(new["conv_in.weight"], old["conv_in.weight"])
     assert (out / "unet" / "config.json").is_file()
 
 

@@ -87,7 +87,7 @@ def test_train_predict_merge_on_a_tiny_classifier(tmp_path, bert_path):
         torch.testing.assert_close(plain(**enc).logits, model(**enc).logits, rtol=1e-4, atol=1e-5)
     assert plain.config.id2label == {0: "home", 1: "other"}
     again = runner.invoke(app, ["merge", str(bert_path), str(adapter), "--out", str(merged)])
-    assert again.exit_code == 1 and "not empty" in again.output
+    assert again.exit_code == 1 and "already exists; pass --overwrite" in again.output
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["method"] == "lora"
 
 

@@ -4,7 +4,7 @@ import torch
 
 from lorakit.formats.lorafile import LoraFile
 
-SHAPES = {"unet.a.to_q": (12, 10), "unet.b.conv1": (6, 4, 3, 3), "text_encoder.text_model.c.q_proj": (8, 8)}
+SHAPES = {"unet.mid_block.attentions.0.proj_in": (12, 10), "unet.conv_in": (6, 4, 3, 3), "text_encoder.text_model.encoder.layers.0.mlp.fc1": (8, 8)}
 
 
 def lora_file(seed: int, rank: int = 3, alpha: float = 2.0, shapes=SHAPES) -> LoraFile:

@@ -27,7 +27,7 @@ def test_cat_is_the_exact_weighted_sum(files):
 def test_a_single_lora_is_not_squared(files):
     """kohya's merge_lora.py scales up and down by sqrt-ratios and gets ratio²·ΔW for one file; we get ratio·ΔW."""
     merged = merge_loras(files[:1], [0.5], "cat")
-    key = "unet.a.to_q"
+    key = "unet.mid_block.attentions.0.proj_in"
     torch.testing.assert_close(delta(merged.modules[key]), 0.5 * delta(files[0].modules[key]))
 
 
@@ -68,13 +68,13 @@ def _ties_reference(taus, density):
 
 def test_ties_matches_the_algorithm(files):
     merged = merge_loras(files, [1.0, 0.8], "ties", density=0.4, rank=64)
-    key = "unet.a.to_q"
+    key = "unet.mid_block.attentions.0.proj_in"
     taus = [delta(files[0].modules[key]), 0.8 * delta(files[1].modules[key])]
     torch.testing.assert_close(delta(merged.modules[key]), _ties_reference(taus, 0.4), rtol=1e-4, atol=1e-4)
 
 
 def test_dare_drops_and_rescales(files):
-    key = "unet.a.to_q"
+    key = "unet.mid_block.attentions.0.proj_in"
     full = merge_loras(files, [1.0, 0.5], "dare", density=1.0, rank=64)  # nothing dropped: the plain sum
     want = delta(files[0].modules[key]) + 0.5 * delta(files[1].modules[key])
     torch.testing.assert_close(delta(full.modules[key]), want, rtol=1e-4, atol=1e-4)
@@ -93,29 +93,29 @@ def test_bad_requests_are_explained(files):
         merge_loras(files, method="svd")
     with pytest.raises(ValueError, match="2 weights for 1 LoRAs"):
         merge_loras(files[:1], [1, 2])
-    other = lora_file(3, shapes={"unet.a.to_q": (12, 11)})
+    other = lora_file(3, shapes={"unet.mid_block.attentions.0.proj_in": (12, 11)})
     with pytest.raises(ValueError, match="different base models"):
         merge_loras([files[0], other])
 
 
 def test_merge_into_base_with_strengths_and_block_weights(files):
     g = torch.Generator().manual_seed(0)
-    state = {"unet": {"a.to_q.weight": torch.randn(12, 10, generator=g), "b.conv1.weight": torch.randn(6, 4, 3, 3, generator=g),
-                      "b.conv1.bias": torch.randn(6, generator=g)},
-             "text_encoder": {"text_model.c.q_proj.weight": torch.randn(8, 8, generator=g)}}
+    state = {"unet": {"mid_block.attentions.0.proj_in.weight": torch.randn(12, 10, generator=g), "conv_in.weight": torch.randn(6, 4, 3, 3, generator=g),
+                      "conv_in.bias": torch.randn(6, generator=g)},
+             "text_encoder": {"text_model.encoder.layers.0.mlp.fc1.weight": torch.randn(8, 8, generator=g)}}
     original = {p: {k: v.clone() for k, v in sd.items()} for p, sd in state.items()}
-    out = merge_into_base(state, files, [0.5, 2.0], {"unet.b": 0.0, "text_encoder": 0.25})
+    out = merge_into_base(state, files, [0.5, 2.0], {"unet.conv_in": 0.0, "text_encoder": 0.25})
     for part in state:  # inputs untouched
         for k in state[part]:
             assert torch.equal(state[part][k], original[part][k])
-    want = original["unet"]["a.to_q.weight"] + 0.5 * delta(files[0].modules["unet.a.to_q"]) \
-        + 2.0 * delta(files[1].modules["unet.a.to_q"])
-    torch.testing.assert_close(out["unet"]["a.to_q.weight"], want, rtol=1e-5, atol=1e-5)
-    assert torch.equal(out["unet"]["b.conv1.weight"], original["unet"]["b.conv1.weight"])  # block weight 0
-    key = "text_encoder.text_model.c.q_proj"
-    want = original["text_encoder"]["text_model.c.q_proj.weight"] + 0.25 * (
+    want = original["unet"]["mid_block.attentions.0.proj_in.weight"] + 0.5 * delta(files[0].modules["unet.mid_block.attentions.0.proj_in"]) \
+        + 2.0 * delta(files[1].modules["unet.mid_block.attentions.0.proj_in"])
+    torch.testing.assert_close(out["unet"]["mid_block.attentions.0.proj_in.weight"], want, rtol=1e-5, atol=1e-5)
+    assert torch.equal(out["unet"]["conv_in.weight"], original["unet"]["conv_in.weight"])  # block weight 0
+    key = "text_encoder.text_model.encoder.layers.0.mlp.fc1"
+    want = original["text_encoder"]["text_model.encoder.layers.0.mlp.fc1.weight"] + 0.25 * (
         0.5 * delta(files[0].modules[key]) + 2.0 * delta(files[1].modules[key]))
-    torch.testing.assert_close(out["text_encoder"]["text_model.c.q_proj.weight"], want, rtol=1e-5, atol=1e-5)
-    assert block_weight("unet.b.conv1", {"unet": 2.0, "unet.b": 3.0}) == 3.0
-    with pytest.raises(ValueError, match="no weight a.to_q.weight in the checkpoint's unet"):
+    torch.testing.assert_close(out["text_encoder"]["text_model.encoder.layers.0.mlp.fc1.weight"], want, rtol=1e-5, atol=1e-5)
+    assert block_weight("unet.conv_in", {"unet": 2.0, "unet.conv_in": 3.0}) == 3.0
+    with pytest.raises(ValueError, match="no weight mid_block.attentions.0.proj_in.weight in the checkpoint's unet"):
         merge_into_base({"unet": {}, "text_encoder": state["text_encoder"]}, files)

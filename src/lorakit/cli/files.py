@@ -7,25 +7,31 @@ them write new files (atomically) and never modify their inputs.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
+from ..formats._io import check_output
 from ..formats.sd_io import TARGETS, convert, read_lora, write_lora
 from ..tools import extract_lora, inspect_lora, merge_into_base, merge_loras, resize_lora
 from ..tools.checkpoint import naming_for, read_checkpoint, write_checkpoint
 from ..tools.merge import METHODS
 from . import app
+from ._errors import fail
 
 console = Console()
+OverwriteOpt = typer.Option(False, "--overwrite", help="Replace an existing output (refused by default).")
 
 
-def _fail(exc: Exception) -> None:
-    console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
-    raise typer.Exit(1)
+def _finite(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    return [_finite(v) for v in obj] if isinstance(obj, list) else obj
 
 
 def _floats(text: str | None, what: str) -> list[float] | None:
@@ -37,19 +43,15 @@ def _floats(text: str | None, what: str) -> list[float] | None:
         raise typer.BadParameter(f"{what}={text!r}: expected comma-separated numbers such as 1,0.5") from None
 
 
-def _check_out(out: Path, inputs: list[Path]) -> None:
-    if any(out.resolve() == p.resolve() for p in inputs):
-        _fail(ValueError(f"output {out} is one of the inputs; choose a new path (inputs are never overwritten)."))
-
-
 @app.command("convert")
 def convert_cmd(src: Path, dst: Path, to: str = typer.Option(..., help=f"target format: {' | '.join(TARGETS)}"),
-                dtype: str = typer.Option(None, help="kohya output precision: fp32, fp16 or bf16")):
+                dtype: str = typer.Option(None, help="kohya output precision: fp32, fp16 or bf16"),
+                overwrite: bool = OverwriteOpt):
     """Convert a LoRA between kohya .safetensors and PEFT adapter directories (lossless)."""
-    try:
-        lf = convert(src, dst, to, dtype=dtype)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
-        _fail(exc)
+    if to not in TARGETS:
+        fail(f"--to {to!r}: expected one of {', '.join(TARGETS)}.")
+    check_output(dst, kind="file" if to == "kohya" else "dir", overwrite=overwrite, inputs=[src])
+    lf = convert(src, dst, to, dtype=dtype)
     console.print(f"wrote {dst} ({to}, {len(lf.modules)} modules)")
 
 
@@ -57,14 +59,11 @@ def convert_cmd(src: Path, dst: Path, to: str = typer.Option(..., help=f"target 
 def inspect_cmd(file: Path, modules: bool = typer.Option(False, "--modules", help="list every module"),
                 as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
     """Format, model family, modules (rank/alpha/norm), metadata and health warnings of a LoRA file."""
-    try:
-        rep = inspect_lora(file)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
-        _fail(exc)
+    rep = inspect_lora(file)
     if as_json:
         data = {**rep.summary(), "metadata": rep.metadata, "warnings": rep.warnings,
                 "module_list": [vars(m) for m in rep.modules] if modules else None}
-        typer.echo(json.dumps(data, indent=2, default=str))
+        typer.echo(json.dumps(_finite(data), indent=2, default=str))  # NaN/Inf norms as null: valid JSON
         return
     for k, v in rep.summary().items():
         console.print(f"[bold]{k}[/bold]: {v}")
@@ -94,26 +93,29 @@ def merge_loras_cmd(
     base: Path = typer.Option(None, help="merge into this base checkpoint (diffusers folder or safetensors) instead"),
     block_weight: list[str] = typer.Option(None, help="PREFIX=MULT, e.g. unet.down_blocks.1=0.5 (with --base)"),
     dtype: str = typer.Option(None, help="kohya output precision: fp32, fp16 or bf16"),
+    overwrite: bool = OverwriteOpt,
 ):
     """Merge several LoRAs into one LoRA, or into a base checkpoint with per-LoRA strengths."""
-    _check_out(out, loras + ([base] if base else []))
+    if not loras:
+        fail("merge-loras: give at least one LoRA file.")
+    kind = "dir" if base is not None and base.is_dir() else "file"
+    check_output(out, kind=kind, overwrite=overwrite, inputs=loras + ([base] if base else []))
     w = _floats(weights, "--weights")
-    try:
-        files = [read_lora(p) for p in loras]
-        if base is not None:
-            blocks = {}
-            for item in block_weight or []:
-                prefix, _, mult = item.partition("=")
-                blocks[prefix] = float(_floats(mult, "--block-weight")[0])
-            write_checkpoint(base, out, merge_into_base(read_checkpoint(base), files, w, blocks))
-            console.print(f"wrote {out} (base + {len(files)} LoRA(s))")
-            return
-        if block_weight:
-            raise ValueError("--block-weight applies when merging into a checkpoint (--base).")
-        merged = merge_loras(files, w, method, rank, density, seed)
-        write_lora(merged, out, "kohya", dtype)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as exc:
-        _fail(exc)
+    blocks = {}
+    for item in block_weight or []:
+        prefix, sep, mult = item.partition("=")
+        if not sep or not prefix:
+            fail(f"--block-weight {item!r}: expected PREFIX=MULT, e.g. unet.down_blocks.1=0.5")
+        blocks[prefix] = float(_floats(mult, "--block-weight")[0])
+    if block_weight and base is None:
+        fail("--block-weight applies when merging into a checkpoint (--base).")
+    files = [read_lora(p) for p in loras]
+    if base is not None:
+        write_checkpoint(base, out, merge_into_base(read_checkpoint(base), files, w, blocks), overwrite=overwrite)
+        console.print(f"wrote {out} (base + {len(files)} LoRA(s))")
+        return
+    merged = merge_loras(files, w, method, rank, density, seed)
+    write_lora(merged, out, "kohya", dtype)
     console.print(f"wrote {out} ({method}, {len(merged.modules)} modules)")
 
 
@@ -123,14 +125,12 @@ def resize_cmd(src: Path, out: Path = typer.Option(..., "-o", "--out"),
                dynamic: str = typer.Option(None, help="sv_ratio | sv_fro | sv_cumulative"),
                param: float = typer.Option(None, help="parameter of the dynamic method"),
                dtype: str = typer.Option(None, help="output precision: fp32, fp16 or bf16"),
-               verbose: bool = typer.Option(False, "--verbose", help="retained energy per module")):
+               verbose: bool = typer.Option(False, "--verbose", help="retained energy per module"),
+               overwrite: bool = OverwriteOpt):
     """Change a LoRA's rank by SVD, keeping its strength; reports the energy each module keeps."""
-    _check_out(out, [src])
-    try:
-        new, reports = resize_lora(read_lora(src), rank, dynamic, param)
-        write_lora(new, out, "kohya", dtype)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
-        _fail(exc)
+    check_output(out, overwrite=overwrite, inputs=[src])
+    new, reports = resize_lora(read_lora(src), rank, dynamic, param)
+    write_lora(new, out, "kohya", dtype)
     if verbose:
         for r in reports:
             console.print(f"{r.module}: rank {r.old_rank} -> {r.new_rank}, fro {r.fro_retained:.4f}, "
@@ -149,14 +149,15 @@ def extract_cmd(base: Path, tuned: Path, out: Path = typer.Option(..., "-o", "--
                 clamp_quantile: float = typer.Option(0.99, help="clamp factors at this quantile (1 = off)"),
                 min_diff: float = typer.Option(0.0, help="skip modules whose max |ΔW| is at most this"),
                 part: str = typer.Option(None, help="model part of single-file checkpoints (unet, text_encoder)"),
-                dtype: str = typer.Option(None, help="output precision: fp32, fp16 or bf16")):
+                dtype: str = typer.Option(None, help="output precision: fp32, fp16 or bf16"),
+                overwrite: bool = OverwriteOpt):
     """Extract a LoRA from the difference between a fine-tuned and a base model (truncated SVD)."""
-    _check_out(out, [base, tuned])
-    try:
-        lf, skipped = extract_lora(read_checkpoint(base, part), read_checkpoint(tuned, part),
-                                   rank=None if energy is not None else rank, conv_rank=conv_rank, energy=energy,
-                                   clamp_quantile_=clamp_quantile, min_diff=min_diff, naming=naming_for(base))
-        write_lora(lf, out, "kohya", dtype)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
-        _fail(exc)
+    check_output(out, overwrite=overwrite, inputs=[base, tuned])
+    lf, skipped = extract_lora(read_checkpoint(base, part), read_checkpoint(tuned, part),
+                               rank=None if energy is not None else rank, conv_rank=conv_rank, energy=energy,
+                               clamp_quantile_=clamp_quantile, min_diff=min_diff, naming=naming_for(base))
+    if not lf.modules:
+        fail(f"no module of {tuned} differs from {base} by more than --min-diff {min_diff} ({len(skipped)} compared); "
+             "there is no LoRA to extract and nothing was written. Are these the right two checkpoints?")
+    write_lora(lf, out, "kohya", dtype)
     console.print(f"wrote {out}: {len(lf.modules)} modules" + (f", {len(skipped)} skipped (no change)" if skipped else ""))

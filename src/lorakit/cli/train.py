@@ -10,20 +10,17 @@ import typer
 from rich.console import Console
 
 from . import app
+from ._checks import check_adapters, check_quickstart, check_quickstart_out, check_run_dir
+from ._checks import is_quickstart as _is_quickstart
+from ._errors import fail
 
 console = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
 
 SET_HELP = ("Override a config value: --set section.key=value, or a deeper path such as "
             "quickstart.methods.lora.train.lr=3.0e-3 (value parsed as YAML). Repeatable.")
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help=SET_HELP)]  # noqa: UP045
 AdapterOpt = Annotated[Optional[list[str]],  # noqa: UP045
                        typer.Option("--adapter", "-a", help="Adapter dir, or dir:strength. Repeatable.")]
-
-
-def _fail(message: str, code: int = 1):
-    err.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code)
 
 
 def _adapters(adapter: list[str]) -> list[tuple[str, float]]:
@@ -44,39 +41,44 @@ def _adapters(adapter: list[str]) -> list[tuple[str, float]]:
 @app.command()
 def train(config: Annotated[Path, typer.Argument(help="Run config (YAML); see examples/.")],
           set_: SetOpt = None,
-          resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint.")] = False):
+          resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint.")] = False,
+          overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a finished run in output_dir.")] = False):
     """Train an adapter (or the head, or the full model) as CONFIG says. Under torchrun: data-parallel."""
     from ..config import ConfigError
-    from ..train import NonFiniteLossError, load_config, run
+    from ..train import load_config, run
 
     try:
         cfg = load_config(config, set_ or [])
-        run(cfg, resume=resume)
     except ConfigError as exc:
-        _fail(f"{exc}\nRun `lorakit validate {config}` after fixing, before training.")
-    except (NonFiniteLossError, FileNotFoundError, FileExistsError, ValueError, ImportError) as exc:
-        _fail(str(exc))
+        fail(f"{exc}\nRun `lorakit validate {config}` after fixing, before training.")
+    check_run_dir(cfg.train.output_dir, resume, overwrite)
+    run(cfg, resume=resume)
 
 
 @app.command()
 def validate(config: Annotated[Path, typer.Argument(help="Run config (YAML).")], set_: SetOpt = None):
     """Check CONFIG without training: every problem at once, each with its key and a fix (for SD configs
-    also the dataset, the model files, the bucket table and the step count)."""
+    also the dataset, the model files, the bucket table and the step count).
+
+    A quickstart config (one with a ``quickstart`` section) is checked for every method it runs."""
     from ..config import ConfigError
     from ..train.config import load_data
     from ..train.task import get_task
 
-    try:
-        data = load_data(config, set_ or [])
-        task = get_task(data.get("task") if isinstance(data, dict) else None)
-        problems, report = task.validate(data) if isinstance(data, dict) else ([f"expected a mapping, got {data!r}"], "")
-    except (ConfigError, FileNotFoundError) as exc:
-        _fail(str(exc))
+    if _is_quickstart(config):
+        names = check_quickstart(config, set_ or [])
+        console.print(f"[green]ok[/]: {config} is a valid quickstart config (methods {', '.join(names)})")
+        return
+    data = load_data(config, set_ or [])
+    if not isinstance(data, dict):
+        fail(f"{config}: expected a mapping of config sections, got {type(data).__name__} {str(data)[:60]}.")
+    task = get_task(data.get("task"))
+    problems, report = task.validate(data)
     multiline = "\n" in report
     if multiline:
         console.print(report, markup=False)
     if problems:
-        _fail(str(ConfigError(problems, str(config))))
+        fail(str(ConfigError(problems, str(config))))
     console.print(f"[green]ok[/]: {config} is valid ({report if report and not multiline else f'task {task.name}'})")
 
 
@@ -91,10 +93,8 @@ def predict(base: Annotated[str, typer.Argument(help="Base model directory (or p
     from ..tasks.text.infer import load_with_adapters
     from ..tasks.text.infer import predict as _predict
 
-    try:
-        model, tok, labels = load_with_adapters(base, _adapters(adapter or []), task="classification")
-    except (FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+    adapters = check_adapters(_adapters(adapter or []), "classification")
+    model, tok, labels = load_with_adapters(base, adapters, task="classification")
     table = Table("text", "prediction")
     for text, preds in zip(texts, _predict(model, tok, labels, texts, top_k), strict=True):
         table.add_row(text, ", ".join(f"{label} ({p:.1%})" for label, p in preds))
@@ -112,10 +112,8 @@ def generate(base: Annotated[str, typer.Argument(help="Base causal-LM directory.
     from ..tasks.text.infer import generate as _generate
     from ..tasks.text.infer import load_with_adapters
 
-    try:
-        model, tok, _ = load_with_adapters(base, _adapters(adapter or []), task="causal_lm")
-    except (FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+    adapters = check_adapters(_adapters(adapter or []), "causal_lm")
+    model, tok, _ = load_with_adapters(base, adapters, task="causal_lm")
     for prompt, text in zip(prompts, _generate(model, tok, prompts, max_new_tokens, temperature, chat), strict=True):
         console.print(f"[bold]{prompt}[/]{text}")
 
@@ -124,14 +122,22 @@ def generate(base: Annotated[str, typer.Argument(help="Base causal-LM directory.
 def merge(base: Annotated[str, typer.Argument(help="Base Hugging Face model directory.")],
           adapter: Annotated[list[str], typer.Argument(help="Adapter dir(s), optionally dir:strength.")],
           out: Annotated[Path, typer.Option("--out", "-o", help="New directory for the merged model.")],
-          dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16")] = "float32"):
+          dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16")] = "float32",
+          overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False):
     """BASE + ADAPTER(s) -> a standard Hugging Face model directory with the adapters merged in."""
+    import shutil
+
+    from ..formats._io import atomic_dir, check_output
     from ..tasks.text.infer import merge_to_model
 
-    try:
-        path = merge_to_model(base, _adapters(adapter or []), out, dtype)
-    except (FileNotFoundError, FileExistsError, ValueError) as exc:
-        _fail(str(exc))
+    if dtype not in ("float32", "bfloat16", "float16"):
+        fail(f"--dtype {dtype!r}: expected float32, bfloat16 or float16.")
+    check_output(out, kind="dir", overwrite=overwrite, inputs=[Path(base)])
+    adapters = check_adapters(_adapters(adapter or []), None)
+    with atomic_dir(out) as tmp:  # written whole or not at all
+        shutil.rmtree(tmp)
+        merge_to_model(base, adapters, tmp, dtype)
+    path = out
     console.print(f"[green]merged model written to {path}[/] (load it with transformers' from_pretrained)")
 
 
@@ -140,14 +146,16 @@ def quickstart(config: Annotated[Optional[Path], typer.Option(  # noqa: UP045  (
                    "--config", "-c", help="Quickstart YAML (default: the copy of examples/quickstart.yaml).")] = None,
                set_: SetOpt = None,
                out: Annotated[Optional[Path], typer.Option(  # noqa: UP045
-                   "--out", "-o", help="Output directory (default train.output_dir).")] = None):
+                   "--out", "-o", help="Output directory (default train.output_dir).")] = None,
+               overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier quickstart's results.")]
+               = False):
     """Fine-tune all-MiniLM-L6-v2 on Home Assistant intents: head only vs LoRA vs full, in one table."""
-    from ..config import ConfigError
+    from ..tasks.text.quickstart import DEFAULT_CONFIG
     from ..tasks.text.quickstart import quickstart as _quickstart
 
+    check_quickstart(config or DEFAULT_CONFIG, set_ or [])  # every method's config, before writing any data
+    check_quickstart_out(config or DEFAULT_CONFIG, set_ or [], out, overwrite)
     try:
         _quickstart(config, set_ or [], out, console)
     except ImportError as exc:
-        _fail(f"{exc}\nThe quickstart needs: pip install 'lorakit[quickstart]'")
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+        fail(f"{exc}\nThe quickstart needs: pip install 'lorakit[quickstart]'")

@@ -15,8 +15,10 @@ import torch
 from safetensors.torch import save as st_save
 
 from ._io import read_safetensors, write_safetensors
+from .errors import LoraFileError, LoraKeyError
 from .lorafile import SUFFIXES, LoraFile, Naming, alpha_of, rank_of
 from .sd_keys import SDXL, UnetLayout, from_kohya, to_kohya
+from .validate import check_lora
 
 #: family -> (ss_base_model_version, ss_v2, modelspec.architecture)
 FAMILY_META = {"sd1": ("sd_v1", "False", "stable-diffusion-v1/lora"),
@@ -31,8 +33,9 @@ def is_kohya(keys) -> bool:
 
 
 def from_state_dict(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None,
-                    layout: UnetLayout = SDXL) -> LoraFile:
-    """Group kohya keys by module; every unknown suffix, prefix or block is reported in one error."""
+                    layout: UnetLayout = SDXL, source: str = "kohya state dict") -> LoraFile:
+    """Group kohya keys by module; every unknown suffix, prefix or block is reported in one error
+    (``LoraKeyError`` naming ``source``). Module consistency is :func:`.validate.check_lora`'s job."""
     modules: dict[str, dict[str, torch.Tensor]] = {}
     styles, te_split, problems = set(), False, []
     for key, t in tensors.items():
@@ -54,8 +57,9 @@ def from_state_dict(tensors: dict[str, torch.Tensor], metadata: dict[str, str] |
     if len(styles) > 1:
         problems.append("the file mixes diffusers-style (down_blocks) and SAI-style (input_blocks) U-Net names")
     if problems:
-        raise KeyError(f"{len(problems)} key(s) could not be mapped; nothing was loaded:\n  - "
-                       + "\n  - ".join(problems[:40]))
+        raise LoraKeyError(source, problems, f"{len(problems)} key(s) could not be mapped; nothing was loaded. "
+                           "Expected kohya names for a Stable Diffusion U-Net/text encoder (lorakit inspect lists "
+                           "what a file holds).")
     naming = Naming(unet_style=styles.pop() if styles else "diffusers", te_split=te_split, layout=layout)
     return LoraFile(modules, dict(metadata or {}), naming, source="kohya")
 
@@ -118,9 +122,9 @@ def kohya_metadata(lf: LoraFile, family: str | None = None, **updates: str) -> d
 def read_kohya(path, layout: UnetLayout = SDXL, allow_pickle: bool = False) -> LoraFile:
     tensors, metadata = read_safetensors(path, allow_pickle=allow_pickle)
     if not is_kohya(tensors):
-        raise ValueError(f"{path} is not a kohya LoRA file: its keys do not start with lora_unet_/lora_te_ "
-                         f"(first keys: {sorted(tensors)[:3]}). Use lorakit.formats.read_lora for other formats.")
-    return from_state_dict(tensors, metadata, layout)
+        raise LoraFileError(path, f"not a kohya LoRA file: its keys do not start with lora_unet_/lora_te_ "
+                            f"(first keys: {sorted(tensors)[:3]}). Use lorakit.formats.read_lora for other formats.")
+    return check_lora(from_state_dict(tensors, metadata, layout, str(path)), path, names=True)
 
 
 def write_kohya(lf: LoraFile, path, dtype: str | torch.dtype | None = None, family: str | None = None,

@@ -42,6 +42,8 @@ class LoraFile:
     metadata: dict[str, str] = field(default_factory=dict)
     naming: Naming = field(default_factory=Naming)
     source: str = "kohya"
+    path: str = field(default="", compare=False)
+    """File it was read from (names it in errors); empty for one built in memory."""
 
     def parts(self) -> set[str]:
         return {k.split(".", 1)[0] for k in self.modules}

@@ -15,7 +15,9 @@ from torch import nn
 from ..config import ConfigError, LoraConfig
 from ..inject import _name_matches, inject, model_biases, plain_modules
 from ..model import _saved_modules, delete_adapter, lora_layers
-from ._io import read_safetensors, write_json, write_safetensors
+from ._io import read_json, read_safetensors, write_json, write_safetensors
+from .errors import LoraFileError
+from .validate import check_peft_config
 
 PREFIX = "base_model.model."
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
@@ -273,8 +275,6 @@ def load_adapter(model: nn.Module, path: str | Path, adapter_name: str = "defaul
     Every missing or unexpected key and every shape mismatch is reported in one error, and the
     model is left as it was. ``.bin`` pickles are refused unless ``allow_pickle=True``.
     """
-    import json
-
     path = Path(path)
     if not (path / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{path} has no {CONFIG_FILE}; expected a PEFT adapter directory "
@@ -283,7 +283,12 @@ def load_adapter(model: nn.Module, path: str | Path, adapter_name: str = "defaul
     if not weights.is_file():
         weights = path / "adapter_model.bin"
     tensors, _ = read_safetensors(weights, allow_pickle=allow_pickle)
-    config = config_from_peft(json.loads((path / CONFIG_FILE).read_text()))
+    config_path = path / CONFIG_FILE
+    try:
+        config = config_from_peft(check_peft_config(read_json(config_path), config_path))
+    except ConfigError as exc:  # same type, now naming the file
+        raise ConfigError(exc.errors, f"PEFT adapter config {config_path}") from exc
+    _check_tensors(tensors, weights)
     grad_flags = [(p, p.requires_grad) for p in model.parameters()]
     inject(model, config, adapter_name, activate=False, trainable=trainable, init=False)
     _resize_by_rank_pattern(model, config, adapter_name)
@@ -307,8 +312,9 @@ def load_adapter(model: nn.Module, path: str | Path, adapter_name: str = "defaul
         delete_adapter(model, adapter_name)
         for p, flag in grad_flags:
             p.requires_grad_(flag)
-        raise ValueError(f"adapter at {path} does not fit this model ({len(problems)} problems); the model was "
-                         "left unchanged. Is it for another base model?\n  - " + "\n  - ".join(problems[:50]))
+        shown = problems[:8] + ([f"... and {len(problems) - 8} more"] if len(problems) > 8 else [])
+        raise LoraFileError(path, [f"does not fit this model ({len(problems)} problems); the model was left unchanged",
+                                   *shown], "Is it an adapter for another base model (or another task)?")
     with torch.no_grad():
         for key, (target, _, _) in entries.items():
             target.copy_(converted[key].to(target.dtype))
@@ -317,6 +323,15 @@ def load_adapter(model: nn.Module, path: str | Path, adapter_name: str = "defaul
 
         set_active_adapters(model, adapter_name)
     return model
+
+
+def _check_tensors(tensors: dict[str, torch.Tensor], path) -> None:
+    """Adapter weights must be finite floats: NaN/Inf would silently break every output."""
+    bad = [f"{k}: found {'dtype ' + str(t.dtype) if not t.is_floating_point() else 'NaN/Inf values'}; expected "
+           "finite floating-point values" for k, t in tensors.items()
+           if not t.is_floating_point() or not torch.isfinite(t).all()]
+    if bad:
+        raise LoraFileError(path, bad, "Nothing was loaded. Re-export the adapter from a run that did not diverge.")
 
 
 def _rank_masks(config: LoraConfig) -> dict:

@@ -19,9 +19,11 @@ from pathlib import Path
 
 import torch
 
-from ._io import read_safetensors, write_json, write_safetensors
+from ._io import atomic_dir, read_json, read_safetensors, write_json, write_safetensors
+from .errors import LoraFileError, LoraKeyError
 from .lorafile import LoraFile, Naming, alpha_of, rank_of
 from .sd_keys import UnetLayout
+from .validate import check_peft_config
 
 PARTS = ("unet", "text_encoder", "text_encoder_2")
 #: diffusers/PEFT tensor suffix -> kohya suffix (longest first when matching)
@@ -65,7 +67,7 @@ def map_key(key: str, default_part: str = "unet") -> tuple[str, str]:
 
 
 def from_state_dict(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None,
-                    default_part: str = "unet", config: dict | None = None) -> LoraFile:
+                    default_part: str = "unet", config: dict | None = None, source: str = "state dict") -> LoraFile:
     """Group diffusers/PEFT keys by module; alphas come from ``.alpha`` keys, the PEFT ``config``
     (``lora_alpha``/``alpha_pattern``) or diffusers' ``lora_adapter_metadata``; otherwise alpha = rank."""
     metadata = dict(metadata or {})
@@ -82,21 +84,55 @@ def from_state_dict(tensors: dict[str, torch.Tensor], metadata: dict[str, str] |
             continue
         modules.setdefault(mod, {})[suffix] = t
     if problems:
-        raise KeyError(f"{len(problems)} key(s) could not be mapped; nothing was loaded:\n  - "
-                       + "\n  - ".join(problems[:40]))
-    configs = _alpha_configs(metadata, config, default_part)
-    no_alpha = set(json.loads(metadata.pop("lorakit.no_alpha", "[]")))
-    alpha_dtype = getattr(torch, metadata.pop("lorakit.alpha_dtype", "float32"))
+        raise LoraKeyError(source, problems, f"{len(problems)} key(s) could not be mapped; nothing was loaded.")
+    configs = _alpha_configs(metadata, config, default_part, source)
+    no_alpha = _meta_json(metadata, "lorakit.no_alpha", [], list, source)
+    alpha_dtype = metadata.pop("lorakit.alpha_dtype", "float32")
+    if alpha_dtype not in ("float32", "float16", "bfloat16", "float64"):
+        raise LoraFileError(source, f"metadata lorakit.alpha_dtype={alpha_dtype!r}: expected float32, float16 or "
+                            "bfloat16 (lorakit writes it); remove the entry or re-export the file.")
+    alpha_dtype = getattr(torch, alpha_dtype)
     for mod, t in modules.items():
         part, path = mod.split(".", 1)
         if "alpha" not in t and mod not in no_alpha and part in configs and "lora_down.weight" in t:
             alpha = _pattern(path, configs[part].get("alpha_pattern") or {}, configs[part].get("lora_alpha"))
             if alpha is not None:
                 t["alpha"] = torch.tensor(float(alpha), dtype=alpha_dtype)
-    naming = Naming(**{**json.loads(metadata.pop("lorakit.naming", "{}"))})
-    if isinstance(naming.layout, dict):
-        naming.layout = UnetLayout(**{k: tuple(v) if isinstance(v, list) else v for k, v in naming.layout.items()})
-    return LoraFile(modules, metadata, naming, source="peft" if config is not None else "diffusers")
+    return LoraFile(modules, metadata, _naming(metadata, source), source="peft" if config is not None else "diffusers")
+
+
+def _meta_json(metadata: dict, key: str, default, kind: type, source: str):
+    """A JSON value lorakit (or diffusers) stored in the safetensors metadata, type-checked."""
+    raw = metadata.pop(key, None)
+    if raw is None:
+        return default
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        value = exc
+    if not isinstance(value, kind):
+        raise LoraFileError(source, f"metadata {key}: found {raw!r:.80}; expected a JSON {kind.__name__} (as lorakit "
+                            "and diffusers write it). Remove the entry or re-export the file.")
+    return value
+
+
+def _naming(metadata: dict, source: str) -> Naming:
+    data = _meta_json(metadata, "lorakit.naming", {}, dict, source)
+    try:
+        naming = Naming(**data)
+        if isinstance(naming.layout, dict):
+            naming.layout = UnetLayout(**{k: tuple(v) if isinstance(v, list) else v for k, v in naming.layout.items()})
+        if naming.unet_style not in ("diffusers", "sai") or not isinstance(naming.te_split, bool) \
+                or not isinstance(naming.layout, UnetLayout):
+            raise TypeError(naming)
+        layout = naming.layout
+        if not all(isinstance(x, bool) for x in layout.down_attn + layout.up_attn) \
+                or type(layout.layers_per_block) is not int or layout.layers_per_block < 1:
+            raise TypeError(layout)
+    except (TypeError, AttributeError) as exc:
+        raise LoraFileError(source, f"metadata lorakit.naming: found {data!r:.120}; expected lorakit's naming record "
+                            "(unet_style, te_split, layout). Remove the entry or re-export the file.") from exc
+    return naming
 
 
 def _pattern(path: str, pattern: dict, default):
@@ -106,18 +142,18 @@ def _pattern(path: str, pattern: dict, default):
     return default
 
 
-def _alpha_configs(metadata: dict, config: dict | None, default_part: str) -> dict[str, dict]:
+def _alpha_configs(metadata: dict, config: dict | None, default_part: str, source: str) -> dict[str, dict]:
     if config is not None:
         return {default_part: config}
-    raw = metadata.get("lora_adapter_metadata")
-    if not raw:
-        return {}
-    data = json.loads(raw)
+    data = _meta_json(dict(metadata), "lora_adapter_metadata", {}, dict, source)
     out: dict[str, dict] = {}
     for key, value in data.items():  # diffusers writes "unet.lora_alpha", "text_encoder.alpha_pattern", ...
         part, _, field = key.partition(".")
         if part in PARTS:
             out.setdefault(part, {})[field] = value
+    for part, cfg in out.items():
+        check_peft_config({k: v for k, v in cfg.items() if k in ("lora_alpha", "alpha_pattern")},
+                          f"{source} (metadata lora_adapter_metadata, {part})")
     return out
 
 
@@ -128,7 +164,7 @@ def read_peft_dir(path, allow_pickle: bool = False) -> LoraFile:
     if not dirs and (path / "adapter_config.json").is_file():
         dirs = [(None, path)]
     if not dirs:
-        raise FileNotFoundError(f"{path} holds no adapter_config.json (nor unet/, text_encoder/ subfolders with one); "
+        raise LoraFileError(path, "holds no adapter_config.json (nor unet/, text_encoder/ subfolders with one); "
                                 "expected a PEFT adapter directory.")
     merged: LoraFile | None = None
     for part, d in dirs:
@@ -136,12 +172,12 @@ def read_peft_dir(path, allow_pickle: bool = False) -> LoraFile:
         if not weights.is_file() and allow_pickle:
             weights = d / "adapter_model.bin"
         tensors, meta = read_safetensors(weights, allow_pickle=allow_pickle)
-        config = json.loads((d / "adapter_config.json").read_text())
+        config = check_peft_config(read_json(d / "adapter_config.json"), d / "adapter_config.json")
         if config.get("peft_type", "LORA") != "LORA" or config.get("use_dora"):
-            raise ValueError(f"{d}: peft_type={config.get('peft_type')!r}, use_dora={config.get('use_dora')}; "
-                             "lorakit converts plain LoRA PEFT adapters to kohya files.")
+            raise LoraFileError(d, f"peft_type={config.get('peft_type')!r}, use_dora={config.get('use_dora')}; "
+                                "lorakit converts plain LoRA PEFT adapters (peft_type LORA) to kohya files.")
         guess = part or ("text_encoder" if any(".text_model." in k for k in tensors) else "unet")
-        lf = from_state_dict(tensors, meta, guess, config)
+        lf = from_state_dict(tensors, meta, guess, config, source=str(weights))
         if merged is None:
             merged = lf
         else:
@@ -162,24 +198,29 @@ def write_peft(lf: LoraFile, directory) -> Path:
     base_meta = {**lf.metadata, "lorakit.naming": json.dumps(asdict(lf.naming)),
                  "lorakit.no_alpha": json.dumps(sorted(k for k, t in lf.modules.items() if "alpha" not in t)),
                  "lorakit.alpha_dtype": str(alphas[0].dtype).removeprefix("torch.") if alphas else "float32"}
-    for part in sorted(lf.parts()):
-        mods = {k.split(".", 1)[1]: t for k, t in lf.modules.items() if k.split(".", 1)[0] == part}
-        ranks = {p: rank_of(t) for p, t in mods.items()}
-        alphas = {p: alpha_of(t) if alpha_of(t) is not None else ranks[p] for p, t in mods.items()}
-        r = Counter(ranks.values()).most_common(1)[0][0]
-        a = Counter(alphas.values()).most_common(1)[0][0]
-        tensors = {}
-        for p, t in mods.items():
-            tensors[f"{PEFT_PREFIX}{p}.lora_A.weight"] = t["lora_down.weight"]
-            tensors[f"{PEFT_PREFIX}{p}.lora_B.weight"] = t["lora_up.weight"]
-        config = {
-            "peft_type": "LORA", "r": r, "lora_alpha": a, "target_modules": sorted(mods),
-            "rank_pattern": {re.escape(p): v for p, v in ranks.items() if v != r},
-            "alpha_pattern": {re.escape(p): v for p, v in alphas.items() if v != a},
-            "lora_dropout": 0.0, "bias": "none", "init_lora_weights": True, "use_dora": False,
-            "use_rslora": False, "fan_in_fan_out": False, "task_type": None, "inference_mode": True,
-            "base_model_name_or_path": None,
-        }
-        write_safetensors(directory / part / "adapter_model.safetensors", tensors, base_meta)
-        write_json(directory / part / "adapter_config.json", config)
+    with atomic_dir(directory) as tmp:
+        for part in sorted(lf.parts()):
+            _write_part(lf, part, tmp / part, base_meta)
     return directory
+
+
+def _write_part(lf: LoraFile, part: str, out: Path, base_meta: dict) -> None:
+    mods = {k.split(".", 1)[1]: t for k, t in lf.modules.items() if k.split(".", 1)[0] == part}
+    ranks = {p: rank_of(t) for p, t in mods.items()}
+    alphas = {p: alpha_of(t) if alpha_of(t) is not None else ranks[p] for p, t in mods.items()}
+    r = Counter(ranks.values()).most_common(1)[0][0]
+    a = Counter(alphas.values()).most_common(1)[0][0]
+    tensors = {}
+    for p, t in mods.items():
+        tensors[f"{PEFT_PREFIX}{p}.lora_A.weight"] = t["lora_down.weight"]
+        tensors[f"{PEFT_PREFIX}{p}.lora_B.weight"] = t["lora_up.weight"]
+    config = {
+        "peft_type": "LORA", "r": r, "lora_alpha": a, "target_modules": sorted(mods),
+        "rank_pattern": {re.escape(p): v for p, v in ranks.items() if v != r},
+        "alpha_pattern": {re.escape(p): v for p, v in alphas.items() if v != a},
+        "lora_dropout": 0.0, "bias": "none", "init_lora_weights": True, "use_dora": False,
+        "use_rslora": False, "fan_in_fan_out": False, "task_type": None, "inference_mode": True,
+        "base_model_name_or_path": None,
+    }
+    write_safetensors(out / "adapter_model.safetensors", tensors, base_meta)
+    write_json(out / "adapter_config.json", config)

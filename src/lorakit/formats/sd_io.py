@@ -6,26 +6,30 @@ from pathlib import Path
 
 from . import kohya, peft_sd
 from ._io import read_safetensors
+from .errors import LoraFileError
 from .lorafile import LoraFile
 from .sd_keys import SDXL, UnetLayout
+from .validate import check_lora
 
 TARGETS = ("kohya", "peft")
 
 
 def read_lora(path, layout: UnetLayout = SDXL, allow_pickle: bool = False) -> LoraFile:
-    """Detect the format of ``path`` and read it. ``layout`` maps SAI block names (SDXL by default)."""
+    """Detect the format of ``path`` and read it. ``layout`` maps SAI block names (SDXL by default).
+
+    The result is validated completely (:func:`.validate.check_lora`); a bad file raises ``LoraFileError``."""
     path = Path(path)
     if path.is_dir():
-        return peft_sd.read_peft_dir(path, allow_pickle=allow_pickle)
+        return check_lora(peft_sd.read_peft_dir(path, allow_pickle=allow_pickle), path, names=True)
     tensors, metadata = read_safetensors(path, allow_pickle=allow_pickle)
     if not tensors:
-        raise ValueError(f"{path} holds no tensors; expected a LoRA file.")
+        raise LoraFileError(path, "holds no tensors; expected a LoRA file.")
     if kohya.is_kohya(tensors):
-        return kohya.from_state_dict(tensors, metadata, layout)
+        return check_lora(kohya.from_state_dict(tensors, metadata, layout, str(path)), path, names=True)
     if peft_sd.is_diffusers(tensors):
-        return peft_sd.from_state_dict(tensors, metadata)
-    raise ValueError(f"{path}: unrecognised LoRA key style (first keys: {sorted(tensors)[:3]}). Expected kohya "
-                     "(lora_unet_/lora_te_), diffusers (unet./text_encoder.) or PEFT (base_model.model.) keys.")
+        return check_lora(peft_sd.from_state_dict(tensors, metadata, source=str(path)), path, names=True)
+    raise LoraFileError(path, f"unrecognised LoRA key style (first keys: {sorted(tensors)[:3]}). Expected kohya "
+                        "(lora_unet_/lora_te_), diffusers (unet./text_encoder.) or PEFT (base_model.model.) keys.")
 
 
 def write_lora(lf: LoraFile, path, to: str = "kohya", dtype=None) -> Path:

@@ -12,6 +12,25 @@ RANK_RULES = {
 }
 
 
+#: valid parameter range per dynamic rule (low, high, inclusive high) and what it means
+PARAM_RANGES = {"sv_ratio": (1.0, float("inf"), "a ratio >= 1 (largest / smallest kept singular value), e.g. 4"),
+                "sv_cumulative": (0.0, 1.0, "a fraction in (0, 1] of the singular-value sum, e.g. 0.9"),
+                "sv_fro": (0.0, 1.0, "a fraction in (0, 1] of the Frobenius norm, e.g. 0.9")}
+
+
+def check_rank_args(rank, method: str | None = None, param: float | None = None, what: str = "rank") -> None:
+    """Refuse a rank or a dynamic rule's parameter before any work (one message naming the option)."""
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+        raise ValueError(f"{what}={rank!r}: expected a positive integer such as 8.")
+    if method is None:
+        return
+    if method not in RANK_RULES:
+        raise ValueError(f"dynamic method {method!r}: expected one of {sorted(RANK_RULES)}.")
+    lo, hi, meaning = PARAM_RANGES[method]
+    if param is None or not (lo <= param <= hi if method == "sv_ratio" else lo < param <= hi):
+        raise ValueError(f"{method} parameter {param!r}: expected {meaning}.")
+
+
 def choose_rank(s: torch.Tensor, rank: int | None, method: str | None = None, param: float | None = None) -> int:
     """Rank to keep: ``rank`` (fixed, or the cap of a dynamic ``method``), at least 1 and at most len(s).
 

@@ -7,13 +7,13 @@ location and replaces only the weight files, atomically; the source is never mod
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import torch
 
-from ..formats._io import read_safetensors, write_safetensors
+from ..formats._io import atomic_dir, read_json, read_safetensors, write_safetensors
+from ..formats.errors import LoraFileError
 from ..formats.lorafile import Naming
 from ..formats.sd_keys import layout_from_config
 
@@ -62,14 +62,16 @@ def naming_for(path) -> Naming:
         cfg_file = Path(path) / "config.json"
     if not cfg_file.is_file():
         return Naming()
-    cfg = json.loads(cfg_file.read_text())
+    cfg = read_json(cfg_file)
+    if not isinstance(cfg, dict):
+        raise LoraFileError(cfg_file, f"found {type(cfg).__name__}; expected a JSON object (a diffusers config).")
     if cfg.get("addition_embed_type") == "text_time":
         return Naming("sai", True, layout_from_config(cfg))
     return Naming()
 
 
-def write_checkpoint(src, dst, new: dict[str, dict[str, torch.Tensor]]) -> Path:
-    """Write ``new`` in the layout of checkpoint ``src`` at ``dst`` (a new file or folder)."""
+def write_checkpoint(src, dst, new: dict[str, dict[str, torch.Tensor]], overwrite: bool = False) -> Path:
+    """Write ``new`` in the layout of checkpoint ``src`` at ``dst`` (a new file or folder, written whole or not at all)."""
     src, dst = Path(src), Path(dst)
     if dst.exists() and dst.resolve() == src.resolve():
         raise ValueError(f"output {dst} is the input checkpoint; choose a new path (inputs are never overwritten).")
@@ -77,15 +79,14 @@ def write_checkpoint(src, dst, new: dict[str, dict[str, torch.Tensor]]) -> Path:
         (sd,) = new.values()
         write_safetensors(dst, sd, read_safetensors(src)[1] or None)
         return dst
-    if dst.exists():
-        raise FileExistsError(f"{dst} exists; choose a new output folder.")
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.safetensors"))
+    if dst.exists() and not overwrite:
+        raise FileExistsError(f"{dst} exists; choose a new output folder (or pass --overwrite).")
     subs = [p for p in PARTS if (src / p).is_dir()]
-    for part, sd in new.items():
-        folder = src / part if subs else src
-        files = _files(folder)
-        for f in files:  # keep the shard layout: each tensor goes back to the file it came from
-            keys, meta = read_safetensors(f)
-            out = dst / f.relative_to(src)
-            write_safetensors(out, {k: sd[k] for k in keys}, meta or None)
+    with atomic_dir(dst) as tmp:
+        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("*.safetensors"), dirs_exist_ok=True)
+        for part, sd in new.items():
+            folder = src / part if subs else src
+            for f in _files(folder):  # keep the shard layout: each tensor goes back to the file it came from
+                keys, meta = read_safetensors(f)
+                write_safetensors(tmp / f.relative_to(src), {k: sd[k] for k in keys}, meta or None)
     return dst

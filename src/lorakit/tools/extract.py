@@ -16,7 +16,7 @@ import torch
 
 from ..formats.lorafile import LoraFile, Naming
 from ..formats.sd_keys import canonical_te
-from ._svd import clamp_quantile, factorize
+from ._svd import check_rank_args, clamp_quantile, factorize
 
 #: which weights get a LoRA (kohya's default targets, + resnet/sampler convs when conv_rank is set)
 TARGETS = {
@@ -35,6 +35,13 @@ def extract_lora(base: dict[str, dict[str, torch.Tensor]], tuned: dict[str, dict
     """LoRA approximating ``tuned − base`` ({part: state dict} each); returns (file, skipped module names)."""
     if rank is None and energy is None:
         raise ValueError("give a rank or an energy threshold (e.g. --energy 0.9).")
+    check_rank_args(rank)
+    check_rank_args(conv_rank, what="conv_rank")
+    check_rank_args(None, "sv_fro" if energy is not None else None, energy)
+    if clamp_quantile_ is not None and not 0 < clamp_quantile_ <= 1:
+        raise ValueError(f"clamp_quantile={clamp_quantile_!r}: expected a fraction in (0, 1] (1 turns it off).")
+    if not 0 <= min_diff < float("inf"):
+        raise ValueError(f"min_diff={min_diff!r}: expected a finite number >= 0.")
     modules, skipped = {}, []
     for part, tuned_sd in tuned.items():
         if part not in base:

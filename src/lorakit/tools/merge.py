@@ -18,12 +18,15 @@ W += strength_i·block_weight(module)·ΔW_i (DoRA modules use the base weight, 
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..formats.lorafile import LoraFile, Naming, rank_of, scale_of
 from ..formats.lycoris import delta_weight, file_delta
 from ..formats.sd_keys import te_alternatives
-from ._svd import factorize, svd_of_product
+from ..formats.validate import require_finite
+from ._svd import check_rank_args, factorize, svd_of_product
 
 METHODS = ("cat", "linear", "svd", "ties", "dare")
 
@@ -32,6 +35,8 @@ def _weights(files, weights):
     weights = [1.0] * len(files) if weights is None else [float(w) for w in weights]
     if len(weights) != len(files):
         raise ValueError(f"got {len(weights)} weights for {len(files)} LoRAs; give one weight per LoRA.")
+    if not all(math.isfinite(w) for w in weights):
+        raise ValueError(f"weights {weights}: expected finite numbers such as 1,0.5.")
     return weights
 
 
@@ -48,10 +53,13 @@ def merge_loras(files: list[LoraFile], weights: list[float] | None = None, metho
         raise ValueError(f"method={method!r}: expected one of {METHODS}.")
     if method == "svd" and rank is None:
         raise ValueError("method='svd' needs a target rank (--rank).")
+    check_rank_args(rank)
     if method in ("ties", "dare") and not 0 < density <= 1:
         raise ValueError(f"density={density}: expected a fraction in (0, 1].")
     weights = _weights(files, weights)
     _check_families(files)
+    for f in files if method != "cat" else ():  # cat only stacks factors; the others multiply and factorize
+        require_finite(f, f"merge-loras --method {method}")
     gen = torch.Generator().manual_seed(seed)
     keys = list(dict.fromkeys(k for f in files for k in f.modules))
     out = {}
@@ -171,6 +179,8 @@ def merge_into_base(state: dict[str, dict[str, torch.Tensor]], files: list[LoraF
     """
     strengths = _weights(files, strengths)
     _check_families(files)
+    for f in files:  # NaN/Inf would spread into every weight the module touches
+        require_finite(f, "merging into a checkpoint")
     problems = [f"{key}: no weight {key.split('.', 1)[1]}.weight in the checkpoint's {key.split('.', 1)[0]}"
                 for f in files for key in f.modules if _weight_key(state, key) is None]
     if problems:

@@ -15,7 +15,8 @@ import torch
 
 from ..formats.lorafile import LoraFile, Naming, rank_of, scale_of
 from ..formats.lycoris import file_delta
-from ._svd import choose_rank, retained, svd_of_product
+from ..formats.validate import require_finite
+from ._svd import check_rank_args, choose_rank, retained, svd_of_product
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ def resize_lora(lf: LoraFile, rank: int | None = None, method: str | None = None
     """A new ``LoraFile`` at the chosen rank(s), and a report per module."""
     if method is not None and param is None:
         raise ValueError(f"method={method!r} needs its parameter (--param), e.g. 0.9 for sv_fro.")
+    check_rank_args(rank, method, param)
+    require_finite(lf, "resize (an SVD)")
     out, reports = {}, []
     for key, m in lf.modules.items():
         plain = not set(m) - {"lora_down.weight", "lora_up.weight", "alpha"}

@@ -1,29 +1,43 @@
 """Checkpoints that resume a run exactly, without pickles.
 
-A checkpoint is a directory ``checkpoint-000120/`` written under a temporary name and renamed when
-complete, so a crash never leaves a half checkpoint under the real name::
+A checkpoint is a directory ``checkpoint-000120/`` written under a temporary name, finished by a
+completion marker (``COMPLETE``, written last) and then renamed. Only directories with the marker
+count as checkpoints; pruning removes the marker first, so a kill at any moment (even half-way
+through deleting an old checkpoint) never leaves a directory that looks complete but is not::
 
     adapter/                     PEFT adapter (method lora), loadable by lorakit or peft
     trainable.safetensors        every trainable parameter by name (exact restore, any method)
     optimizer.safetensors/.json  optimizer state: tensors as safetensors, the rest as JSON
     state.safetensors            RNG states and the callbacks' tensors
     trainer_state.json           step, epoch, scheduler, callback states, counters
+    COMPLETE                     marker: every file above is written (the step, as JSON)
+
+``LORAKIT_CHECKPOINT_PAUSE=<seconds>`` sleeps between the files of a save or prune: it widens the
+window for the kill -9 tests (tests/train/test_kill.py) and has no other use.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import torch
 
-from ..formats._io import read_safetensors, write_json, write_safetensors
+from ..formats._io import read_json, read_safetensors, write_json, write_safetensors
 from .callbacks import TrainState
 
 NAME = re.compile(r"^checkpoint-(\d+)$")
+MARKER = "COMPLETE"
+PAUSE_ENV = "LORAKIT_CHECKPOINT_PAUSE"
+
+
+def _pause() -> None:
+    seconds = float(os.environ.get(PAUSE_ENV) or 0)
+    if seconds > 0:
+        time.sleep(seconds)
 
 
 def split_tensors(obj, prefix: str, out: dict):
@@ -71,6 +85,7 @@ def save_checkpoint(state: TrainState, directory: str | Path, config: dict | Non
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     model = state.model
+    _pause()
     write_safetensors(tmp / "trainable.safetensors",
                       {n: p for n, p in model.named_parameters() if p.requires_grad})
     if getattr(model, "lorakit_configs", None):
@@ -78,6 +93,7 @@ def save_checkpoint(state: TrainState, directory: str | Path, config: dict | Non
 
         for name in sorted(getattr(model, "lorakit_trainable", set())):
             save_adapter(model, tmp / ("adapter" if name == "default" else f"adapter-{name}"), name)
+    _pause()
     meta, tensors = _optimizer_state(state.optimizer)
     write_safetensors(tmp / "optimizer.safetensors", tensors)
     write_json(tmp / "optimizer.json", meta)
@@ -92,28 +108,47 @@ def save_checkpoint(state: TrainState, directory: str | Path, config: dict | Non
         "samples_seen": state.samples_seen, "tokens_seen": state.tokens_seen, "world_size": state.world_size,
         "scheduler": state.scheduler.state_dict(), "callbacks": callbacks,
         "callback_types": [type(cb).__name__ for cb in state.callbacks], "config": config})
+    _pause()
+    write_json(tmp / MARKER, {"step": state.step})  # last: the checkpoint is complete
     if directory.exists():
-        shutil.rmtree(directory)
+        _remove(directory)
     os.replace(tmp, directory)
     return directory
+
+
+def _remove(directory: Path) -> None:
+    """Marker first: from then on the directory no longer counts, whatever is left of it."""
+    (directory / MARKER).unlink(missing_ok=True)
+    _pause()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def is_complete(directory: Path) -> bool:
+    return NAME.match(directory.name) is not None and (directory / MARKER).is_file()
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
     """Complete checkpoints of a run, oldest first."""
     run_dir = Path(run_dir)
-    found = [p for p in run_dir.glob("checkpoint-*") if NAME.match(p.name) and (p / "trainer_state.json").is_file()]
+    found = [p for p in run_dir.glob("checkpoint-*") if is_complete(p)]
     return sorted(found, key=lambda p: int(NAME.match(p.name).group(1)))
 
 
 def prune(run_dir: str | Path, keep: int) -> None:
+    """Keep the newest ``keep`` complete checkpoints; also clear leftovers of interrupted saves and prunes."""
+    run_dir = Path(run_dir)
     for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
+    leftovers = [p for p in run_dir.glob("checkpoint-*") if NAME.match(p.name) and not is_complete(p)]
+    leftovers += list(run_dir.glob(".checkpoint-*.tmp"))
+    for p in leftovers:
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def load_checkpoint(state: TrainState, directory: str | Path, rank: int = 0, seed: int = 0) -> None:
     """Restore weights, optimizer, scheduler, RNG, counters and callback states into ``state``."""
     directory = Path(directory)
-    info = json.loads((directory / "trainer_state.json").read_text())
+    info = read_json(directory / "trainer_state.json")
     if info["world_size"] != state.world_size:
         raise ValueError(f"{directory} was written by a run with {info['world_size']} processes; this run has "
                          f"{state.world_size}. Resume with the same number of processes (the data order depends on it).")
@@ -127,7 +162,7 @@ def load_checkpoint(state: TrainState, directory: str | Path, rank: int = 0, see
         for name, p in live.items():
             p.copy_(weights[name])
     tensors, _ = read_safetensors(directory / "optimizer.safetensors")
-    _load_optimizer(state.optimizer, json.loads((directory / "optimizer.json").read_text()), tensors)
+    _load_optimizer(state.optimizer, read_json(directory / "optimizer.json"), tensors)
     state.scheduler.load_state_dict(info["scheduler"])
     extra, _ = read_safetensors(directory / "state.safetensors")
     if rank == 0:

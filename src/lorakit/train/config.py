@@ -19,6 +19,7 @@ from typing import Literal
 import yaml
 
 from ..config import ConfigError
+from .checks import non_finite, train_args_problems, yaml_word
 
 
 class _Loader(yaml.SafeLoader):
@@ -154,6 +155,7 @@ def parse_section(name: str, cls, data, errors: list[str]):
     known = [f.name for f in fields(cls)]
     good = {}
     for key, value in data.items():
+        value = yaml_word(value, hints.get(key))
         if key not in hints:
             near = difflib.get_close_matches(str(key), known, n=1)
             fix = f"did you mean {name}.{near[0]}?" if near else f"known keys: {', '.join(known)}"
@@ -171,6 +173,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """``section.key=value`` or a deeper path (``quickstart.methods.lora.train.lr=3e-3``; the value is
     parsed as YAML) into the raw mapping; missing mappings along the path are created."""
     errors = []
+    if overrides and not isinstance(data, dict):
+        raise ConfigError([f"the config is {type(data).__name__} {str(data)[:60]}, not a mapping of sections, so "
+                           "--set has nothing to override; expected a mapping of sections such as model, data, train"])
     for item in overrides:
         key, sep, raw = item.partition("=")
         parts = key.strip().split(".")
@@ -187,7 +192,11 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
                 break
             node = node[part]
         else:
-            node[parts[-1]] = read_yaml(raw) if raw.strip() else None
+            try:
+                node[parts[-1]] = read_yaml(raw) if raw.strip() else None
+            except yaml.YAMLError as exc:
+                errors.append(f"--set {item!r}: the value is not valid YAML ({str(exc).splitlines()[0]}); quote it, "
+                              "e.g. --set 'data.prompt_template=\"Q: {prompt}\"'")
     if errors:
         raise ConfigError(errors, "--set overrides")
     return data
@@ -216,7 +225,7 @@ def train_problems(t: TrainArgs) -> list[str]:
         e.append(f"train.max_grad_norm={t.max_grad_norm}: expected a positive number or null (no clipping).")
     if t.loraplus_ratio is not None and t.loraplus_ratio <= 0:
         e.append(f"train.loraplus_ratio={t.loraplus_ratio}: expected a positive ratio such as 16.")
-    return e
+    return e + train_args_problems(t)
 
 
 def unknown_sections(data: dict, allowed: set[str], errors: list[str]) -> None:
@@ -233,6 +242,9 @@ def from_dict(data: dict, check_paths: bool = True):
 
     if not isinstance(data, dict):
         raise ConfigError([f"expected a YAML mapping of config sections, got {data!r}"])
+    nan = non_finite(data)
+    if nan:  # NaN compares false with every bound checked later: report these first
+        raise ConfigError(nan, "training config")
     return get_task(data.get("task")).parse_config(data, check_paths)
 
 
@@ -241,10 +253,12 @@ def load_data(path: str | Path, overrides: list[str] | None = None) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
+    from ..formats._io import read_text
+
     try:
-        data = read_yaml(path.read_text()) or {}
+        data = read_yaml(read_text(path)) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError([f"{path} is not valid YAML: {exc}"]) from exc
+        raise ConfigError([f"{path} is not valid YAML: {str(exc).replace('<unicode string>', str(path))}"]) from exc
     return apply_overrides(data, overrides or [])
 
 

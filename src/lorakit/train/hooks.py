@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
+from ..formats._io import atomic_write
 from .callbacks import Callback, TrainState, run_callbacks
 from .checkpoint import list_checkpoints, prune, save_checkpoint
 
@@ -87,8 +89,8 @@ class MetricsLogger(Callback):
     def on_train_begin(self, state: TrainState) -> None:
         self.t0, self.samples0, self.tokens0 = time.perf_counter(), state.samples_seen, state.tokens_seen
         if state.is_main_process and self.path.exists():  # resumed: drop rows the restored run never reached
-            keep = [r for r in self.path.read_text().splitlines() if r and json.loads(r).get("step", 0) <= state.step]
-            self.path.write_text("".join(r + "\n" for r in keep))
+            keep = [r for r in self.path.read_text(errors="replace").splitlines() if _row_step(r) <= state.step]
+            atomic_write(self.path, lambda tmp: Path(tmp).write_text("".join(r + "\n" for r in keep)))
 
     def on_step_end(self, state: TrainState) -> None:
         self.losses.append(state.loss)
@@ -106,15 +108,36 @@ class MetricsLogger(Callback):
             self._write({"step": state.step, **metrics})
 
 
-class ProgressBar(Callback):
-    """A rich progress bar with loss, learning rate and speed (rank 0)."""
+def _row_step(row: str) -> float:
+    """The step of a metrics row; a row cut short by a kill counts as past every step (it is dropped)."""
+    try:
+        return json.loads(row).get("step", 0)
+    except (json.JSONDecodeError, AttributeError):
+        return math.inf
 
-    def __init__(self, description: str = "training"):
-        self.description = description
+
+class ProgressBar(Callback):
+    """A rich progress bar with loss, learning rate and speed (rank 0); when stdout is not a terminal
+    (a log file, CI), a plain line every ``every`` steps instead. After a resume the speed covers the
+    steps of this session only, and says so."""
+
+    def __init__(self, description: str = "training", every: int = 10, interactive: bool | None = None):
+        self.description, self.every = description, max(1, every)
+        self.interactive = sys.stdout.isatty() if interactive is None else interactive
         self.progress = self.task = None
+        self.plain = False
+
+    def _speed(self, state: TrainState) -> str:
+        speed = (state.samples_seen - self.s0) / max(time.perf_counter() - self.t0, 1e-9)
+        since = f" (since resume at step {self.step0})" if self.step0 else ""
+        return f"{speed:.1f} samples/s{since}"
 
     def on_train_begin(self, state: TrainState) -> None:
         if not state.is_main_process:
+            return
+        self.t0, self.s0, self.step0 = time.perf_counter(), state.samples_seen, state.step
+        if not self.interactive:
+            self.plain = True
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -122,13 +145,13 @@ class ProgressBar(Callback):
                                  TimeRemainingColumn(), TextColumn("{task.fields[info]}"), transient=False)
         self.progress.start()
         self.task = self.progress.add_task(self.description, total=state.total_steps, completed=state.step, info="")
-        self.t0, self.s0 = time.perf_counter(), state.samples_seen
 
     def on_step_end(self, state: TrainState) -> None:
+        info = f"loss {state.loss:.4f}  lr {state.lr:.2e}  {self._speed(state)}"
         if self.progress is not None:
-            speed = (state.samples_seen - self.s0) / max(time.perf_counter() - self.t0, 1e-9)
-            self.progress.update(self.task, completed=state.step,
-                                 info=f"loss {state.loss:.4f}  lr {state.lr:.2e}  {speed:.1f} samples/s")
+            self.progress.update(self.task, completed=state.step, info=info)
+        elif self.plain and (state.step % self.every == 0 or state.step == state.total_steps):
+            print(f"{self.description}: step {state.step}/{state.total_steps}  {info}", flush=True)
 
     def on_train_end(self, state: TrainState) -> None:
         if self.progress is not None:
@@ -160,3 +183,14 @@ class Checkpointer(Callback):
     def latest(self) -> Path | None:
         found = list_checkpoints(self.run_dir)
         return found[-1] if found else None
+
+
+def step_summary(plan: str, t, per_epoch: int, total: int, warmup: int) -> str:
+    """The line explaining the step count (``plan``: the task's explanation of the per-epoch count); says
+    when ``train.max_steps`` replaces the epochs' count."""
+    by_epochs = max(1, math.ceil(t.epochs * per_epoch))
+    head = f"{plan} = {by_epochs} optimizer steps ({per_epoch} per epoch"
+    if t.max_steps is not None and t.max_steps != by_epochs:
+        verb = "caps" if t.max_steps < by_epochs else "extends"
+        return f"{head}); train.max_steps={t.max_steps} {verb} it: {total} steps, {warmup} warmup"
+    return f"{head}, {warmup} warmup)"

@@ -26,11 +26,20 @@ from ..formats._io import atomic_write, write_json
 from .callbacks import Callback
 from .checkpoint import list_checkpoints, load_checkpoint
 from .heap import keep_heap
-from .hooks import Checkpointer, Evaluator, MetricsLogger, NanGuard, NonFiniteLossError, ProgressBar
+from .hooks import (
+    Checkpointer,
+    Evaluator,
+    MetricsLogger,
+    NanGuard,
+    NonFiniteLossError,
+    ProgressBar,
+    step_summary,
+)
 from .loop import Trainer
 from .optim import make_scheduler, warmup_steps
 from .report import dir_size, format_summary, plot_metrics
 from .task import get_task
+from .threads import share_cpu_threads
 
 
 @dataclass
@@ -83,6 +92,7 @@ def run(cfg, callbacks: list[Callback] | None = None, resume: bool = False, quie
     t = cfg.train
     kind = "cuda" if cfg.model.device == "cuda" or (cfg.model.device == "auto" and torch.cuda.is_available()) else "cpu"
     rank, world, started = _distributed(kind)
+    share_cpu_threads(kind)  # under torchrun on CPU: cores / local processes (train/threads.py)
     main = rank == 0
     try:
         device = _device(cfg.model.device, rank)
@@ -105,7 +115,7 @@ def run(cfg, callbacks: list[Callback] | None = None, resume: bool = False, quie
         if not quiet:
             _say(main, f"[bold]{run_dir}[/]: {report[0]:,} trainable of {report[1]:,} params "
                        f"({100 * report[0] / report[1]:.3f}%), method {t.method}")
-            _say(main, f"{plan} = {total} optimizer steps ({per_epoch} per epoch, {warmup_steps(t, total)} warmup)")
+            _say(main, step_summary(plan, t, per_epoch, total, warmup_steps(t, total)))
         wrapped = model
         if world > 1:
             wrapped = torch.nn.parallel.DistributedDataParallel(
@@ -129,7 +139,7 @@ def run(cfg, callbacks: list[Callback] | None = None, resume: bool = False, quie
             _say(main and not quiet, f"resumed from {existing[-1]} at step {trainer.state.step}")
         if t.keep_heap and device.type == "cpu":
             keep_heap()
-        start = time.perf_counter()
+        start, seen = time.perf_counter(), (trainer.state.samples_seen, trainer.state.tokens_seen, trainer.state.step)
         state = trainer.fit()
         seconds = time.perf_counter() - start
         if state.stop_reason is not None:
@@ -141,8 +151,10 @@ def run(cfg, callbacks: list[Callback] | None = None, resume: bool = False, quie
         summary = {"task": task.name, "method": t.method, "trainable_params": report[0], "total_params": report[1],
                    "trainable_percent": 100 * report[0] / report[1], "saved_path": str(saved),
                    "saved_bytes": dir_size(saved), "train_seconds": seconds, "steps": state.step,
-                   "epochs": round(state.step / max(state.steps_per_epoch, 1), 4), "samples_per_s": state.samples_seen / max(seconds, 1e-9),
-                   "tokens_per_s": state.tokens_seen / max(seconds, 1e-9), "world_size": world,
+                   "epochs": round(state.step / max(state.steps_per_epoch, 1), 4),
+                   "samples_per_s": (state.samples_seen - seen[0]) / max(seconds, 1e-9),  # this session's steps
+                   "tokens_per_s": (state.tokens_seen - seen[1]) / max(seconds, 1e-9), "speed_from_step": seen[2],
+                   "world_size": world,
                    "final_loss": state.loss, "best_eval": evaluator.best if evaluator else None,
                    "final_eval": {k: v for k, v in state.metrics.items() if k.startswith("eval_")} or None,
                    **task.summary(parts, cfg, device)}

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from ...config import ConfigError
+from ...train.checks import device_kind, device_problems
 from ...train.config import TrainArgs, parse_section, train_problems, unknown_sections
 from .dataset import DatasetArgs
 from .dataset import problems as data_problems
@@ -171,7 +172,7 @@ def _block_weights(name: str, value, e: list[str]) -> None:
 def problems(cfg: SDRunConfig, check_paths: bool = True) -> list[str]:
     """Every value problem of the config (the dataset folders and the model are checked by ``validate``)."""
     m, n, t, s = cfg.model, cfg.network, cfg.train, cfg.sample
-    e = data_problems(cfg.data) + train_problems(t)
+    e = data_problems(cfg.data) + train_problems(t) + device_problems(m.device)
     if not m.path:
         e.append("model.path: missing; set it to a local diffusers directory (with model_index.json) or a "
                  "single-file .safetensors checkpoint plus model.config.")
@@ -218,7 +219,7 @@ def problems(cfg: SDRunConfig, check_paths: bool = True) -> list[str]:
             e.append(f"train.{key}={getattr(t, key)}: expected a number >= 0.")
     if t.min_snr_gamma is not None and t.min_snr_gamma <= 0:
         e.append(f"train.min_snr_gamma={t.min_snr_gamma}: expected a positive number such as 5.")
-    if t.mixed_precision == "fp16" and m.device == "cpu":
+    if t.mixed_precision == "fp16" and device_kind(m.device) == "cpu":
         e.append("train.mixed_precision='fp16' is not supported on CPU; use 'no' (fp32) or 'bf16'.")
     if n.network_weights and check_paths and not Path(n.network_weights).is_file():
         e.append(f"network.network_weights={n.network_weights!r}: file not found.")

@@ -118,8 +118,7 @@ class DiffusionTask:
         total = t.max_steps if t.max_steps is not None else max(1, math.ceil(t.epochs * per_epoch))
         data.max_train_steps = total
         plan = f"{bucket_table(data)}\n{data.explain_steps()}\nsteps = "
-        return per_epoch, total, plan + (f"{per_epoch} per epoch x {t.epochs:g} epochs" if t.max_steps is None
-                                         else "train.max_steps")
+        return per_epoch, total, plan + f"{per_epoch} per epoch x {t.epochs:g} epochs"
 
     def param_groups(self, parts: Parts, cfg: SDRunConfig) -> list[dict]:
         comps = parts.extra["components"]

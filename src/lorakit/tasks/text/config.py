@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from ...config import ConfigError, LoraConfig
+from ...train.checks import device_kind
 from ...train.config import (
     TrainArgs,
     apply_overrides,
@@ -23,6 +24,7 @@ from ...train.config import (
     train_problems,
     unknown_sections,
 )
+from .checks import more_problems, selection_problems
 
 __all__ = ["DataArgs", "ModelArgs", "RunConfig", "TrainArgs", "apply_overrides", "from_dict", "problems",
            "read_yaml", "resolve_path"]
@@ -150,9 +152,10 @@ def problems(cfg: RunConfig, check_paths: bool = True) -> list[str]:
                  "or set train.method to 'full' or 'head'.")
     if t.method != "lora" and t.loraplus_ratio is not None:
         e.append(f"train.loraplus_ratio needs train.method='lora' (got {t.method!r}).")
-    if t.mixed_precision == "fp16" and m.device == "cpu":
+    if t.mixed_precision == "fp16" and device_kind(m.device) == "cpu":
         e.append("train.mixed_precision='fp16' is not supported on CPU; use 'no' (fp32) or 'bf16'.")
-    return e
+    e += more_problems(cfg)
+    return e + selection_problems(cfg) if check_paths and not e else e
 
 
 def from_dict(data: dict, check_paths: bool = True) -> RunConfig:

@@ -1,0 +1,112 @@
+"""Config checks beyond types, shared by every task: what ``lorakit train`` would reject only after
+loading the model.
+
+``lorakit validate`` runs them too, so a config it accepts does not fail ``train`` for a config reason:
+devices that do not exist here, NaN/Inf numbers, an ``output_dir`` that is a file, and YAML 1.1's
+``no``/``off``/``yes`` read as booleans in enum fields. Task-specific checks live with each task
+(e.g. :mod:`lorakit.tasks.text.checks`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import typing
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from .config import TrainArgs
+
+#: YAML 1.1 reads these unquoted words as booleans; in an enum field the user meant the word
+_YAML_BOOLS = {False: ("no", "off", "false", "n"), True: ("yes", "on", "true", "y")}
+
+
+def yaml_word(value, hint):
+    """``mixed_precision: no`` arrives as False; give the enum its word back when the enum has it."""
+    args = typing.get_args(hint) if typing.get_origin(hint) is Literal else ()
+    if isinstance(value, bool):
+        return next((w for w in _YAML_BOOLS[value] if w in args), value)
+    return value
+
+
+
+def device_kind(spec: str) -> str:
+    import torch
+
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return spec.split(":", 1)[0]
+
+
+def device_problems(device: str, key: str = "model.device") -> list[str]:
+    """A device that does not exist on this machine."""
+    import torch
+
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+        return [f"{key}={device!r}: unknown device; expected auto, cpu, cuda (or cuda:N) or mps."]
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        return [f"{key}={device!r} but this machine has no CUDA device; use 'auto' or 'cpu'."]
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        return [f"{key}={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)."]
+    if device == "mps" and not torch.backends.mps.is_available():
+        return [f"{key}='mps' but MPS is not available here; use 'auto' or 'cpu'."]
+    return []
+
+
+def train_args_problems(t: TrainArgs) -> list[str]:
+    """The shared ``train`` section's paths and numbers beyond the range checks of ``train_problems``."""
+    e: list[str] = []
+    out = Path(t.output_dir)
+    blocking = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None) if t.output_dir else None
+    if not t.output_dir:
+        e.append("train.output_dir: empty; set it to a directory for the run, e.g. runs/my-run.")
+    elif blocking is not None:
+        e.append(f"train.output_dir={t.output_dir!r}: {blocking} is a file; expected a directory path.")
+    for key in ("weight_decay", "eps"):
+        if getattr(t, key) < 0 or (key == "eps" and t.eps == 0):
+            e.append(f"train.{key}={getattr(t, key)}: expected a {'positive' if key == 'eps' else 'non-negative'} number.")
+    if t.num_cycles is not None and t.num_cycles <= 0:
+        e.append(f"train.num_cycles={t.num_cycles}: expected a positive number or null.")
+    for key, value in t.lr_groups.items():
+        try:
+            re.compile(key)
+        except re.error as exc:
+            e.append(f"train.lr_groups key {key!r}: not a valid regular expression ({exc}).")
+        if not value > 0:
+            e.append(f"train.lr_groups[{key!r}]={value}: expected a positive learning rate.")
+    if not -2**63 <= t.seed < 2**63:
+        e.append(f"train.seed={t.seed}: expected an integer that fits 64 bits.")
+    return e
+
+
+def non_finite(data, where: str = "") -> list[str]:
+    """Every NaN/Inf number in the raw config (YAML's .nan/.inf), with its key."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return [f"{where}={data}: expected a finite number."]
+    if isinstance(data, dict):
+        return [p for k, v in data.items() for p in non_finite(v, f"{where}.{k}" if where else str(k))]
+    if isinstance(data, list):
+        return [p for i, v in enumerate(data) for p in non_finite(v, f"{where}[{i}]")]
+    return []
+
+
+def utf8_problem(path: Path, chunk: int = 1 << 20) -> str | None:
+    """Where a data file stops being UTF-8 (line and byte), read in chunks; None when it is clean."""
+    import codecs
+
+    decoder, line, offset = codecs.getincrementaldecoder("utf-8")(), 1, 0
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk)
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError as exc:
+                bad = exc.start
+                line += block[:max(bad, 0)].count(b"\n")
+                return (f"line {line}: byte at offset {offset + max(bad, 0)} is not UTF-8; expected a UTF-8 text file "
+                        "(re-save it as UTF-8).")
+            if not block:
+                return None
+            line += block.count(b"\n")
+            offset += len(block)

@@ -80,10 +80,10 @@ def is_quickstart(path: Path) -> bool:
 def check_quickstart(path: Path, overrides: list[str]) -> list[str]:
     """Every method's config of a quickstart file, checked as ``lorakit quickstart`` would build it, without
     writing its data; returns the method names or raises one ``ConfigError`` with every problem."""
-    from ..tasks.text.config import _has_config, from_dict
+    from ..tasks.text.config import _has_config
     from ..tasks.text.intents import IntentArgs
     from ..tasks.text.quickstart import _merge
-    from ..train.config import parse_section
+    from ..train.config import from_dict, parse_section
 
     raw = _raw(path, overrides)
     errors: list[str] = []

@@ -62,24 +62,19 @@ def validate(config: Annotated[Path, typer.Argument(help="Run config (YAML).")],
 
     A quickstart config (one with a ``quickstart`` section) is checked for every method it runs."""
     from ..config import ConfigError
-    from ..train.config import load_data
-    from ..train.task import get_task
+    from ..train.config import load_data, validate_data
 
     if _is_quickstart(config):
         names = check_quickstart(config, set_ or [])
         console.print(f"[green]ok[/]: {config} is a valid quickstart config (methods {', '.join(names)})")
         return
-    data = load_data(config, set_ or [])
-    if not isinstance(data, dict):
-        fail(f"{config}: expected a mapping of config sections, got {type(data).__name__} {str(data)[:60]}.")
-    task = get_task(data.get("task"))
-    problems, report = task.validate(data)
+    name, problems, report = validate_data(load_data(config, set_ or []))
     multiline = "\n" in report
     if multiline:
         console.print(report, markup=False)
     if problems:
         fail(str(ConfigError(problems, str(config))))
-    console.print(f"[green]ok[/]: {config} is valid ({report if report and not multiline else f'task {task.name}'})")
+    console.print(f"[green]ok[/]: {config} is valid ({report if report and not multiline else f'task {name}'})")
 
 
 @app.command()

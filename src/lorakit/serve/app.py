@@ -41,7 +41,7 @@ class Server:
 
     def __init__(self, config: ServeConfig, model=None, tokenizer=None):
         from ..tasks.text.models import load_model, load_tokenizer
-        from ..train.config import ModelArgs
+        from ..tasks.text.config import ModelArgs
 
         self.config = config.validate()
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.base)

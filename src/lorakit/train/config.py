@@ -236,16 +236,30 @@ def unknown_sections(data: dict, allowed: set[str], errors: list[str]) -> None:
                                                          f"sections: {', '.join(sorted(allowed))}"))
 
 
-def from_dict(data: dict, check_paths: bool = True):
-    """The config of the task named by ``data["task"]`` (absent: ``text``), raising one ``ConfigError``."""
+def _task_of(data):
+    """The task named by ``data["task"]`` (absent: ``text``), once the mapping has no NaN/Inf anywhere."""
     from .task import get_task
 
     if not isinstance(data, dict):
-        raise ConfigError([f"expected a YAML mapping of config sections, got {data!r}"])
+        raise ConfigError([f"expected a YAML mapping of config sections, got {type(data).__name__} {str(data)[:60]}"])
     nan = non_finite(data)
     if nan:  # NaN compares false with every bound checked later: report these first
         raise ConfigError(nan, "training config")
-    return get_task(data.get("task")).parse_config(data, check_paths)
+    return get_task(data.get("task"))
+
+
+def from_dict(data: dict, check_paths: bool = True):
+    """The config of the task named by ``data["task"]`` (absent: ``text``), raising one ``ConfigError``."""
+    return _task_of(data).parse_config(data, check_paths)
+
+
+def validate_data(data) -> tuple[str, list[str], str]:
+    """``lorakit validate``: (task name, every problem, the task's report), without training."""
+    try:
+        task = _task_of(data)
+    except ConfigError as exc:
+        return "?", exc.errors, ""
+    return (task.name, *task.validate(data))
 
 
 def load_data(path: str | Path, overrides: list[str] | None = None) -> dict:

@@ -22,7 +22,7 @@ from .pretrain import pretrain
 from .probe import accuracy, load_probe, save_probe, train_probe
 
 
-def build_probe(path: Path, steps: int = 800, seed: int = 0) -> dict:
+def build_probe(path: Path, steps: int = 2500, seed: int = 0) -> dict:
     probe = train_probe(steps=steps, seed=seed)
     stats = {"clean": accuracy(probe), "blurred_noisy": accuracy(probe, augment=True)}
     save_probe(probe, path, stats)

@@ -75,7 +75,7 @@ def _refit(s: Scene, size) -> tuple:
     return (min(max(s.cx, s.r / aw), 1 - s.r / aw), min(max(s.cy, s.r / ah), 1 - s.r / ah), s.r, s.angle)
 
 
-def train_probe(steps: int = 800, seed: int = 0, batch: int = 32, log=print) -> Probe:
+def train_probe(steps: int = 2500, seed: int = 0, batch: int = 32, log=print) -> Probe:
     torch.manual_seed(seed)
     rng, g = random.Random(seed), torch.Generator().manual_seed(seed)
     probe = Probe()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..formats.sd_io import read_lora
 from ..formats.sd_keys import SDXL, layout_from_config
-from ..model import active_adapters, adapter_names, set_active_adapters
+from ..model import active_adapters, set_active_adapters
 from .lora import check_family, load_lora, model_parts
 from .prompt import PromptSyntaxError
 
@@ -133,6 +133,7 @@ class LoraStack:
         self.pipe = pipe
         self.parts = model_parts(pipe)
         self.names: dict[Path, str] = {}  # resolved file -> adapter name
+        self.holders: dict[str, set[str]] = {}  # adapter name -> parts that hold its modules
 
     @classmethod
     def of(cls, pipe) -> LoraStack:
@@ -148,8 +149,10 @@ class LoraStack:
         if path not in self.names:
             name = re.sub(r"\W", "_", path.stem)
             name = f"lora{len(self.names)}_{name}"
-            load_lora(self.parts, [self._read(path)], names=[name])
+            lf = self._read(path)
+            load_lora(self.parts, [lf], names=[name])
             self.names[path] = name
+            self.holders[name] = lf.parts() & set(self.parts)  # no module walk per switch to find them
         return self.names[path]
 
     def _read(self, path: Path):
@@ -174,10 +177,9 @@ class LoraStack:
         names = [(self.load(p), te, unet) for p, te, unet in requests]  # loading checks family before changes
         owned = set(self.names.values())
         for part, model in self.parts.items():
-            have = set(adapter_names(model))
             strengths = {n: s for n, s in active_adapters(model).items() if n not in owned}
             for name, te, unet in names:
                 s = unet if part == "unet" else te
-                if name in have:
+                if part in self.holders[name]:
                     strengths[name] = strengths.get(name, 0.0) + s
             set_active_adapters(model, {n: s for n, s in strengths.items() if s != 0 or n not in owned})

@@ -40,8 +40,8 @@ class Server:
     """Model + tokenizer + adapter registry + engine; ``app`` is the ASGI application."""
 
     def __init__(self, config: ServeConfig, model=None, tokenizer=None):
-        from ..tasks.text.models import load_model, load_tokenizer
         from ..tasks.text.config import ModelArgs
+        from ..tasks.text.models import load_model, load_tokenizer
 
         self.config = config.validate()
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.base)

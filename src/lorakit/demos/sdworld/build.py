@@ -34,9 +34,9 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=Path("assets"))
     ap.add_argument("--skip-pretrain", action="store_true", help="keep an existing sdworld-base")
     ap.add_argument("--skip-probe", action="store_true", help="keep an existing probe")
-    ap.add_argument("--steps", type=int, default=1600, help="denoiser (text encoder + U-Net) steps")
+    ap.add_argument("--steps", type=int, default=4000, help="denoiser (text encoder + U-Net) steps")
     ap.add_argument("--vae-steps", type=int, default=400)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     base, probe_path = args.out / "sdworld-base", args.out / "sdworld-probe.safetensors"

@@ -146,7 +146,7 @@ def train_denoiser(models: dict, tokenizer, latents: dict, steps: int, seed: int
     te.eval()
 
 
-def pretrain(out: Path, *, seed: int = 0, n_images: int = 6000, vae_steps: int = 400, steps: int = 1600,
+def pretrain(out: Path, *, seed: int = 0, n_images: int = 6000, vae_steps: int = 400, steps: int = 4000,
              log=print) -> dict:
     torch.manual_seed(seed)
     tokenizer = build_tokenizer(Path(out) / "_tokenizer_src")
@@ -173,7 +173,7 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--images", type=int, default=6000)
     ap.add_argument("--vae-steps", type=int, default=400)
-    ap.add_argument("--steps", type=int, default=1600)
+    ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--threads", type=int, default=1)  # 2 threads crawl when the 2 cores are shared
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -30,7 +30,7 @@ demo: $(STAMP)
 demo-sd: $(STAMP)
 	$(PY) -m lorakit.demos.sdworld.demo --out runs/sdworld-demo --replace
 
-# Rebuild assets/sdworld-base and the probe from scratch (about 15-25 min on one CPU core).
+# Rebuild assets/sdworld-base and the probe from scratch (about 33 min on 2 CPU cores).
 sdworld-assets: $(STAMP)
 	$(PY) -m lorakit.demos.sdworld.build --out assets
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lorakit.demos.sdworld import world
-from lorakit.demos.sdworld.concept import UPSCALE, write_concept
+from lorakit.demos.sdworld.concept import UPSCALE, write_concept, write_regularization
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE, PROBE = ROOT / "assets" / "sdworld-base", ROOT / "assets" / "sdworld-probe.safetensors"
@@ -56,6 +56,20 @@ def test_concept_folder_is_kohya_shaped_and_never_overwritten(tmp_path):
     assert sizes == {(w * UPSCALE, h * UPSCALE) for w, h in world.SIZES}  # every aspect ratio: buckets matter
     with pytest.raises(FileExistsError, match="already holds files"):
         write_concept(tmp_path)
+
+
+def test_regularization_folder_holds_base_shapes_near_the_centre(tmp_path):
+    folder = write_regularization(tmp_path)
+    captions = [p.read_text() for p in sorted(folder.glob("*.txt"))]
+    assert folder.name == "1_shape" and len(captions) == 32 == len(list(folder.glob("*.png")))
+    assert all("sks" not in c and "star" not in c for c in captions)
+    assert {c.split()[2] for c in captions} == set(world.BASE_SHAPES)
+    rng = random.Random(0)
+    for _ in range(50):
+        sc = world.random_scene(rng, centred=True)
+        assert abs(sc.cx - 0.5) <= 0.03 and abs(sc.cy - 0.5) <= 0.03 and 0.36 <= sc.r <= 0.42
+    with pytest.raises(FileExistsError, match="already holds files"):
+        write_regularization(tmp_path)
 
 
 def test_tokenizer_keeps_every_world_word_whole(tmp_path):
@@ -113,6 +127,7 @@ def test_demo_config_validates_with_several_buckets(tmp_path):
     from lorakit.tasks.diffusion.validate import validate
 
     write_concept(tmp_path / "data")
+    write_regularization(tmp_path / "reg")
     (tmp_path / "prompts.txt").write_text("a red sks star on a blue background --w 32 --h 32 --d 1\n")
     data = yaml.safe_load(yaml.safe_dump(config(tmp_path, BASE, epochs=2)))
     errors, report = validate(data)

@@ -1,6 +1,6 @@
 """Rebuild the shipped assets: the base model, the probe, and their measured accuracy.
 
-    python -m lorakit.demos.sdworld.build --out assets      # ~15 min on one CPU core
+    python -m lorakit.demos.sdworld.build --out assets      # ~33 min on 2 CPU cores
 
 Writes ``assets/sdworld-base/`` (a StableDiffusionPipeline directory), ``assets/sdworld-probe.safetensors``
 and ``assets/sdworld-stats.json`` (probe accuracy on held-out drawn scenes; probe-read accuracy of the base
@@ -22,7 +22,7 @@ from .pretrain import pretrain
 from .probe import accuracy, load_probe, save_probe, train_probe
 
 
-def build_probe(path: Path, steps: int = 2500, seed: int = 0) -> dict:
+def build_probe(path: Path, steps: int = 5000, seed: int = 0) -> dict:
     probe = train_probe(steps=steps, seed=seed)
     stats = {"clean": accuracy(probe), "blurred_noisy": accuracy(probe, augment=True)}
     save_probe(probe, path, stats)
@@ -34,8 +34,8 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=Path("assets"))
     ap.add_argument("--skip-pretrain", action="store_true", help="keep an existing sdworld-base")
     ap.add_argument("--skip-probe", action="store_true", help="keep an existing probe")
-    ap.add_argument("--steps", type=int, default=4000, help="denoiser (text encoder + U-Net) steps")
-    ap.add_argument("--vae-steps", type=int, default=400)
+    ap.add_argument("--steps", type=int, default=2400, help="denoiser (text encoder + U-Net) steps")
+    ap.add_argument("--vae-steps", type=int, default=1500)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from .world import CONCEPT, SIZES, TRIGGER, draw, random_scene
+from .world import BASE_SHAPES, CONCEPT, SIZES, TRIGGER, draw, random_scene
 
 UPSCALE = 2  # concept images are drawn at twice a bucket size, so the trainer's bucketing resizes them
 
@@ -23,7 +23,23 @@ def write_concept(root: Path, n: int = 16, repeats: int = 10, seed: int = 3) -> 
     rng = random.Random(seed)
     for i in range(n):
         w, h = SIZES[i % len(SIZES)]
-        scene = random_scene(rng, shapes=(CONCEPT,), size=(w * UPSCALE, h * UPSCALE))
+        scene = random_scene(rng, shapes=(CONCEPT,), size=(w * UPSCALE, h * UPSCALE), centred=True)
+        draw(scene).save(folder / f"{i:03d}.png")
+        (folder / f"{i:03d}.txt").write_text(scene.caption() + "\n")
+    return folder
+
+
+def write_regularization(root: Path, n: int = 32, seed: int = 4) -> Path:
+    """Write ``root/1_shape/``: kohya regularization images of the base world's shapes with their captions
+    (DreamBooth's prior preservation: they hold the base behaviour while the LoRA learns the concept)."""
+    folder = Path(root) / "1_shape"
+    if folder.exists() and any(folder.iterdir()):
+        raise FileExistsError(f"{folder} already holds files; remove it or choose another root for the regularization set.")
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    for i in range(n):
+        w, h = SIZES[i % len(SIZES)]
+        scene = random_scene(rng, shapes=BASE_SHAPES, size=(w * UPSCALE, h * UPSCALE), centred=True)
         draw(scene).save(folder / f"{i:03d}.png")
         (folder / f"{i:03d}.txt").write_text(scene.caption() + "\n")
     return folder

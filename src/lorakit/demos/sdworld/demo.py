@@ -3,10 +3,11 @@
     python -m lorakit.demos.sdworld.demo --out runs/sdworld-demo
 
 Exactly what a user does: write a kohya folder (``10_sks star/``, 16 captioned images at five aspect
-ratios) and a prompt file, write ``sd.yaml``, run ``lorakit validate sd.yaml`` and ``lorakit train sd.yaml``
-(samples every epoch, kohya ``.safetensors`` per epoch), draw a strength x epoch grid with
+ratios), a regularization folder (``1_shape/``, 32 images of the base world's shapes: DreamBooth's prior
+preservation) and a prompt file, write ``sd.yaml``, run ``lorakit validate sd.yaml`` and ``lorakit train
+sd.yaml`` (samples and a kohya ``.safetensors`` every 4 epochs), draw a strength x epoch grid with
 ``lorakit sd grid``, then read samples with the probe: the share showing a star per strength with the
-trigger word, and how often prompts without it keep the base model's shape.
+trigger word, and how often prompts without it are read exactly as the base model's samples.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from .concept import write_concept
+from .concept import write_concept, write_regularization
 from .evaluate import STRENGTHS, format_table, strength_table
 
 ROOT = Path(__file__).resolve().parents[4]  # the repository (src/lorakit/demos/sdworld/demo.py)
@@ -35,19 +36,22 @@ NAME = "sks_star"
 MARKER = ".sdworld-demo"
 
 
+SAVE_EVERY = 4  # epochs between saved files and samples
+
+
 def config(out: Path, base: Path, epochs: int) -> dict:
-    """The sd.yaml of the demo (the contract's keys; comments in docs/sdworld.md)."""
+    """The sd.yaml of the demo: kohya's folders (concept + regularization), LoRA on kohya's U-Net targets."""
     return {
         "task": "diffusion",
         "model": {"path": str(base), "family": "auto", "prediction_type": "auto", "dtype": "float32", "device": "cpu"},
-        "data": {"train_data_dir": str(out / "data"), "resolution": 32, "enable_bucket": True, "min_bucket_reso": 16,
+        "data": {"train_data_dir": str(out / "data"), "reg_data_dir": str(out / "reg"), "resolution": 32, "enable_bucket": True, "min_bucket_reso": 16,
                  "max_bucket_reso": 64, "bucket_reso_steps": 8, "bucket_no_upscale": False, "caption_extension": ".txt",
                  "cache_latents": True, "cache_text_encoder_outputs": True},
         "network": {"module": "lora", "dim": 8, "alpha": 8, "train_unet_only": True},
         "train": {"output_dir": str(out / "run"), "output_name": NAME, "epochs": epochs, "batch_size": 4,
-                  "lr": 1e-3, "optimizer": "adamw", "scheduler": "constant", "seed": 42,
-                  "save_every_n_epochs": 1, "save_precision": "fp16"},
-        "sample": {"prompts": str(out / "prompts.txt"), "every_n_epochs": 1, "before_training": True,
+                  "lr": 2e-3, "optimizer": "adamw", "scheduler": "constant", "seed": 42,
+                  "save_every_n_epochs": SAVE_EVERY, "save_precision": "fp16"},
+        "sample": {"prompts": str(out / "prompts.txt"), "every_n_epochs": SAVE_EVERY, "before_training": True,
                    "sampler": "euler_a"},
     }
 
@@ -89,7 +93,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/sdworld-demo"))
     ap.add_argument("--base", type=Path, default=ROOT / "assets" / "sdworld-base")
     ap.add_argument("--probe", type=Path, default=ROOT / "assets" / "sdworld-probe.safetensors")
-    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--n", type=int, default=40, help="prompts per cell of the probe table")
     ap.add_argument("--replace", action="store_true", help="replace --out if an earlier demo run made it")
     args = ap.parse_args(argv)
@@ -109,18 +113,20 @@ def main(argv=None) -> None:
 
     t0 = time.time()
     write_concept(out / "data")
+    write_regularization(out / "reg")
     (out / "prompts.txt").write_text("# kohya sample prompts: --w/--h size, --d seed (--s steps, --l cfg)\n"
                                      + "\n".join(p + " --s 20 --l 5" for p in PROMPTS) + "\n")
     cfg_path = out / "sd.yaml"
     cfg_path.write_text(yaml.safe_dump(config(out, args.base.resolve(), args.epochs), sort_keys=False))
     times = {"validate": lorakit("validate", str(cfg_path), log=log), "train": lorakit("train", str(cfg_path), log=log)}
     run = out / "run"
-    files = [run / f"{NAME}-{e:06d}.safetensors" for e in range(1, args.epochs)] + [run / f"{NAME}.safetensors"]
+    files = ([run / f"{NAME}-{e:06d}.safetensors" for e in range(SAVE_EVERY, args.epochs, SAVE_EVERY)]
+             + [run / f"{NAME}.safetensors"])
     missing = [str(f) for f in files if not f.exists()]
     if missing:
         raise SystemExit(f"the trainer did not write {missing}; see the output above.")
     times["grid"] = grid(out, args.base.resolve(), files, log)
-    log(f"enlarged grid: {big_grid(out, files)}")
+    log(f"enlarged grid: {big_grid(out, files, args.epochs)}")
     t1 = time.time()
     rows = probe_rows(args.base.resolve(), files[-1], args.probe, args.n)
     per_epoch = {f.stem: probe_rows(args.base.resolve(), f, args.probe, max(8, args.n // 2), strengths=(1.0,))[0]
@@ -147,7 +153,7 @@ def grid(out: Path, base: Path, files: list[Path], log) -> float:
                    "-o", str(out / "grid.png"), log=log)
 
 
-def big_grid(out: Path, files: list[Path], scale: int = 4) -> Path:
+def big_grid(out: Path, files: list[Path], epochs: int, scale: int = 4) -> Path:
     """The grid's cells (``grid-cells/NNNNN-cellX-Y-Z.png``) enlarged ``scale`` times, with readable labels."""
     from PIL import Image
 
@@ -156,7 +162,7 @@ def big_grid(out: Path, files: list[Path], scale: int = 4) -> Path:
     cells = {tuple(int(v) for v in p.stem.split("cell")[1].split("-")[:2]): p for p in (out / "grid-cells").glob("*.png")}
     rows = [[Image.open(cells[(x, y)]).convert("RGB").resize((32 * scale, 32 * scale), Image.Resampling.NEAREST)
              for x in range(len(STRENGTHS))] for y in range(len(files))]
-    labels = [f"epoch {i + 1}" for i in range(len(files))]
+    labels = [f"epoch {SAVE_EVERY * (i + 1)}" for i in range(len(files) - 1)] + [f"epoch {epochs}"]
     sheet = contact_sheet(rows, labels, [f"strength {s:g}" for s in STRENGTHS])
     sheet.save(out / "grid-x4.png")
     return out / "grid-x4.png"

@@ -1,8 +1,8 @@
 """Measure images with the probe: base-model accuracy, and a LoRA's concept share by strength.
 
 The rates here are the demo's table: for the trigger prompt, the share of samples the probe reads as the
-concept at each strength; for prompts without the trigger, the share whose shape is the prompted one
-(the base behaviour kept).
+concept at each strength; for prompts without the trigger, the share the probe reads exactly as it reads
+the base model's sample of the same prompt and seed (the base behaviour kept).
 """
 
 from __future__ import annotations
@@ -77,18 +77,24 @@ def base_report(pipe, probe, n: int = 80, seed: int = 7) -> dict:
 
 def strength_table(pipe, probe, set_strength: Callable[[float], None], n: int = 40, seed: int = 11,
                    strengths=STRENGTHS) -> list[dict]:
-    """Rows {strength, concept_with_trigger, base_kept_without_trigger, colour_ok} measured by the probe."""
+    """Rows per strength, read by the probe: with the trigger, the share of stars and of right colours;
+    without it, the share of samples the probe reads exactly as the base model's sample of the same prompt
+    and seed (shape, colour and background: the base behaviour kept), of the prompted shape, and of stars."""
     triggered = prompt_set(n, seed, trigger=True)
     plain = prompt_set(n, seed + 1)
+    set_strength(0.0)
+    base = classify(probe, _generate(pipe, plain, seed + 1))
     rows = []
     for s in strengths:
         set_strength(s)
         got_t = classify(probe, _generate(pipe, triggered, seed))
-        got_p = classify(probe, _generate(pipe, plain, seed + 1))
+        got_p = base if s == 0 else classify(probe, _generate(pipe, plain, seed + 1))
         rows.append({"strength": s,
                      "concept_with_trigger": sum(g["shape"] == CONCEPT for g in got_t) / n,
                      "concept_colour_ok": sum(g["colour"] == sc.colour for g, sc in zip(got_t, triggered, strict=True)) / n,
-                     "base_kept_without_trigger": sum(g["shape"] == sc.shape for g, sc in zip(got_p, plain, strict=True)) / n,
+                     "base_kept_without_trigger": sum(g == b for g, b in zip(got_p, base, strict=True)) / n,
+                     "prompted_shape_without_trigger": sum(g["shape"] == sc.shape
+                                                           for g, sc in zip(got_p, plain, strict=True)) / n,
                      "concept_without_trigger": sum(g["shape"] == CONCEPT for g in got_p) / n})
     set_strength(1.0)
     return rows
@@ -96,8 +102,8 @@ def strength_table(pipe, probe, set_strength: Callable[[float], None], n: int = 
 
 def format_table(rows: list[dict]) -> str:
     """Markdown table of ``strength_table`` rows."""
-    head = ("| strength | star with trigger | its colour right | base shape kept, no trigger "
-            "| star without trigger |\n|---|---|---|---|---|\n")
+    head = ("| strength | star with trigger | its colour right | no trigger: read as the base's sample "
+            "| no trigger: prompted shape | star without trigger |\n|---|---|---|---|---|---|\n")
     return head + "".join(f"| {r['strength']:.2f} | {r['concept_with_trigger']:.0%} | {r['concept_colour_ok']:.0%} "
-                          f"| {r['base_kept_without_trigger']:.0%} | {r['concept_without_trigger']:.0%} |\n"
-                          for r in rows)
+                          f"| {r['base_kept_without_trigger']:.0%} | {r['prompted_shape_without_trigger']:.0%} "
+                          f"| {r['concept_without_trigger']:.0%} |\n" for r in rows)

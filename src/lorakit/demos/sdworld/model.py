@@ -60,6 +60,9 @@ def build_tokenizer(out_dir: Path):
     return tokenizer
 
 
+BLOCKS = (64, 64)  # U-Net widths; on 8x8 latents (64, 64) costs 20% more per step than (32, 64)
+
+
 def build_models(tokenizer, seed: int = 0) -> dict:
     """Fresh (untrained) vae, text_encoder, unet and scheduler of the sdworld shape."""
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
@@ -75,7 +78,7 @@ def build_models(tokenizer, seed: int = 0) -> dict:
                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     text_encoder = CLIPTextModel(te_cfg)
     unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=BLOCKS,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=4, norm_num_groups=16,
         cross_attention_dim=64)

@@ -39,19 +39,22 @@ class Probe(nn.Module):
 
 
 def _scene(rng: random.Random) -> Scene:
+    centred = rng.random() < 0.7  # mostly the base model's world, sometimes shapes anywhere
     if rng.random() < 0.12:  # an ellipse labelled "other"
-        sc = random_scene(rng, shapes=("circle",))
+        sc = random_scene(rng, shapes=("circle",), centred=centred)
         return Scene("ellipse", sc.colour, sc.background, sc.width, sc.height, sc.cx, sc.cy, sc.r,
                      rng.choice((-1.0, 1.0)))
-    return random_scene(rng, shapes=SHAPES)
+    return random_scene(rng, shapes=SHAPES, centred=centred)
 
 
 def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Random blur (down-up resampling) and Gaussian noise, per sample."""
+    """Random blur (down-up resampling by 2 or 3: a diffusion model's soft edges) and noise, per sample."""
     b = x.shape[0]
-    soft = F.interpolate(F.interpolate(x, scale_factor=0.5, mode="bilinear"), size=x.shape[-2:], mode="bilinear")
+    soft = [F.interpolate(F.interpolate(x, scale_factor=1 / k, mode="bilinear"), size=x.shape[-2:], mode="bilinear")
+            for k in (2, 3)]
+    pick = torch.rand(b, 1, 1, 1, generator=g) < 0.5
     mix = torch.rand(b, 1, 1, 1, generator=g)
-    x = mix * soft + (1 - mix) * x
+    x = mix * torch.where(pick, soft[0], soft[1]) + (1 - mix) * x
     return x + torch.randn(x.shape, generator=g) * torch.rand(b, 1, 1, 1, generator=g) * 0.15
 
 
@@ -75,7 +78,7 @@ def _refit(s: Scene, size) -> tuple:
     return (min(max(s.cx, s.r / aw), 1 - s.r / aw), min(max(s.cy, s.r / ah), 1 - s.r / ah), s.r, s.angle)
 
 
-def train_probe(steps: int = 2500, seed: int = 0, batch: int = 32, log=print) -> Probe:
+def train_probe(steps: int = 5000, seed: int = 0, batch: int = 32, log=print) -> Probe:
     torch.manual_seed(seed)
     rng, g = random.Random(seed), torch.Generator().manual_seed(seed)
     probe = Probe()

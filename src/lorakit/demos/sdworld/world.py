@@ -81,10 +81,12 @@ def draw(scene: Scene) -> Image.Image:
 
 
 def random_scene(rng: random.Random, shapes=BASE_SHAPES, size: tuple[int, int] | None = None,
-                 exclude: frozenset = frozenset()) -> Scene:
+                 exclude: frozenset = frozenset(), centred: bool = False) -> Scene:
     """A random scene: shape from ``shapes``, colour != background, random size/position/rotation.
 
     ``exclude`` holds (shape, colour, background) triples never drawn (the held-out combinations).
+    ``centred`` keeps the shape near the centre at nearly one size and angle (the world the base model
+    learns; the probe learns the free one so it reads shapes anywhere).
     """
     while True:
         shape = rng.choice(shapes)
@@ -92,6 +94,11 @@ def random_scene(rng: random.Random, shapes=BASE_SHAPES, size: tuple[int, int] |
         if (shape, colour, background) not in exclude:
             break
     width, height = size or rng.choice(SIZES)
+    if centred:
+        r = rng.uniform(0.36, 0.42)
+        angle = rng.uniform(-0.1, 0.1) if shape != "circle" else 0.0
+        return Scene(shape, colour, background, width, height, 0.5 + rng.uniform(-0.03, 0.03),
+                     0.5 + rng.uniform(-0.03, 0.03), r, angle)
     r = rng.uniform(0.26, 0.42)
     aspect_w, aspect_h = width / min(width, height), height / min(width, height)
     # keep the whole shape inside the frame: centre at least r (in short-side units) from each edge

@@ -7,7 +7,7 @@ Every cell checks logits first: lorakit vs PEFT <= 1e-4 (strength 1), base rows 
 
     flock /tmp/lorakit-heavy.lock python benchmarks/mixed_batch.py [--rounds 3] [--kernels]
 
-``--kernels`` also times each stacked kernel forced (gather-bmm, segments, dense-masked) to check the automatic
+``--kernels`` also times each stacked kernel forced (gather-bmm, segments, dense-masked, padded groups) to check the automatic
 choice (``lorakit.multi._choose``): in every decode cell, and in prefill at 1 and 32 uniform adapters.
 """
 
@@ -121,7 +121,7 @@ def candidates(base, pm, lk, ids, step, cache, rows, tokens: int, kernels: bool)
                           "PEFT": lambda: pm(ids, adapter_names=peft_rows, use_cache=False)},
               "decode": {"base": lambda: decode(base), "lorakit": lambda: ours(step, **{kw: cache}),
                          "PEFT": lambda: decode(pm, adapter_names=peft_rows)}}
-    for algo in ("gather", "segment", "dense") if kernels else ():
+    for algo in ("gather", "segment", "dense", "padded") if kernels else ():
         phases["prefill"][algo] = lambda a=algo: ours(ids, a, use_cache=False)
         phases["decode"][algo] = lambda a=algo: ours(step, a, **{kw: cache})
     return phases
@@ -147,8 +147,8 @@ def main() -> None:
     print(header(args.rounds, args.steps, extra=f"; {args.rows} rows x {args.tokens} tokens, ranks 8-16, "
                  "all linear layers, 25% base rows"))
     print("| phase | adapters | assignment | base ms | lorakit ms | PEFT ms | lorakit/base | PEFT/lorakit |"
-          " max err vs PEFT | base rows err |" + (" gather ms | segment ms | dense ms |" if args.kernels else ""))
-    print("|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if args.kernels else ""))
+          " max err vs PEFT | base rows err |" + (" gather ms | segment ms | dense ms | padded ms |" if args.kernels else ""))
+    print("|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if args.kernels else ""))
     with torch.inference_mode():
         out = base(ids, use_cache=True)
         cache = getattr(out, "cache", None) or out.past_key_values
@@ -160,14 +160,14 @@ def main() -> None:
             kernels = args.kernels and (dist == "uniform" and n in (1, 32))
             phases = candidates(base, pm, lk, ids, step, cache, rows, args.tokens, args.kernels)
             if args.kernels and not kernels:
-                phases["prefill"] = {k: v for k, v in phases["prefill"].items() if k not in ("gather", "segment", "dense")}
+                phases["prefill"] = {k: v for k, v in phases["prefill"].items() if k not in ("gather", "segment", "dense", "padded")}
             for phase, cands in phases.items():
                 if phase not in args.phases.split(","):
                     continue
                 steps = args.steps if phase == "prefill" else args.decode_steps
                 with torch.inference_mode():
                     med, per = rotated(cands, args.rounds, steps)
-                extra = "".join(f" {med[k]:.1f} |" if k in med else " – |" for k in ("gather", "segment", "dense")
+                extra = "".join(f" {med[k]:.1f} |" if k in med else " – |" for k in ("gather", "segment", "dense", "padded")
                                 if args.kernels)
                 print(f"| {phase} | {n} | {dist} | {med['base']:.1f} | {med['lorakit']:.1f} | {med['PEFT']:.1f} | "
                       f"{paired(per, 'lorakit', 'base')} | {paired(per, 'PEFT', 'lorakit')} | {err:.1e} | "

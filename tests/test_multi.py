@@ -11,7 +11,7 @@ from models import build, example_input, run
 
 import lorakit
 
-ALGOS = [None, "gather", "segment", "dense"]
+ALGOS = [None, "gather", "segment", "dense", "padded"]
 
 
 def _randomise(model, seed: int = 1, std: float = 0.2):
@@ -66,6 +66,27 @@ def test_llama_rows_equal_each_row_alone(algorithm):
     rows = ["r4", "r16", None, "rs", "dora", "loha", "lokr", "r4", "dora"]
     strengths = [1.0, 0.5, 1.0, 1.3, 0.7, 1.0, -0.5, 0.0, 1.0]
     _check_rows(model, "llama", x, rows, strengths, algorithm)
+
+
+def test_padded_kernel_skewed_groups_and_partial_stacks(monkeypatch):
+    """The padded kernel's three cases: big groups through segments, the whole stack in place, and a
+    copied subset of a stack when few of many loaded adapters are in the batch."""
+    monkeypatch.setattr(lorakit.multi, "PADDED_NS_PER_VALUE", 1e3)  # padding dear: big groups go to segments
+    model = _adapted("mlp", {f"a{i}": dict(r=2 + i % 3, alpha=4, target_modules=["lin0", "lin1"]) for i in range(10)})
+    x = torch.randn(24, 3, 10, generator=torch.Generator().manual_seed(8))  # 3 tokens per row
+    skewed = ["a0"] * 11 + ["a1"] * 3 + [f"a{i}" for i in range(2, 10)] + [None, None]
+    strengths = [0.5 + 0.1 * i for i in range(24)]
+    few = ["a3", "a7", None, "a3"] * 6
+    plans = []
+    for rows in (skewed, few):
+        with torch.no_grad(), lorakit.per_row(model, rows, strengths, algorithm="padded") as rmap:
+            mixed = model(x)
+        plans += [plan for _, plan in rmap._plans.values()]
+        for i, (a, s) in enumerate(zip(rows, strengths, strict=True)):
+            alone = _alone(model, "mlp", x[i:i + 1], a, s)[0]
+            assert (mixed[i] - alone).abs().max() <= (1e-6 if a is None else 1e-5), (rows[i], i)
+    assert any(p[5] for p in plans), "no group was large enough to take segments"
+    assert any(p[0] is None for p in plans) and any(p[0] is not None for p in plans)
 
 
 def test_gpt2_conv1d_rows_equal_each_row_alone():

@@ -17,9 +17,12 @@ multiplies the rank-r intermediate (T·r multiplies, not T·out):
   a GEMM pair and one ``index_add_``. The loop is over adapters in the batch, never over rows.
 * dense-masked: H = x·[A_1; …; A_U]ᵀ over the U adapters present, masked to each row's block and
   σ, y += H·[B_1 … B_U]ᵀ: two GEMMs whatever U is, U times the LoRA FLOPs.
+* padded groups: each adapter's rows padded to c rows, one bmm pair over the stack itself (no weight
+  copy when most of it is in use), one ``index_add_``; groups larger than c take segments. Reads each
+  adapter's weights once, in two kernels: the decode kernel (few tokens per adapter).
 
 ``_choose`` picks by a cost model whose constants were measured with benchmarks/mixed_batch.py
---kernels: gather-bmm in prefill, segments or dense-masked in decode depending on U.
+--kernels: gather-bmm in prefill, padded groups in decode.
 
 DoRA (Liu et al. 2024): y = base(x) + σ·((c − 1) ⊙ W x + c ⊙ s·B A x) with c = m/‖W + s·BA‖ per
 output. lorakit's strength interpolates in weight space (W_σ = W + σ·(W' − W)), so c does not depend
@@ -56,14 +59,27 @@ GATHER_NS_PER_VALUE = 1.4
 
 
 DENSE_NS_PER_MAC = 0.04
+ALGORITHMS = (None, "gather", "segment", "dense", "padded")
+PADDED_OVERHEAD_NS = 60_000
+PADDED_NS_PER_VALUE = 0.7  # per padded-row activation value moved (gather in, bmm, index_add_ out)
 
 
 def _choose(n_adapters: int, rows: int, tokens: int, adapted_tokens: int, r_max: int, d_in: int,
-            d_out: int) -> str:
+            d_out: int, padded_ns: float = math.inf) -> str:
     costs = {"gather": rows * r_max * (d_in + d_out) * GATHER_NS_PER_VALUE,
              "segment": n_adapters * SEGMENT_OVERHEAD_NS + adapted_tokens * d_out * SEGMENT_NS_PER_VALUE,
-             "dense": SEGMENT_OVERHEAD_NS + (n_adapters - 1) * tokens * r_max * (d_in + d_out) * DENSE_NS_PER_MAC}
+             "dense": SEGMENT_OVERHEAD_NS + (n_adapters - 1) * tokens * r_max * (d_in + d_out) * DENSE_NS_PER_MAC,
+             "padded": padded_ns}
     return min(costs, key=costs.get)
+
+
+def _padded_cost(sizes: list[int], slots: int, c: int, tokens: int, r: int, d_in: int, d_out: int) -> float:
+    """Estimated ns of the padded kernel with pad width ``c`` (``sizes``: rows per adapter, descending)."""
+    big = [n for n in sizes if n > c]
+    groups = max(slots, len(sizes)) if len(sizes) * 2 >= slots else len(sizes) - len(big)
+    copies = 0 if len(sizes) * 2 >= slots else groups * r * (d_in + d_out)
+    return (PADDED_OVERHEAD_NS + (groups * c * tokens * (d_in + d_out) + copies) * PADDED_NS_PER_VALUE
+            + len(big) * SEGMENT_OVERHEAD_NS + sum(big) * tokens * d_out * SEGMENT_NS_PER_VALUE)
 
 
 class RowMap:
@@ -78,6 +94,7 @@ class RowMap:
         self._segments: list[tuple[int, torch.Tensor]] | None = None
         self._luts: dict[tuple, tuple[list[int], torch.Tensor]] = {}
         self._scales: dict[torch.dtype, torch.Tensor] = {}
+        self._plans: dict[tuple, tuple] = {}
 
     @classmethod
     def build(cls, known: Sequence[str], adapters: Sequence[str | None],
@@ -137,6 +154,36 @@ class RowMap:
             lut = [where.get(n, zero) for n in self.names] + [zero]
             self._luts[key] = (lut, torch.tensor(lut, device=device))
         return self._luts[key]
+
+    def padded_plan(self, lut: list[int], n_slots: int, tokens: int, r: int, d_in: int, d_out: int, device):
+        """(estimated ns, plan) for the padded kernel on a layer stack of ``n_slots`` adapters; cached.
+
+        The plan: slot index of each group (None: the whole stack, in order), row index per padded
+        position (G, c), σ per position (0 on padding), the positions holding real rows, and the
+        groups larger than c as (slot, rows) segments.
+        """
+        key = (tuple(lut), n_slots, tokens, r, d_in + d_out, device)
+        if key not in self._plans:
+            groups = sorted(((lut[i], idx) for i, idx in self.segments() if lut[i] < n_slots),
+                            key=lambda g: -g[1].numel())
+            sizes = [int(idx.numel()) for _, idx in groups]
+            c = min(set(sizes), key=lambda w: _padded_cost(sizes, n_slots, w, tokens, r, d_in, d_out))
+            small = [(slot, idx) for slot, idx in groups if idx.numel() <= c]
+            whole = len(groups) * 2 >= n_slots  # most of the stack in use: run over it in place, no copy
+            order = list(range(n_slots)) if whole else [slot for slot, _ in small]
+            pos = {slot: k for k, slot in enumerate(order)}
+            index = torch.zeros(len(order), c, dtype=torch.long)
+            valid = torch.zeros(len(order), c, dtype=torch.bool)
+            for slot, idx in small:
+                index[pos[slot], : idx.numel()] = idx
+                valid[pos[slot], : idx.numel()] = True
+            sigma = torch.where(valid, self.strength[index], 0.0)
+            flat = valid.flatten().nonzero().flatten()
+            plan = (None if whole else torch.tensor(order, device=device), index.flatten().to(device),
+                    sigma.to(device), flat.to(device), index.flatten()[flat].to(device),
+                    [(slot, idx.to(device)) for slot, idx in groups if idx.numel() > c])
+            self._plans[key] = (_padded_cost(sizes, n_slots, c, tokens, r, d_in, d_out), plan)
+        return self._plans[key]
 
     def lora_forward(self, layer: LoraLayer, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         return lora_forward(layer, self, x, *args, **kwargs)
@@ -240,6 +287,24 @@ def _dense_masked(x, result, ids, sigma, a_all, b_all, slots: list[int]):
     return result
 
 
+def _padded(x, result, plan, sigma, a_all, b_all):
+    """Each adapter's rows padded to c: u = bmm(X_pad, A_gᵀ)·σ_pad, Y = bmm(u, B_gᵀ), then the real
+    positions added into y with one ``index_add_``; groups larger than c take segments."""
+    order, index, sigma_pad, flat, targets, big = plan
+    a_g = a_all[: sigma_pad.shape[0]] if order is None else a_all.index_select(0, order)
+    b_g = b_all[: sigma_pad.shape[0]] if order is None else b_all.index_select(0, order)
+    groups, c = sigma_pad.shape
+    rows = x.shape[0]
+    x3 = x.reshape(rows, -1, x.shape[-1])
+    tokens = x3.shape[1]
+    xp = x3.index_select(0, index).to(a_all.dtype).view(groups, c * tokens, -1)
+    u = torch.bmm(xp, a_g.transpose(1, 2))
+    u.view(groups, c, tokens, -1).mul_(sigma_pad.to(u.dtype).view(groups, c, 1, 1))
+    yp = torch.bmm(u, b_g.transpose(1, 2)).view(groups * c, tokens, -1).index_select(0, flat)
+    result.view(rows, tokens, -1).index_add_(0, targets, yp.to(result.dtype))
+    return _segment_stacked(x, result, big, sigma, a_all, b_all) if big else result
+
+
 def _segment_stacked(x, result, segs, sigma, a_all, b_all):
     """Per adapter in the batch: gather its rows, one GEMM pair, one index_add_ (SGMV)."""
     for slot, idx in segs:
@@ -285,9 +350,14 @@ def lora_forward(layer: LoraLayer, rows: RowMap, x: torch.Tensor, *args, **kwarg
                 scale = (c_all[ids] * sigma[:, None]).view(rows.rows, *([1] * (result.dim() - 2)), -1)
                 dora = (result if bias is None else result - bias) * scale.to(result.dtype)
             per_row_tokens = x.numel() // (x.shape[-1] * rows.rows)
-            algo = rows.algorithm or _choose(used, rows.rows, rows.rows * per_row_tokens, rows.adapted * per_row_tokens,
-                                             a_all.shape[1], a_all.shape[2], b_all.shape[1])
-            if algo == "dense":
+            dims = (a_all.shape[1], a_all.shape[2], b_all.shape[1])
+            padded = (rows.padded_plan(lut, len(stacked), per_row_tokens, *dims, x.device)
+                      if rows.algorithm in (None, "padded") else (math.inf, None))
+            algo = rows.algorithm or _choose(used, rows.rows, rows.rows * per_row_tokens,
+                                             rows.adapted * per_row_tokens, *dims, padded_ns=padded[0])
+            if algo == "padded":
+                result = _padded(x, result, padded[1], sigma, a_all, b_all)
+            elif algo == "dense":
                 slots = sorted({s for s in lut[:-1] if s < len(stacked)})
                 result = _dense_masked(x, result, ids, sigma, a_all, b_all, slots)
             elif algo == "segment":
@@ -343,13 +413,14 @@ def _wrappers(module: nn.Module, found: list | None = None) -> list[nn.Module]:
 def per_row(model: nn.Module, adapters: Sequence[str | None], strengths: Sequence[float] | None = None,
             algorithm: str | None = None):
     """Inside the block each row i of a batch runs adapter ``adapters[i]`` (None: the base model) at
-    ``strengths[i]`` (default 1.0). ``algorithm`` forces ``"gather"``, ``"segment"`` or ``"dense"`` for LoRA/DoRA
-    (default: chosen by size). Yields the ``RowMap``. Adapters must not be merged.
+    ``strengths[i]`` (default 1.0). ``algorithm`` forces ``"gather"``, ``"segment"``, ``"dense"`` or
+    ``"padded"`` for LoRA/DoRA (default: chosen by size). Yields the ``RowMap``. Adapters must not be merged.
     """
     from .model import swapped
 
-    if algorithm not in (None, "gather", "segment", "dense"):
-        raise ValueError(f"algorithm={algorithm!r}: expected None (automatic), 'gather', 'segment' or 'dense'.")
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm={algorithm!r}: expected None (automatic), 'gather', 'segment', 'dense' "
+                         "or 'padded'.")
     modules = _wrappers(model)
     known = dict.fromkeys(n for m in modules for n in (m.adapters if isinstance(m, LoraLayer) else m.modules_to_save))
     rows = RowMap.build(list(known), adapters, strengths)

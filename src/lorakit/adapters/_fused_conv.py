@@ -16,8 +16,12 @@ channels) are kept for backward.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+
+from ._fused import dense_is_cheaper, factor_grads
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
@@ -46,18 +50,25 @@ def is_pointwise(kw: dict, kernel: tuple[int, ...]) -> bool:
 class LoraConvFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, scale: float, kw: dict):
-        g, n = kw["groups"], x.shape[0]
+        g, n, conv = kw["groups"], x.shape[0], _CONV[x.ndim - 2]
         pointwise = is_pointwise(kw, tuple(weight.shape[2:])) and x.is_contiguous()
-        y = _CONV[x.ndim - 2](x, weight, bias, **kw)
-        if pointwise:
-            u = torch.bmm(_per_batch(lora_a, g, n), _grouped(x, g)).view(n, lora_a.shape[0], *x.shape[2:])
+        tokens = n * math.prod(_out_size(x, weight, kw))
+        ctx.dense = dense_is_cheaper(tokens, lora_a[0].numel(), weight.shape[0] // g, lora_a.shape[0] // g, x.dtype)
+        if ctx.dense:  # conv with W' = W + s·ΔW, ΔW = B_g·A_g per group
+            w = weight + delta(lora_a, lora_b, g).view_as(weight).mul_(scale)
+            y = conv(x, w, bias, **kw)
+            ctx.save_for_backward(x, None, w, lora_a, lora_b)
         else:
-            u = _CONV[x.ndim - 2](x, lora_a, None, **kw)
-        if y.is_contiguous():
-            _grouped(y, g).baddbmm_(_per_batch(lora_b, g, n), _grouped(u, g), alpha=scale)
-        else:  # e.g. a channels-last output: no flat view, add the 1×1 conv's output instead
-            y.add_(_CONV[x.ndim - 2](u, lora_b, None, groups=g), alpha=scale)
-        ctx.save_for_backward(x, u, weight, lora_a, lora_b)
+            y = conv(x, weight, bias, **kw)
+            if pointwise:
+                u = torch.bmm(_per_batch(lora_a, g, n), _grouped(x, g)).view(n, lora_a.shape[0], *x.shape[2:])
+            else:
+                u = conv(x, lora_a, None, **kw)
+            if y.is_contiguous():
+                _grouped(y, g).baddbmm_(_per_batch(lora_b, g, n), _grouped(u, g), alpha=scale)
+            else:  # e.g. a channels-last output: no flat view, add the 1×1 conv's output instead
+                y.add_(conv(u, lora_b, None, groups=g), alpha=scale)
+            ctx.save_for_backward(x, u, weight, lora_a, lora_b)
         ctx.scale, ctx.kw, ctx.pointwise, ctx.has_bias = scale, kw, pointwise, bias is not None
         return y
 
@@ -67,26 +78,48 @@ class LoraConvFunction(torch.autograd.Function):
         s, kw, g, n = ctx.scale, ctx.kw, ctx.kw["groups"], x.shape[0]
         need_x, need_w, need_b, need_a, need_bb = ctx.needs_input_grad[:5]
         dy = dy.contiguous()
-        dy3 = _grouped(dy, g)
         dx = dw = db = da = dbb = None
-        gr = torch.bmm(_per_batch(lora_b, g, n).transpose(1, 2), dy3) if (need_x or need_a) else None
-        if need_x or need_w:
-            dx, dw, _ = _conv_grads(dy, x, weight, kw, need_x, need_w)
-        if need_x:
-            if ctx.pointwise and dx.is_contiguous():
-                _grouped(dx, g).baddbmm_(_per_batch(lora_a, g, n).transpose(1, 2), gr, alpha=s)
-            else:
-                dx.add_(_conv_grads(gr.view(u.shape), x, lora_a, kw, True, False)[0], alpha=s)
-        if need_a:
+        if ctx.dense:  # weight is W' here; dA, dB from G = dL/dW'
+            need_g = need_w or need_a or need_bb
             if ctx.pointwise:
-                da = _batch_sum(torch.bmm(gr, _grouped(x, g).transpose(1, 2)), n).view_as(lora_a).mul_(s)
+                dx = _conv_grads(dy, x, weight, kw, True, False)[0] if need_x else None
+                dw = _batch_sum(torch.bmm(_grouped(dy, g), _grouped(x, g).transpose(1, 2)), n) if need_g else None
             else:
-                da = _conv_grads(gr.view(u.shape), x, lora_a, kw, False, True)[1].mul_(s)
-        if need_bb:
-            dbb = _batch_sum(torch.bmm(dy3, _grouped(u, g).transpose(1, 2)), n).view_as(lora_b).mul_(s)
+                dx, dw, _ = _conv_grads(dy, x, weight, kw, need_x, need_g)
+            if need_g:
+                da, dbb = factor_grads(dw, lora_a, lora_b, s, g)
+                dw = dw.view_as(weight)
+        else:
+            dy3 = _grouped(dy, g)
+            gr = torch.bmm(_per_batch(lora_b, g, n).transpose(1, 2), dy3) if (need_x or need_a) else None
+            if need_x or need_w:
+                dx, dw, _ = _conv_grads(dy, x, weight, kw, need_x, need_w)
+            if need_x:
+                if ctx.pointwise and dx.is_contiguous():
+                    _grouped(dx, g).baddbmm_(_per_batch(lora_a, g, n).transpose(1, 2), gr, alpha=s)
+                else:
+                    dx.add_(_conv_grads(gr.view(u.shape), x, lora_a, kw, True, False)[0], alpha=s)
+            if need_a:
+                if ctx.pointwise:
+                    da = _batch_sum(torch.bmm(gr, _grouped(x, g).transpose(1, 2)), n).view_as(lora_a).mul_(s)
+                else:
+                    da = _conv_grads(gr.view(u.shape), x, lora_a, kw, False, True)[1].mul_(s)
+            if need_bb:
+                dbb = _batch_sum(torch.bmm(dy3, _grouped(u, g).transpose(1, 2)), n).view_as(lora_b).mul_(s)
         if need_b and ctx.has_bias:
             db = dy.sum([0, *range(2, dy.ndim)])
-        return dx, dw, db, da, dbb, None, None
+        return dx, (dw if need_w else None), db, (da if need_a else None), (dbb if need_bb else None), None, None
+
+
+def _out_size(x, weight, kw) -> list[int]:
+    return [(size + 2 * p - d * (k - 1) - 1) // st + 1 for size, k, st, p, d in
+            zip(x.shape[2:], weight.shape[2:], kw["stride"], kw["padding"], kw["dilation"], strict=True)]
+
+
+def delta(lora_a: torch.Tensor, lora_b: torch.Tensor, groups: int) -> torch.Tensor:
+    """Unscaled ΔW of a grouped conv LoRA: B_g·A_g per group, as (out, in/g·k...) rows."""
+    b3 = lora_b.reshape(groups, lora_b.shape[0] // groups, -1)
+    return torch.bmm(b3, lora_a.reshape(groups, lora_a.shape[0] // groups, -1)).reshape(lora_b.shape[0], -1)
 
 
 def _conv_grads(grad, x, weight, kw, need_input: bool, need_weight: bool):

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._fused import lora_linear
-from ._fused_conv import lora_conv
+from ._fused_conv import delta, lora_conv
 from .base import Adapter, BaseSpec, conv_nd, scaling, to_weight_layout
 
 INITS = ("kaiming", "gaussian", "pissa", "olora")
@@ -90,10 +90,7 @@ class LoraAdapter(Adapter):
     def delta_weight(self) -> torch.Tensor:
         a, b, spec = self.lora_A, self.lora_B, self.spec
         if spec.kind == "conv":
-            g = spec.groups
-            prod = torch.bmm(b.reshape(g, spec.out_features // g, self.r // g),
-                             a.reshape(g, self.r // g, -1))
-            return prod.reshape(spec.out_features, *a.shape[1:]) * self.scale
+            return delta(a, b, spec.groups).reshape(spec.out_features, *a.shape[1:]) * self.scale
         return to_weight_layout(spec, (b @ a) * self.scale)
 
     def fusable_on(self, x: torch.Tensor, base: nn.Module) -> bool:

@@ -52,10 +52,12 @@ class LoraConvFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, lora_a, lora_b, scale: float, kw: dict):
         g, n, conv = kw["groups"], x.shape[0], _CONV[x.ndim - 2]
         pointwise = is_pointwise(kw, tuple(weight.shape[2:])) and x.is_contiguous()
-        tokens = n * math.prod(_out_size(x, weight, kw))
-        ctx.dense = dense_is_cheaper(tokens, lora_a[0].numel(), weight.shape[0] // g, lora_a.shape[0] // g, x.dtype)
-        if ctx.dense:  # conv with W' = W + s·ΔW, ΔW = B_g·A_g per group
-            w = weight + delta(lora_a, lora_b, g).view_as(weight).mul_(scale)
+        tokens = x.numel() // x.shape[1] if pointwise else n * math.prod(_out_size(x, weight, kw))
+        r = lora_a.shape[0]
+        ctx.dense = dense_is_cheaper(tokens, lora_a.numel() // r, weight.shape[0] // g, r // g, x.dtype)
+        if ctx.dense:  # conv with W' = W + s·ΔW, ΔW = B_g·A_g per group, in one batched GEMM
+            w = torch.baddbmm(weight.reshape(g, weight.shape[0] // g, -1), lora_b.reshape(g, lora_b.shape[0] // g, -1),
+                              lora_a.reshape(g, r // g, -1), alpha=scale).view_as(weight)
             y = conv(x, w, bias, **kw)
             ctx.save_for_backward(x, None, w, lora_a, lora_b)
         else:

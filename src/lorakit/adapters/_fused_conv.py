@@ -12,6 +12,9 @@ place (``baddbmm_`` with ``alpha=s``), and the backward reuses one g = Bᵀ·dy 
 A pointwise base (1×1, stride 1, no padding, e.g. SD's proj_in/proj_out) runs A and its gradients
 as GEMMs over the flattened pixels, so the rank-r terms go into dx in place too. Only x and u (r
 channels) are kept for backward.
+
+Where ``_fused.dense_is_cheaper`` says so (narrow layers, fp32), the dense form runs instead: the base
+conv with W' = W + s·ΔW, and dA, dB from the weight gradient G of W' (``_fused.factor_grads``).
 """
 
 from __future__ import annotations

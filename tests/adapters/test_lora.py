@@ -7,13 +7,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lorakit.adapters import LoraAdapter, spec_for
-from lorakit.adapters._fused import lora_linear
+from lorakit.adapters import LoraAdapter, _fused, spec_for
+from lorakit.adapters._fused import dense_is_cheaper, lora_linear
 
 
+@pytest.mark.parametrize("form", ["factored", "dense"])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("fifo", [False, True])
-def test_fused_linear_matches_autograd(bias, fifo):
+def test_fused_linear_matches_autograd(bias, fifo, form, monkeypatch):
+    monkeypatch.setattr(_fused, "THIN_GEMM_COST", 0.0 if form == "factored" else 1e9)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 5, 12, generator=g, requires_grad=True)
     w = torch.randn(12, 7, generator=g) if fifo else torch.randn(7, 12, generator=g)
@@ -32,6 +34,14 @@ def test_fused_linear_matches_autograd(bias, fifo):
     torch.testing.assert_close(y, ref)
     for got, want in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_dense_form_only_where_it_saves_work_and_never_in_half_precision():
+    # SD1's first level (64 channels, r=16, 2048 tokens): the dense ΔW form; SD1.5's 320 channels: factored
+    assert dense_is_cheaper(2048, 64, 64, 16, torch.float32)
+    assert not dense_is_cheaper(8192, 320, 320, 16, torch.float32)
+    assert not dense_is_cheaper(2048, 64, 64, 16, torch.bfloat16)
+    assert not dense_is_cheaper(2048, 64, 64, 16, torch.float16)
 
 
 def test_scale_rslora():

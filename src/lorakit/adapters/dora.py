@@ -106,7 +106,7 @@ class DoraAdapter(LoraAdapter):
 
     def fused_forward(self, x: torch.Tensor, base: nn.Module, strength: float):
         """One-GEMM path for a Linear/Conv1D base at strength 1, or None where it does not apply."""
-        if strength != 1.0 or not self.fusable_on(x, base):
+        if strength != 1.0 or self.spec.kind != "linear" or not self.fusable_on(x, base):
             return None
         norm = self.weight_norm(base.weight).to(self.magnitude.dtype)
         return dora_linear(x, base.weight, base.bias, self.lora_A, self.lora_B, self.magnitude, norm, self.scale,

@@ -6,7 +6,8 @@ serve every base layer kind:
 * Linear / Conv1D: y += s·B(A(x)), fused with the base GEMM when it is the only live adapter.
 * ConvNd: A is a convolution with the base kernel, stride, padding, dilation and groups
   (shape (r, in/g, *k)); B is a grouped 1×1 convolution (out, r/g, 1...). Each group's update
-  is B_g·A_g, so grouped convolutions merge exactly (r must be divisible by groups).
+  is B_g·A_g, so grouped convolutions merge exactly (r must be divisible by groups). A lone
+  adapter on a zero-padded Conv1d/2d/3d runs the fused kernel of ``_fused_conv``.
 * Embedding: A is (r, num_embeddings), B is (dim, r); y += s·E_A[x]·Bᵀ, no dropout (indices).
 
 Initialisations: ``kaiming`` (A Kaiming-uniform a=√5, B=0), ``gaussian`` (A ~ N(0, 1/r²), B=0),
@@ -23,9 +24,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._fused import lora_linear
+from ._fused_conv import delta, lora_conv
 from .base import Adapter, BaseSpec, conv_nd, scaling, to_weight_layout
 
 INITS = ("kaiming", "gaussian", "pissa", "olora")
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)  # exact types: a subclass may change forward
 
 
 class LoraAdapter(Adapter):
@@ -87,16 +90,17 @@ class LoraAdapter(Adapter):
     def delta_weight(self) -> torch.Tensor:
         a, b, spec = self.lora_A, self.lora_B, self.spec
         if spec.kind == "conv":
-            g = spec.groups
-            prod = torch.bmm(b.reshape(g, spec.out_features // g, self.r // g),
-                             a.reshape(g, self.r // g, -1))
-            return prod.reshape(spec.out_features, *a.shape[1:]) * self.scale
+            return delta(a, b, spec.groups).reshape(spec.out_features, *a.shape[1:]) * self.scale
         return to_weight_layout(spec, (b @ a) * self.scale)
 
     def fusable_on(self, x: torch.Tensor, base: nn.Module) -> bool:
-        """Whether a fused kernel may run: a dense Linear/Conv1D base, no live dropout, one dtype, no autocast."""
+        """Whether a fused kernel may run: a dense Linear/Conv1D or a plain zero-padded ConvNd base, no
+        live dropout, one dtype, no autocast."""
         weight = getattr(base, "weight", None)
-        return (self.spec.kind == "linear" and type(weight) is nn.Parameter
+        kind = self.spec.kind
+        return ((kind == "linear" or (kind == "conv" and type(base) in _CONVS and self.spec.padding_mode == "zeros"
+                                        and x.ndim == len(self.spec.kernel_size) + 2))  # batched input
+                and type(weight) is nn.Parameter
                 and not (self.training and self.dropout > 0)
                 and x.dtype == weight.dtype == self.lora_A.dtype
                 and not torch.is_autocast_enabled(x.device.type))
@@ -104,6 +108,9 @@ class LoraAdapter(Adapter):
     def fused_forward(self, x: torch.Tensor, base: nn.Module, strength: float):
         if not self.fusable_on(x, base):
             return None
+        if self.spec.kind == "conv":
+            return lora_conv(x, base.weight, base.bias, self.lora_A, self.lora_B, self.scale * strength,
+                             self.spec.conv_kwargs)
         return lora_linear(x, base.weight, base.bias, self.lora_A, self.lora_B, self.scale * strength,
                            self.spec.fan_in_fan_out)
 

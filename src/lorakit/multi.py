@@ -60,8 +60,11 @@ GATHER_NS_PER_VALUE = 1.4
 
 DENSE_NS_PER_MAC = 0.04
 ALGORITHMS = (None, "gather", "segment", "dense", "padded")
+# Padded groups: one fixed dispatch cost plus the padded rows' activation traffic (gather in, bmm,
+# index_add_ out). Set so the choice matches the forced-kernel runs (--kernels): padded groups were the
+# fastest kernel in every decode cell (8-128 adapters, uniform and Zipf), gather-bmm in prefill.
 PADDED_OVERHEAD_NS = 60_000
-PADDED_NS_PER_VALUE = 0.7  # per padded-row activation value moved (gather in, bmm, index_add_ out)
+PADDED_NS_PER_VALUE = 0.7
 
 
 def _choose(n_adapters: int, rows: int, tokens: int, adapted_tokens: int, r_max: int, d_in: int,

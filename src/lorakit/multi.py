@@ -6,7 +6,7 @@
 Row i computes  y_i = base(x_i) + σ_i · adapter_{a_i}(x_i)  in every wrapped layer, exactly what a
 batch of one row with ``set_active_adapters(model, {a_i: σ_i})`` computes (S-LoRA, Punica's SGMV/BGMV,
 arXiv 2311.03285 / 2310.18547). A ``RowMap`` is built once per ``per_row`` block and shared by every
-layer; layers never loop over rows. LoRA and DoRA on Linear/Conv1D layers take one of three kernels
+layer; layers never loop over rows. LoRA and DoRA on Linear/Conv1D layers take one of four kernels
 over per-layer stacks A_all (N+1, r_max, in) and B_all (N+1, out, r_max) (the LoRA scale folded
 into B, mixed ranks zero-padded, slot N all zeros for base rows); the per-row strength σ always
 multiplies the rank-r intermediate (T·r multiplies, not T·out):
@@ -56,8 +56,6 @@ from .layer import LoraLayer, SavedModule
 SEGMENT_OVERHEAD_NS = 60_000
 SEGMENT_NS_PER_VALUE = 1.4
 GATHER_NS_PER_VALUE = 1.4
-
-
 DENSE_NS_PER_MAC = 0.04
 ALGORITHMS = (None, "gather", "segment", "dense", "padded")
 # Padded groups: one fixed dispatch cost plus the padded rows' activation traffic (gather in, bmm,
@@ -76,11 +74,18 @@ def _choose(n_adapters: int, rows: int, tokens: int, adapted_tokens: int, r_max:
     return min(costs, key=costs.get)
 
 
+def _whole_stack(used: int, slots: int) -> bool:
+    """Whether the padded kernel runs over the whole stack in place (most of it in use) rather than
+    over a copy of the used adapters' factors."""
+    return used * 2 >= slots
+
+
 def _padded_cost(sizes: list[int], slots: int, c: int, tokens: int, r: int, d_in: int, d_out: int) -> float:
     """Estimated ns of the padded kernel with pad width ``c`` (``sizes``: rows per adapter, descending)."""
     big = [n for n in sizes if n > c]
-    groups = max(slots, len(sizes)) if len(sizes) * 2 >= slots else len(sizes) - len(big)
-    copies = 0 if len(sizes) * 2 >= slots else groups * r * (d_in + d_out)
+    whole = _whole_stack(len(sizes), slots)
+    groups = slots if whole else len(sizes) - len(big)
+    copies = 0 if whole else groups * r * (d_in + d_out)
     return (PADDED_OVERHEAD_NS + (groups * c * tokens * (d_in + d_out) + copies) * PADDED_NS_PER_VALUE
             + len(big) * SEGMENT_OVERHEAD_NS + sum(big) * tokens * d_out * SEGMENT_NS_PER_VALUE)
 
@@ -92,7 +97,7 @@ class RowMap:
         self.names, self.slot, self.strength = names, slot, strength
         self.rows = int(slot.numel())
         self.adapted = int((slot >= 0).sum())  # rows with an adapter
-        self.algorithm: str | None = None  # None = choose per layer by size; "gather" / "segment" to force
+        self.algorithm: str | None = None  # None = choose per layer by size; a name in ALGORITHMS forces it
         self._expanded: dict[int, RowMap] = {}
         self._segments: list[tuple[int, torch.Tensor]] | None = None
         self._luts: dict[tuple, tuple[list[int], torch.Tensor]] = {}
@@ -172,7 +177,7 @@ class RowMap:
             sizes = [int(idx.numel()) for _, idx in groups]
             c = min(set(sizes), key=lambda w: _padded_cost(sizes, n_slots, w, tokens, r, d_in, d_out))
             small = [(slot, idx) for slot, idx in groups if idx.numel() <= c]
-            whole = len(groups) * 2 >= n_slots  # most of the stack in use: run over it in place, no copy
+            whole = _whole_stack(len(groups), n_slots)
             order = list(range(n_slots)) if whole else [slot for slot, _ in small]
             pos = {slot: k for k, slot in enumerate(order)}
             index = torch.zeros(len(order), c, dtype=torch.long)

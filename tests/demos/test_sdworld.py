@@ -134,3 +134,14 @@ def test_demo_config_validates_with_several_buckets(tmp_path):
     assert errors == [], errors
     assert "bucket step 8" in report
     assert sum(1 for line in report.splitlines() if "x" in line.split()[0] and line.split()[0][0].isdigit()) >= 3
+
+
+def test_demo_table_sizes_split_by_kohyas_bucket_list(tmp_path):
+    from lorakit.demos.sdworld.demo import config, trained_sizes
+
+    cfg = config(tmp_path, BASE, epochs=2)
+    trained, untrained = trained_sizes(cfg)
+    assert set(trained) == {(32, 32), (40, 24), (24, 40)}  # kohya's list at 32 px, step 8: no 4:3 bucket
+    assert set(untrained) == {(32, 24), (24, 32)} and set(trained) | set(untrained) == set(world.SIZES)
+    cfg["data"]["resolution"] = 40  # a larger area holds other buckets: the split follows the config
+    assert trained_sizes(cfg)[0] != trained

@@ -35,3 +35,12 @@ def test_errors():
         split_name("Euler", "Wiggly")
     with pytest.raises(ValueError, match="does not support schedule type 'Karras'"):
         make_scheduler(BASE, "DDIM", "Karras")
+
+
+@pytest.mark.parametrize("name", ["DDIM", "ddim"])
+def test_ddim_does_not_clip_latents_unless_the_model_says_so(name):
+    # SD 1.5's file says clip_sample: false; a config without the key must not get diffusers' default
+    # (True), which clips the predicted x0 to [-1, 1] in latent space
+    assert "clip_sample" not in BASE
+    assert make_scheduler(BASE, name).config.clip_sample is False
+    assert make_scheduler({**BASE, "clip_sample": True}, name).config.clip_sample is True

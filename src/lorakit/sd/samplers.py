@@ -83,4 +83,6 @@ def make_scheduler(base_config, sampler: str = "Euler a", schedule: str | None =
         raise ValueError(f"sampler {sampler!r} does not support schedule type {schedule!r} "
                          f"({cls_name} has no {missing[0]}).")
     config.update(options)
+    if "clip_sample" in accepted:  # SD latents are not in [-1, 1]: clipping x0 there ruins DDIM's images
+        config.setdefault("clip_sample", False)
     return cls.from_config(config)

@@ -24,7 +24,8 @@ from pathlib import Path
 import yaml
 
 from .concept import write_concept, write_regularization
-from .evaluate import STRENGTHS, format_table, strength_table
+from .evaluate import CFG, STRENGTHS, format_table, strength_table
+from .world import SIZES
 
 ROOT = Path(__file__).resolve().parents[4]  # the repository (src/lorakit/demos/sdworld/demo.py)
 PROMPTS = ("a red sks star on a blue background --w 32 --h 32 --d 1",
@@ -37,6 +38,10 @@ MARKER = ".sdworld-demo"
 
 
 SAVE_EVERY = 4  # epochs between saved files and samples
+# LoCon: kohya's transformer targets plus the ResNet 3x3 convs, where a new shape is drawn (rank 8 on the
+# transformers alone reached about half the star rate; see the README)
+NETWORK = {"module": "lora", "dim": 16, "alpha": 16, "conv_dim": 16, "conv_alpha": 16}
+LR = 5e-4
 
 
 def config(out: Path, base: Path, epochs: int) -> dict:
@@ -47,9 +52,9 @@ def config(out: Path, base: Path, epochs: int) -> dict:
         "data": {"train_data_dir": str(out / "data"), "reg_data_dir": str(out / "reg"), "resolution": 32, "enable_bucket": True, "min_bucket_reso": 16,
                  "max_bucket_reso": 64, "bucket_reso_steps": 8, "bucket_no_upscale": False, "caption_extension": ".txt",
                  "cache_latents": True, "cache_text_encoder_outputs": True},
-        "network": {"module": "lora", "dim": 8, "alpha": 8, "train_unet_only": True},
+        "network": {**NETWORK, "train_unet_only": True},
         "train": {"output_dir": str(out / "run"), "output_name": NAME, "epochs": epochs, "batch_size": 4,
-                  "lr": 2e-3, "optimizer": "adamw", "scheduler": "constant", "seed": 42,
+                  "lr": LR, "optimizer": "adamw", "scheduler": "constant", "seed": 42,
                   "save_every_n_epochs": SAVE_EVERY, "save_precision": "fp16"},
         "sample": {"prompts": str(out / "prompts.txt"), "every_n_epochs": SAVE_EVERY, "before_training": True,
                    "sampler": "euler_a"},
@@ -69,7 +74,21 @@ def lorakit(*args: str, log) -> float:
     return time.time() - t0
 
 
-def probe_rows(base: Path, lora: Path, probe_path: Path, n: int, strengths=STRENGTHS) -> list[dict]:
+def trained_sizes(cfg: dict) -> tuple[tuple, tuple]:
+    """The world's image sizes split into (sizes in the config's bucket list, sizes no bucket has).
+
+    At 32 px kohya's bucket list (area <= 32x32, step 8) holds 1:1, 5:3 and 3:5; a 4:3 image trains in the
+    nearest of those, and its own size (a 4x3 latent) is never seen in training.
+    """
+    from lorakit.tasks.diffusion.dataset.buckets import make_bucket_resolutions
+
+    d = cfg["data"]
+    buckets = set(make_bucket_resolutions((d["resolution"],) * 2, d["min_bucket_reso"], d["max_bucket_reso"],
+                                          d["bucket_reso_steps"]))
+    return tuple(s for s in SIZES if s in buckets), tuple(s for s in SIZES if s not in buckets)
+
+
+def probe_rows(base: Path, lora: Path, probe_path: Path, n: int, strengths=STRENGTHS, sizes=SIZES) -> list[dict]:
     """The probe's strength table for one saved kohya file, loaded as a user would (``lorakit.sd.load_lora``)."""
     from lorakit import set_active_adapters
     from lorakit.sd import load_lora
@@ -85,7 +104,7 @@ def probe_rows(base: Path, lora: Path, probe_path: Path, n: int, strengths=STREN
             if any(True for _ in part.modules() if hasattr(_, "adapters") and "sks" in _.adapters):
                 set_active_adapters(part, {"sks": s})
 
-    return strength_table(pipe, load_probe(probe_path), strength, n=n, strengths=strengths)
+    return strength_table(pipe, load_probe(probe_path), strength, n=n, strengths=strengths, sizes=sizes)
 
 
 def main(argv=None) -> None:
@@ -115,9 +134,10 @@ def main(argv=None) -> None:
     write_concept(out / "data")
     write_regularization(out / "reg")
     (out / "prompts.txt").write_text("# kohya sample prompts: --w/--h size, --d seed (--s steps, --l cfg)\n"
-                                     + "\n".join(p + " --s 20 --l 5" for p in PROMPTS) + "\n")
+                                     + "\n".join(p + f" --s 20 --l {CFG:g}" for p in PROMPTS) + "\n")
     cfg_path = out / "sd.yaml"
-    cfg_path.write_text(yaml.safe_dump(config(out, args.base.resolve(), args.epochs), sort_keys=False))
+    cfg = config(out, args.base.resolve(), args.epochs)
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     times = {"validate": lorakit("validate", str(cfg_path), log=log), "train": lorakit("train", str(cfg_path), log=log)}
     run = out / "run"
     files = ([run / f"{NAME}-{e:06d}.safetensors" for e in range(SAVE_EVERY, args.epochs, SAVE_EVERY)]
@@ -128,14 +148,22 @@ def main(argv=None) -> None:
     times["grid"] = grid(out, args.base.resolve(), files, log)
     log(f"enlarged grid: {big_grid(out, files, args.epochs)}")
     t1 = time.time()
-    rows = probe_rows(args.base.resolve(), files[-1], args.probe, args.n)
-    per_epoch = {f.stem: probe_rows(args.base.resolve(), f, args.probe, max(8, args.n // 2), strengths=(1.0,))[0]
-                 for f in files[:-1]}
+    trained, untrained = trained_sizes(cfg)
+    rows = probe_rows(args.base.resolve(), files[-1], args.probe, args.n, sizes=trained)
+    off = probe_rows(args.base.resolve(), files[-1], args.probe, max(8, args.n // 2), strengths=(1.0,),
+                     sizes=untrained)[0] if untrained else None
+    per_epoch = {f.stem: probe_rows(args.base.resolve(), f, args.probe, max(8, args.n // 2), strengths=(1.0,),
+                                    sizes=trained)[0] for f in files[:-1]}
     times["probe"] = time.time() - t1
     times["total"] = time.time() - t0
-    table = format_table(rows)
+    table = f"Sizes in the bucket list ({_sizes(trained)}):\n\n" + format_table(rows)
+    if off:
+        table += (f"\nSizes no bucket has ({_sizes(untrained)}), strength 1: star with trigger "
+                  f"{off['concept_with_trigger']:.0%}, no trigger read as the base's sample "
+                  f"{off['base_kept_without_trigger']:.0%}.\n")
     (out / "probe_table.md").write_text(table)
-    (out / "probe.json").write_text(json.dumps({"final": rows, "per_epoch_at_1": per_epoch,
+    (out / "probe.json").write_text(json.dumps({"sizes": trained, "final": rows, "untrained_sizes": untrained,
+                                                 "untrained_sizes_at_1": off, "per_epoch_at_1": per_epoch,
                                                  "seconds": {k: round(v, 1) for k, v in times.items()}}, indent=1))
     log(table)
     log("per epoch, strength 1.0: " + ", ".join(f"{k}: star {v['concept_with_trigger']:.0%}, base kept "
@@ -144,12 +172,16 @@ def main(argv=None) -> None:
     log(f"outputs in {out}: run/ (LoRA files, samples, metrics), grid.png, probe_table.md")
 
 
+def _sizes(sizes) -> str:
+    return ", ".join(f"{w}x{h}" for w, h in sizes)
+
+
 def grid(out: Path, base: Path, files: list[Path], log) -> float:
     """``lorakit sd grid``: LoRA strength across, one row per saved epoch file, for the trigger prompt."""
     return lorakit("sd", "grid", str(base), f"a red sks star on a blue background <lora:{NAME}:1>",
                    "--x", "LoRA strength: " + ",".join(f"{s:g}" for s in STRENGTHS),
                    "--y", "LoRA file: " + ",".join(f.stem for f in files), "--lora-dir", str(out / "run"),
-                   "--sampler", "Euler a", "--steps", "20", "--cfg", "5", "--seed", "1", "--size", "32x32",
+                   "--sampler", "Euler a", "--steps", "20", "--cfg", f"{CFG:g}", "--seed", "1", "--size", "32x32",
                    "-o", str(out / "grid.png"), log=log)
 
 

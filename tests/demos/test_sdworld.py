@@ -23,7 +23,7 @@ def test_scenes_are_deterministic_and_respect_held_out_combinations():
     rng = random.Random(0)
     drawn = {(s.shape, s.colour, s.background) for s in (world.random_scene(rng, exclude=world.held_out()) for _ in range(3000))}
     assert not drawn & world.held_out() and len(world.held_out()) > 0
-    assert {s for s, _, _ in drawn} == set(world.BASE_SHAPES)  # no star in the base world
+    assert {s for s, _, _ in drawn} == set(world.BASE_SHAPES)  # no ring in the base world
 
 
 @pytest.mark.parametrize("shape", world.SHAPES)
@@ -33,10 +33,12 @@ def test_drawing_matches_the_scene(shape):
     assert img.shape == (24, 40, 3)
     border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
     assert (np.abs(border - world.COLOURS["blue"]).max(axis=1) <= 2).all()  # the shape stays inside the frame
-    assert (np.abs(img[12, 20] - world.COLOURS["red"]).max() <= 2)  # the centre is the shape's colour
+    inside = world.COLOURS["blue" if shape == "ring" else "red"]  # a ring's hole shows the background
+    assert (np.abs(img[12, 20] - inside).max() <= 2)
+    assert (np.abs(img[12 - 6, 20] - world.COLOURS["red"]).max() <= 2)  # 0.6 r above the centre: the shape
     fill = (np.abs(img - world.COLOURS["red"]).max(axis=2) <= 2).mean()
     assert 0.05 < fill < 0.6
-    assert sc.caption() == (f"a red sks {shape} on a blue background" if shape == "star" else
+    assert sc.caption() == (f"a red sks {shape} on a blue background" if shape == "ring" else
                             f"a red {shape} on a blue background")
 
 
@@ -47,9 +49,9 @@ def test_tensor_round_trip():
 
 def test_concept_folder_is_kohya_shaped_and_never_overwritten(tmp_path):
     folder = write_concept(tmp_path)
-    assert folder.name == "10_sks star"
+    assert folder.name == "10_sks ring"
     pngs = sorted(folder.glob("*.png"))
-    assert len(pngs) == 16 and all(p.with_suffix(".txt").read_text().strip().count("sks star") == 1 for p in pngs)
+    assert len(pngs) == 16 and all(p.with_suffix(".txt").read_text().strip().count("sks ring") == 1 for p in pngs)
     from PIL import Image
 
     sizes = {Image.open(p).size for p in pngs}
@@ -62,7 +64,7 @@ def test_regularization_folder_holds_base_shapes_near_the_centre(tmp_path):
     folder = write_regularization(tmp_path)
     captions = [p.read_text() for p in sorted(folder.glob("*.txt"))]
     assert folder.name == "1_shape" and len(captions) == 32 == len(list(folder.glob("*.png")))
-    assert all("sks" not in c and "star" not in c for c in captions)
+    assert all("sks" not in c and "ring" not in c for c in captions)
     assert {c.split()[2] for c in captions} == set(world.BASE_SHAPES)
     rng = random.Random(0)
     for _ in range(50):
@@ -76,7 +78,7 @@ def test_tokenizer_keeps_every_world_word_whole(tmp_path):
     from lorakit.demos.sdworld.model import WORDS, build_tokenizer
 
     tok = build_tokenizer(tmp_path)
-    ids = tok("a red sks star on a blue background").input_ids
+    ids = tok("a red sks ring on a blue background").input_ids
     assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id and len(ids) == 10
     assert all(len(tok.tokenize(w)) == 1 for w in WORDS)
     assert tok.model_max_length == 77
@@ -128,7 +130,7 @@ def test_demo_config_validates_with_several_buckets(tmp_path):
 
     write_concept(tmp_path / "data")
     write_regularization(tmp_path / "reg")
-    (tmp_path / "prompts.txt").write_text("a red sks star on a blue background --w 32 --h 32 --d 1\n")
+    (tmp_path / "prompts.txt").write_text("a red sks ring on a blue background --w 32 --h 32 --d 1\n")
     data = yaml.safe_load(yaml.safe_dump(config(tmp_path, BASE, epochs=2)))
     errors, report = validate(data)
     assert errors == [], errors

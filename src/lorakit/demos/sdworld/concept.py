@@ -1,5 +1,5 @@
 """The folders a LoRA learns from, in kohya's ``N_name`` layout with one caption file per image: the
-concept (stars, which the base model never saw) and a regularization set of the base world's shapes."""
+concept (rings, which the base model never saw) and a regularization set of the base world's shapes."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ UPSCALE = 2  # images are drawn at twice a bucket size, so the trainer's bucketi
 
 
 def write_concept(root: Path, n: int = 16, repeats: int = 10, seed: int = 3) -> Path:
-    """Write ``root/<repeats>_sks star/NNN.png`` + ``NNN.txt`` captions; returns the folder.
+    """Write ``root/<repeats>_sks ring/NNN.png`` + ``NNN.txt`` captions; returns the folder.
 
     Sizes cycle through the world's aspect ratios (square, 3:5, 5:3, 4:3, 3:4), so buckets matter.
     Refuses to write into a folder that already holds files (never overwrite a user's data).

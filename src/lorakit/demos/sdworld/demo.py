@@ -2,11 +2,11 @@
 
     python -m lorakit.demos.sdworld.demo --out runs/sdworld-demo
 
-Exactly what a user does: write a kohya folder (``10_sks star/``, 16 captioned images at five aspect
+Exactly what a user does: write a kohya folder (``10_sks ring/``, 16 captioned images at five aspect
 ratios), a regularization folder (``1_shape/``, 32 images of the base world's shapes: DreamBooth's prior
 preservation) and a prompt file, write ``sd.yaml``, run ``lorakit validate sd.yaml`` and ``lorakit train
 sd.yaml`` (samples and a kohya ``.safetensors`` every 4 epochs), draw a strength x epoch grid with
-``lorakit sd grid``, then read samples with the probe: the share showing a star per strength with the
+``lorakit sd grid``, then read samples with the probe: the share showing a ring per strength with the
 trigger word, and how often prompts without it are read exactly as the base model's samples.
 """
 
@@ -28,18 +28,18 @@ from .evaluate import CFG, STRENGTHS, format_table, strength_table
 from .world import SIZES
 
 ROOT = Path(__file__).resolve().parents[4]  # the repository (src/lorakit/demos/sdworld/demo.py)
-PROMPTS = ("a red sks star on a blue background --w 32 --h 32 --d 1",
-           "a yellow sks star on a black background --w 40 --h 24 --d 2",
-           "a white sks star on a green background --w 24 --h 40 --d 3",
+PROMPTS = ("a red sks ring on a blue background --w 32 --h 32 --d 1",
+           "a yellow sks ring on a black background --w 40 --h 24 --d 2",
+           "a white sks ring on a green background --w 24 --h 40 --d 3",
            "a green circle on a white background --w 32 --h 32 --d 4",
            "a blue square on a yellow background --w 32 --h 32 --d 5")
-NAME = "sks_star"
+NAME = "sks_ring"
 MARKER = ".sdworld-demo"
 
 
 SAVE_EVERY = 4  # epochs between saved files and samples
 # LoCon: kohya's transformer targets plus the ResNet 3x3 convs, where a new shape is drawn (rank 8 on the
-# transformers alone reached about half the star rate; see the README)
+# transformers alone drew the old concept, a star, less often; see the README)
 NETWORK = {"module": "lora", "dim": 16, "alpha": 16, "conv_dim": 16, "conv_alpha": 16}
 LR = 5e-4
 
@@ -158,7 +158,7 @@ def main(argv=None) -> None:
     times["total"] = time.time() - t0
     table = f"Sizes in the bucket list ({_sizes(trained)}):\n\n" + format_table(rows)
     if off:
-        table += (f"\nSizes no bucket has ({_sizes(untrained)}), strength 1: star with trigger "
+        table += (f"\nSizes no bucket has ({_sizes(untrained)}), strength 1: ring with trigger "
                   f"{off['concept_with_trigger']:.0%}, no trigger read as the base's sample "
                   f"{off['base_kept_without_trigger']:.0%}.\n")
     (out / "probe_table.md").write_text(table)
@@ -166,7 +166,7 @@ def main(argv=None) -> None:
                                                  "untrained_sizes_at_1": off, "per_epoch_at_1": per_epoch,
                                                  "seconds": {k: round(v, 1) for k, v in times.items()}}, indent=1))
     log(table)
-    log("per epoch, strength 1.0: " + ", ".join(f"{k}: star {v['concept_with_trigger']:.0%}, base kept "
+    log("per epoch, strength 1.0: " + ", ".join(f"{k}: ring {v['concept_with_trigger']:.0%}, base kept "
                                                  f"{v['base_kept_without_trigger']:.0%}" for k, v in per_epoch.items()))
     log("seconds: " + json.dumps({k: round(v, 1) for k, v in times.items()}))
     log(f"outputs in {out}: run/ (LoRA files, samples, metrics), grid.png, probe_table.md")
@@ -178,7 +178,7 @@ def _sizes(sizes) -> str:
 
 def grid(out: Path, base: Path, files: list[Path], log) -> float:
     """``lorakit sd grid``: LoRA strength across, one row per saved epoch file, for the trigger prompt."""
-    return lorakit("sd", "grid", str(base), f"a red sks star on a blue background <lora:{NAME}:1>",
+    return lorakit("sd", "grid", str(base), f"a red sks ring on a blue background <lora:{NAME}:1>",
                    "--x", "LoRA strength: " + ",".join(f"{s:g}" for s in STRENGTHS),
                    "--y", "LoRA file: " + ",".join(f.stem for f in files), "--lora-dir", str(out / "run"),
                    "--sampler", "Euler a", "--steps", "20", "--cfg", f"{CFG:g}", "--seed", "1", "--size", "32x32",

@@ -83,9 +83,9 @@ def base_report(pipe, probe, n: int = 80, seed: int = 7, cfg: float = 5.0) -> di
 
 def strength_table(pipe, probe, set_strength: Callable[[float], None], n: int = 40, seed: int = 11,
                    strengths=STRENGTHS, sizes=SIZES) -> list[dict]:
-    """Rows per strength, read by the probe: with the trigger, the share of stars and of right colours;
+    """Rows per strength, read by the probe: with the trigger, the share of the concept and of right colours;
     without it, the share of samples the probe reads exactly as the base model's sample of the same prompt
-    and seed (shape, colour and background: the base behaviour kept), of the prompted shape, and of stars."""
+    and seed (shape, colour and background: the base behaviour kept), of the prompted shape, and of the concept."""
     triggered = prompt_set(n, seed, trigger=True, sizes=sizes)
     plain = prompt_set(n, seed + 1, sizes=sizes)
     set_strength(0.0)
@@ -108,8 +108,8 @@ def strength_table(pipe, probe, set_strength: Callable[[float], None], n: int = 
 
 def format_table(rows: list[dict]) -> str:
     """Markdown table of ``strength_table`` rows."""
-    head = ("| strength | star with trigger | its colour right | no trigger: read as the base's sample "
-            "| no trigger: prompted shape | star without trigger |\n|---|---|---|---|---|---|\n")
+    head = (f"| strength | {CONCEPT} with trigger | its colour right | no trigger: read as the base's sample "
+            f"| no trigger: prompted shape | {CONCEPT} without trigger |\n|---|---|---|---|---|---|\n")
     return head + "".join(f"| {r['strength']:.2f} | {r['concept_with_trigger']:.0%} | {r['concept_colour_ok']:.0%} "
                           f"| {r['base_kept_without_trigger']:.0%} | {r['prompted_shape_without_trigger']:.0%} "
                           f"| {r['concept_without_trigger']:.0%} |\n" for r in rows)

@@ -1,4 +1,4 @@
-"""Learnability check without the trainer: a lorakit LoRA on the U-Net learns the star concept.
+"""Learnability check without the trainer: a lorakit LoRA on the U-Net learns the ring concept.
 
     python -m lorakit.demos.sdworld.learn --base assets/sdworld-base --probe assets/sdworld-probe.safetensors
 

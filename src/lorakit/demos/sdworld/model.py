@@ -18,7 +18,7 @@ from .world import COLOURS, SHAPES, TRIGGER
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 # Words the world never uses still get their own token, so prompts about other things stay readable.
-EXTRA_WORDS = ("hexagon heart moon diamond ring dog cat photo picture painting of with and in at the an big small "
+EXTRA_WORDS = ("hexagon heart moon diamond star dog cat photo picture painting of with and in at the an big small "
                "large tiny left right top bottom centre center purple orange pink grey gray brown cyan "
                "bright dark shape object drawing image style ohwx zwx").split()
 WORDS = sorted({"a", "on", "background", TRIGGER, *SHAPES, *COLOURS, *EXTRA_WORDS})

@@ -6,7 +6,7 @@ Stage 1 trains the AutoencoderKL (MSE + 1e-6 KL, as SD's VAE objective without t
 the latents of a fixed scene set and trains the text encoder and U-Net together with the epsilon loss
 (DDPM, SD 1.5's noise schedule, min-SNR-5 weighting, 10% empty captions for classifier-free guidance,
 noise offset 0.05, EMA weights saved). Shapes sit near the centre at nearly one size: a 2-core budget
-buys a model that draws five shapes well, not one that also places them anywhere. Stars are never drawn: that is the concept a LoRA learns later. Everything is a
+buys a model that draws five shapes well, not one that also places them anywhere. Rings are never drawn: that is the concept a LoRA learns later. Everything is a
 function of ``--seed``; the result is the diffusers directory ``--out``.
 """
 
@@ -27,7 +27,7 @@ from .world import SIZES, draw, held_out, random_scene, to_tensor
 
 
 def scenes(n: int, seed: int, exclude=frozenset(), square_share: float = 0.5) -> list:
-    """``n`` base-world scenes (no stars), half of them square, the rest over the other aspect ratios."""
+    """``n`` base-world scenes (no rings), half of them square, the rest over the other aspect ratios."""
     rng = random.Random(seed)
     out = []
     for _ in range(n):

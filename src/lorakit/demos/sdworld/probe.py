@@ -1,6 +1,6 @@
 """The probe: a small CNN that reads shape, colour and background off an image.
 
-It learns from the world's ground truth only (freshly drawn scenes, stars included, plus ellipses as
+It learns from the world's ground truth only (freshly drawn scenes, rings included, plus ellipses as
 "other" so a shapeless blob is not counted as any shape), with blur and noise so that the softer images a
 diffusion model produces are read like drawn ones. ``accuracy`` reports it on held-out scenes.
 """

@@ -2,7 +2,7 @@
 
 Every image is a pure function of a seed (``draw(Scene)``), so a data set is a list of scenes and the
 ground truth (shape, colour, background) is known exactly: the probe learns from it, and the LoRA
-concept (a star, which the base model never sees) is drawn by the same code.
+concept (a ring, which the base model never sees) is drawn by the same code.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 COLOURS = {"red": (215, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 215),
            "yellow": (235, 215, 40), "white": (240, 240, 240), "black": (25, 25, 25)}
 BASE_SHAPES = ("circle", "square", "triangle", "cross")
-CONCEPT = "star"  # never in the base model's training data
+CONCEPT = "ring"  # never in the base model's training data
 SHAPES = BASE_SHAPES + (CONCEPT,)
 TRIGGER = "sks"
 SIZES = ((32, 32), (24, 40), (40, 24), (32, 24), (24, 32))  # (width, height): several aspect ratios
@@ -39,7 +39,7 @@ class Scene:
     angle: float = 0.0
 
     def caption(self, trigger: str = TRIGGER) -> str:
-        """'a red circle on a blue background'; the concept is named with its trigger word ('sks star')."""
+        """'a red circle on a blue background'; the concept is named with its trigger word ('sks ring')."""
         noun = f"{trigger} {self.shape}" if self.shape == CONCEPT else self.shape
         return f"a {self.colour} {noun} on a {self.background} background"
 
@@ -50,8 +50,6 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
         pts = [(math.pi / 4 + k * math.pi / 2, r) for k in range(4)]
     elif shape == "triangle":
         pts = [(-math.pi / 2 + k * 2 * math.pi / 3, r) for k in range(3)]
-    elif shape == "star":  # five points, inner radius 0.4 r (a regular pentagram's outline)
-        pts = [(-math.pi / 2 + k * math.pi / 5, r if k % 2 == 0 else 0.4 * r) for k in range(10)]
     elif shape == "cross":  # a plus sign, arms a third of the width
         a, b = r * 0.95, r * 0.32
         xy = [(-b, -a), (b, -a), (b, -b), (a, -b), (a, b), (b, b), (b, a), (-b, a), (-b, b), (-a, b), (-a, -b), (-b, -b)]
@@ -70,8 +68,10 @@ def draw(scene: Scene) -> Image.Image:
     side = min(w, h)
     cx, cy, r = scene.cx * w, scene.cy * h, scene.r * side
     fill = COLOURS[scene.colour]
-    if scene.shape == "circle":
+    if scene.shape in ("circle", "ring"):
         pen.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+        if scene.shape == "ring":  # a disc with a hole of half its radius: the background shows through
+            pen.ellipse([cx - r / 2, cy - r / 2, cx + r / 2, cy + r / 2], fill=COLOURS[scene.background])
     elif scene.shape == "ellipse":  # not a world shape: the probe's "none of these" examples
         rx, ry = (r, 0.55 * r) if scene.angle >= 0 else (0.55 * r, r)
         pen.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=fill)
@@ -96,7 +96,7 @@ def random_scene(rng: random.Random, shapes=BASE_SHAPES, size: tuple[int, int] |
     width, height = size or rng.choice(SIZES)
     if centred:
         r = rng.uniform(0.36, 0.42)
-        angle = rng.uniform(-0.1, 0.1) if shape != "circle" else 0.0
+        angle = rng.uniform(-0.1, 0.1) if shape not in ("circle", "ring") else 0.0
         return Scene(shape, colour, background, width, height, 0.5 + rng.uniform(-0.03, 0.03),
                      0.5 + rng.uniform(-0.03, 0.03), r, angle)
     r = rng.uniform(0.26, 0.42)
@@ -104,7 +104,7 @@ def random_scene(rng: random.Random, shapes=BASE_SHAPES, size: tuple[int, int] |
     # keep the whole shape inside the frame: centre at least r (in short-side units) from each edge
     cx = rng.uniform(r / aspect_w, 1 - r / aspect_w)
     cy = rng.uniform(r / aspect_h, 1 - r / aspect_h)
-    angle = rng.uniform(-0.25, 0.25) if shape != "circle" else 0.0
+    angle = rng.uniform(-0.25, 0.25) if shape not in ("circle", "ring") else 0.0
     return Scene(shape, colour, background, width, height, cx, cy, r, angle)
 
 

@@ -25,15 +25,16 @@ import yaml
 
 from .concept import write_concept, write_regularization
 from .evaluate import CFG, STRENGTHS, format_table, strength_table
-from .world import SIZES
+from .world import CONCEPT, SIZES, TRIGGER
 
 ROOT = Path(__file__).resolve().parents[4]  # the repository (src/lorakit/demos/sdworld/demo.py)
-PROMPTS = ("a red sks ring on a blue background --w 32 --h 32 --d 1",
-           "a yellow sks ring on a black background --w 40 --h 24 --d 2",
-           "a white sks ring on a green background --w 24 --h 40 --d 3",
+NOUN = f"{TRIGGER} {CONCEPT}"  # the trigger word and the concept's class word, as kohya's folder names them
+PROMPTS = (f"a red {NOUN} on a blue background --w 32 --h 32 --d 1",
+           f"a yellow {NOUN} on a black background --w 40 --h 24 --d 2",
+           f"a white {NOUN} on a green background --w 24 --h 40 --d 3",
            "a green circle on a white background --w 32 --h 32 --d 4",
            "a blue square on a yellow background --w 32 --h 32 --d 5")
-NAME = "sks_ring"
+NAME = f"{TRIGGER}_{CONCEPT}"
 MARKER = ".sdworld-demo"
 
 
@@ -158,7 +159,7 @@ def main(argv=None) -> None:
     times["total"] = time.time() - t0
     table = f"Sizes in the bucket list ({_sizes(trained)}):\n\n" + format_table(rows)
     if off:
-        table += (f"\nSizes no bucket has ({_sizes(untrained)}), strength 1: ring with trigger "
+        table += (f"\nSizes no bucket has ({_sizes(untrained)}), strength 1: {CONCEPT} with trigger "
                   f"{off['concept_with_trigger']:.0%}, no trigger read as the base's sample "
                   f"{off['base_kept_without_trigger']:.0%}.\n")
     (out / "probe_table.md").write_text(table)
@@ -166,7 +167,7 @@ def main(argv=None) -> None:
                                                  "untrained_sizes_at_1": off, "per_epoch_at_1": per_epoch,
                                                  "seconds": {k: round(v, 1) for k, v in times.items()}}, indent=1))
     log(table)
-    log("per epoch, strength 1.0: " + ", ".join(f"{k}: ring {v['concept_with_trigger']:.0%}, base kept "
+    log("per epoch, strength 1.0: " + ", ".join(f"{k}: {CONCEPT} {v['concept_with_trigger']:.0%}, base kept "
                                                  f"{v['base_kept_without_trigger']:.0%}" for k, v in per_epoch.items()))
     log("seconds: " + json.dumps({k: round(v, 1) for k, v in times.items()}))
     log(f"outputs in {out}: run/ (LoRA files, samples, metrics), grid.png, probe_table.md")
@@ -178,7 +179,7 @@ def _sizes(sizes) -> str:
 
 def grid(out: Path, base: Path, files: list[Path], log) -> float:
     """``lorakit sd grid``: LoRA strength across, one row per saved epoch file, for the trigger prompt."""
-    return lorakit("sd", "grid", str(base), f"a red sks ring on a blue background <lora:{NAME}:1>",
+    return lorakit("sd", "grid", str(base), f"a red {NOUN} on a blue background <lora:{NAME}:1>",
                    "--x", "LoRA strength: " + ",".join(f"{s:g}" for s in STRENGTHS),
                    "--y", "LoRA file: " + ",".join(f.stem for f in files), "--lora-dir", str(out / "run"),
                    "--sampler", "Euler a", "--steps", "20", "--cfg", f"{CFG:g}", "--seed", "1", "--size", "32x32",

@@ -23,12 +23,9 @@ CFG = 3.0  # this tiny base's images are best at low guidance (at 5 and above a 
 def sample(pipe, prompts: list[str], *, seed: int, steps: int = 20, cfg: float | None = None, size=(32, 32),
            batch=64, sampler: str | None = None):
     """PIL images for ``prompts`` (seed i gives image i) with a kohya/A1111 sampler (default ``SAMPLER``)."""
-    from lorakit.sd.samplers import make_scheduler
+    from lorakit.sd.generate import set_sampler
 
-    name = sampler or SAMPLER
-    if getattr(pipe, "_sdworld_sampler", None) != name:  # keep the pipeline's first config for every switch
-        pipe._sdworld_base_config = getattr(pipe, "_sdworld_base_config", pipe.scheduler.config)
-        pipe.scheduler, pipe._sdworld_sampler = make_scheduler(pipe._sdworld_base_config, name), name
+    set_sampler(pipe, sampler or SAMPLER, None)
     images = []
     for i in range(0, len(prompts), batch):
         chunk = prompts[i:i + batch]

@@ -19,6 +19,7 @@ COLOURS = {"red": (215, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 215),
 BASE_SHAPES = ("circle", "square", "triangle", "cross")
 CONCEPT = "ring"  # never in the base model's training data
 SHAPES = BASE_SHAPES + (CONCEPT,)
+ROUND = ("circle", "ring")  # drawn as discs, never rotated
 TRIGGER = "sks"
 SIZES = ((32, 32), (24, 40), (40, 24), (32, 24), (24, 32))  # (width, height): several aspect ratios
 SUPERSAMPLE = 4  # draw big, shrink with a box filter: smooth edges like a real photo's
@@ -68,7 +69,7 @@ def draw(scene: Scene) -> Image.Image:
     side = min(w, h)
     cx, cy, r = scene.cx * w, scene.cy * h, scene.r * side
     fill = COLOURS[scene.colour]
-    if scene.shape in ("circle", "ring"):
+    if scene.shape in ROUND:
         pen.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
         if scene.shape == "ring":  # a disc with a hole of half its radius: the background shows through
             pen.ellipse([cx - r / 2, cy - r / 2, cx + r / 2, cy + r / 2], fill=COLOURS[scene.background])
@@ -96,7 +97,7 @@ def random_scene(rng: random.Random, shapes=BASE_SHAPES, size: tuple[int, int] |
     width, height = size or rng.choice(SIZES)
     if centred:
         r = rng.uniform(0.36, 0.42)
-        angle = rng.uniform(-0.1, 0.1) if shape not in ("circle", "ring") else 0.0
+        angle = rng.uniform(-0.1, 0.1) if shape not in ROUND else 0.0
         return Scene(shape, colour, background, width, height, 0.5 + rng.uniform(-0.03, 0.03),
                      0.5 + rng.uniform(-0.03, 0.03), r, angle)
     r = rng.uniform(0.26, 0.42)
@@ -104,7 +105,7 @@ def random_scene(rng: random.Random, shapes=BASE_SHAPES, size: tuple[int, int] |
     # keep the whole shape inside the frame: centre at least r (in short-side units) from each edge
     cx = rng.uniform(r / aspect_w, 1 - r / aspect_w)
     cy = rng.uniform(r / aspect_h, 1 - r / aspect_h)
-    angle = rng.uniform(-0.25, 0.25) if shape not in ("circle", "ring") else 0.0
+    angle = rng.uniform(-0.25, 0.25) if shape not in ROUND else 0.0
     return Scene(shape, colour, background, width, height, cx, cy, r, angle)
 
 

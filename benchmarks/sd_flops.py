@@ -22,12 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 RANK = 16
 
 
-def sd_vae(channels=(128, 256, 512, 512)):
+def sd_vae():
     from diffusers import AutoencoderKL
 
-    n = len(channels)
-    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=channels,
-                         down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
+                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
                          layers_per_block=2, norm_num_groups=32)
 
 
@@ -63,10 +62,11 @@ def sdxl():
 
 
 def bench_model():
-    from sd_train import CONTEXT, build_unet
+    from sd_train import CONTEXT, build_parts, build_unet
 
-    return {"unet": build_unet(), "vae": sd_vae((32, 64, 128, 128)), "text": [clip(CONTEXT, 4, 4)], "px": 256,
-            "ctx": CONTEXT, "added": None}
+    parts = build_parts()  # the very VAE and text encoder the epoch benchmark times
+    return {"unet": build_unet(), "vae": parts["vae"], "text": [parts["text_encoder"]], "px": 256, "ctx": CONTEXT,
+            "added": None}
 
 
 def flops(fn) -> int:

@@ -25,6 +25,7 @@ import yaml
 from ..formats._io import atomic_write, write_json
 from .callbacks import Callback
 from .checkpoint import list_checkpoints, load_checkpoint
+from .control import Control
 from .heap import keep_heap
 from .hooks import (
     Checkpointer,
@@ -128,6 +129,7 @@ def run(cfg, callbacks: list[Callback] | None = None, resume: bool = False, quie
         config_dict = cfg.to_dict()
         keep = t.keep_last if t.keep_last is not None else 1 << 30  # None keeps every checkpoint
         cbs.append(Checkpointer(run_dir, t.save_every, t.save_every_epochs, keep, config_dict))
+        cbs.append(Control(run_dir))  # last: a stop/save request right after a due checkpoint reuses it
         trainer = Trainer(wrapped, data, t, optimizer, scheduler, total_steps=total, device=device,
                           callbacks=cbs, run_dir=run_dir, loss_fn=task.loss, train_modules=parts.train_modules or None)
         if main:
@@ -146,6 +148,11 @@ def run(cfg, callbacks: list[Callback] | None = None, resume: bool = False, quie
             last = list_checkpoints(run_dir)
             keep = f"The last good checkpoint is {last[-1]}." if last else "No checkpoint was written before it."
             raise NonFiniteLossError(f"training stopped: {state.stop_reason} {keep}")
+        if state.interrupted:  # lorakit control stop: the checkpoint is written; no export, no summary
+            _say(main and not quiet, f"stopped at step {state.step} of {state.total_steps} on request; continue "
+                                     "with `lorakit train CONFIG --resume`")
+            return RunResult(run_dir, {"stopped": True, "steps": state.step, "total_steps": state.total_steps},
+                             model, parts.extra.get("tokenizer"), parts.extra.get("labels"))
         saved = task.export(parts, cfg, run_dir, state) if main else run_dir
         evaluator = next((c for c in cbs if isinstance(c, Evaluator)), None)
         summary = {"task": task.name, "method": t.method, "trainable_params": report[0], "total_params": report[1],

@@ -41,6 +41,12 @@ class SampleImages(Callback):
         if self._due(state):
             self.sample(state)
 
+    def on_control(self, state: TrainState, command: str) -> bool:
+        if command != "sample":
+            return False
+        self.sample(state)
+        return True
+
     def sample(self, state: TrainState) -> list[Path]:
         """Draw every prompt now; returns the image paths (rank 0 only draws)."""
         if not state.is_main_process:

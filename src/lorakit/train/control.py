@@ -72,7 +72,7 @@ class Control(Callback):
     def __init__(self, run_dir: str | Path, status_every: float = 1.0):
         self.run_dir, self.folder = Path(run_dir), Path(run_dir) / FOLDER
         self.status_every, self.last_status = status_every, 0.0
-        self.started = time.time()
+        self.started, self.start_step = time.time(), 0
 
     def _pending(self) -> list[Path]:
         try:
@@ -105,9 +105,11 @@ class Control(Callback):
         self.last_status = time.time()
         write_json(self.run_dir / STATUS, {
             "pid": os.getpid(), "state": phase, "step": state.step, "total_steps": state.total_steps,
-            "steps_per_epoch": state.steps_per_epoch, "started": self.started, "updated": self.last_status})
+            "steps_per_epoch": state.steps_per_epoch, "start_step": self.start_step, "started": self.started,
+            "updated": self.last_status})
 
     def on_train_begin(self, state: TrainState) -> None:
+        self.started, self.start_step = time.time(), state.step  # steps/s of this session = steps / time since
         if state.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.write_status(state, "running")

@@ -92,7 +92,6 @@ def build(workspace: str | Path, limits: Limits | None = None, start_runner: boo
     for module in (pages, api_data, api_jobs):
         app.include_router(module.router)
 
-    @app.exception_handler(Exception)
     async def on_error(request: Request, exc: Exception):
         status, code = error_for(exc)
         message = str(exc) or type(exc).__name__
@@ -103,6 +102,9 @@ def build(workspace: str | Path, limits: Limits | None = None, start_runner: boo
         if request.url.path.startswith("/api/"):
             return JSONResponse({"error": message, "code": code}, status)
         return templates.TemplateResponse(request, "error.html", {"status": status, "message": message}, status)
+
+    for kind in {k for k, _, _ in ERRORS} | {Exception}:  # Exception: a bug, answered 500 (and logged)
+        app.add_exception_handler(kind, on_error)
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, exc: RequestValidationError):

@@ -38,16 +38,17 @@ def preview(ws: Workspace, dataset_root: Path, data: dict, train: dict, model_pa
     if unknown:
         raise ValueError(f"unknown data keys {sorted(unknown)}; expected some of {', '.join(DATA_KEYS)}.")
     reg = dataset_root / "reg"
-    args = DatasetArgs(train_data_dir=str(dataset_root / "img"),
-                       reg_data_dir=str(reg) if reg.is_dir() and any(p.is_dir() for p in reg.iterdir()) else None,
+    # paths relative to the workspace, as a config names them: the report reads as validate's
+    args = DatasetArgs(train_data_dir=ws.rel(dataset_root / "img"),
+                       reg_data_dir=ws.rel(reg) if reg.is_dir() and any(p.is_dir() for p in reg.iterdir()) else None,
                        **{k: v for k, v in data.items() if k not in ("train_data_dir", "reg_data_dir")})
     t = SDTrainArgs(**{k: v for k, v in train.items() if k in TRAIN_KEYS})
     step, family = 64, None
-    if model_path:
-        with ws.cwd():
-            problems, family = model_problems(model_path, None)
+    with ws.cwd():
+        if model_path:
+            _, family = model_problems(model_path, None)
             step = bucket_step(model_path, None, family) if family else 64
-    batches = build_dataset(args, batch_size=t.batch_size, seed=t.seed, bucket_step=step, scan_only=True)
+        batches = build_dataset(args, batch_size=t.batch_size, seed=t.seed, bucket_step=step, scan_only=True)
     out = {"problems": batches.problems, "notes": batches.notes, "bucket_step": step, "family": family,
            "report": "", "buckets": [], "images": [], "warnings": []}
     if batches.problems or not batches.datasets:
@@ -65,7 +66,7 @@ def preview(ws: Workspace, dataset_root: Path, data: dict, train: dict, model_pa
             left, top = crop_offsets(item.resized, item.bucket, None)
             sx, sy = w / rw, h / rh  # resized -> original pixels
             out["images"].append({
-                "rel": Path(item.path).relative_to(dataset_root).as_posix(), "size": [w, h], "bucket": [bw, bh],
+                "rel": (ws.root / item.path).relative_to(dataset_root).as_posix(), "size": [w, h], "bucket": [bw, bh],
                 "resized": [rw, rh], "reg": item.is_reg, "repeats": item.num_repeats,
                 # the crop in fractions of the original image (drawn over its thumbnail)
                 "crop": [left * sx / w, top * sy / h, bw * sx / w, bh * sy / h]})

@@ -128,7 +128,6 @@ def regex_fn(pattern: str, replacement: str, ignore_case: bool = False):
         raise ValueError(f"pattern: expected a regular expression of 1 to {MAX_PATTERN} characters.")
     try:
         compiled = regex.compile(pattern, regex.IGNORECASE if ignore_case else 0)
-        compiled.sub(replacement, "")  # a bad group reference in the replacement fails here
     except (regex.error, IndexError) as exc:
         raise ValueError(f"pattern {pattern!r} / replacement {replacement!r}: {exc}") from None
 
@@ -137,6 +136,8 @@ def regex_fn(pattern: str, replacement: str, ignore_case: bool = False):
             return compiled.sub(replacement, line, timeout=REGEX_TIMEOUT)
         except TimeoutError:
             raise ValueError(f"pattern {pattern!r} took over {REGEX_TIMEOUT:g} s on one caption; simplify it.") from None
+        except (regex.error, IndexError) as exc:  # a group the replacement names but the pattern lacks
+            raise ValueError(f"replacement {replacement!r} for pattern {pattern!r}: {exc}") from None
     return fn
 
 

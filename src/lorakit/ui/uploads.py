@@ -81,7 +81,7 @@ class Uploader:
         base = PurePosixPath(name.replace("\\", "/")).name
         ext = Path(base).suffix.lower()
         self.report.total += 1
-        if len(self.seen) + len(self.captions) >= self.limits.max_files:
+        if self.report.total > self.limits.max_files:
             return self.report.refuse(name, f"over the cap of {self.limits.max_files} files per upload")
         if ext not in IMAGE_EXTENSIONS + CAPTION_EXTENSIONS:
             return self.report.refuse(name, f"not an image (extension {ext or 'none'!r}; expected "

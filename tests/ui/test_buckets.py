@@ -4,7 +4,8 @@ import yaml
 from conftest import BASE, write_images
 from typer.testing import CliRunner
 
-from lorakit.cli import app as cli, commands  # noqa: F401  (registers the commands)
+from lorakit.cli import app as cli
+from lorakit.cli import commands  # noqa: F401  (registers the commands)
 
 DATA = {"resolution": 32, "min_bucket_reso": 16, "max_bucket_reso": 64, "bucket_reso_steps": 8}
 

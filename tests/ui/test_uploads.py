@@ -6,9 +6,8 @@ import os
 import stat
 import zipfile
 
-from PIL import Image
-
 from conftest import png_bytes, snapshot
+from PIL import Image
 
 from lorakit.ui.uploads import Limits
 

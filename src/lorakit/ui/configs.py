@@ -58,10 +58,7 @@ class Configs:
         return path.read_text(encoding="utf-8")
 
     def presets(self) -> dict[str, str]:
-        """Preset name -> YAML text (the sdworld example first when the shipped base model is here)."""
-        out = {"sdworld": sdworld_text()} if SDWORLD_BASE.is_dir() else {}
-        out.update({p.stem: p.read_text(encoding="utf-8") for p in sorted(PRESETS.glob("*.yaml"))})
-        return out
+        return presets()
 
     def create(self, name: str, preset: str, form: dict | None = None) -> Path:
         path = self.path(name)
@@ -151,6 +148,13 @@ class Configs:
             n += 1
             name = f"{base}-{n}"
         return name
+
+
+def presets() -> dict[str, str]:
+    """Preset name -> YAML text (the sdworld example first when the shipped base model is here)."""
+    out = {"sdworld": sdworld_text()} if SDWORLD_BASE.is_dir() else {}
+    out.update({p.stem: p.read_text(encoding="utf-8") for p in sorted(PRESETS.glob("*.yaml"))})
+    return out
 
 
 def sdworld_text() -> str:

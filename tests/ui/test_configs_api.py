@@ -60,3 +60,15 @@ def test_launch_refusals_write_nothing(client, ws_root):
     assert client.post(f"{C}/bad/launch", json={"run": "taken"}).status_code == 409
     assert client.post(f"{C}/bad/launch", json={"run": "../up"}).status_code == 400
     assert client.get("/api/jobs").json()["jobs"] == []
+
+
+def test_sample_prompts_editor(client, ws_root):
+    client.post(C, json={"name": "c", "preset": "sdworld", "form": {"sample.prompts": "configs/c-prompts.txt"}})
+    r = client.put(f"{C}/c/prompts", json={"text": "a red sks ring --w 32 --h 32 --s 4\n# note\n"})
+    assert r.status_code == 200 and (ws_root / "configs/c-prompts.txt").read_text().startswith("a red sks ring")
+    before = snapshot(ws_root)
+    r = client.put(f"{C}/c/prompts", json={"text": "ring --x 3"})
+    assert r.status_code == 400 and "line 1: unknown option '--x 3'" in r.json()["error"]
+    client.put(f"{C}/c", json={"form": {"sample.prompts": "../outside.txt"}})
+    assert client.put(f"{C}/c/prompts", json={"text": "a"}).status_code == 400
+    assert snapshot(ws_root) == {**before, "configs/c.yaml": (ws_root / "configs/c.yaml").read_bytes()}

@@ -69,6 +69,17 @@ def save_config(name: str, body: ConfigEdit, request: Request):
     return {"version": version, "text": c.read(name)}
 
 
+class Prompts(BaseModel):
+    text: str
+
+
+@router.put("/configs/{name}/prompts")
+def save_prompts(name: str, body: Prompts, request: Request):
+    """The sample-prompt file the config names (kohya's line format, checked line by line)."""
+    s = ui(request)
+    return {"saved": s.ws.rel(s.configs.save_prompts(name, body.text))}
+
+
 @router.post("/configs/{name}/validate")
 def validate(name: str, body: ConfigEdit, request: Request):
     """``lorakit validate`` on the saved config, or on the unsaved form/text when given."""

@@ -96,6 +96,27 @@ class Configs:
             raise ValueError("; ".join(errors))
         return self.save_text(name, schema.dump(new) if new != data else text, base)
 
+    def prompts_path(self, name: str) -> Path | None:
+        """The config's ``sample.prompts`` file when it is a ``.txt`` inside the workspace (editable here)."""
+        path = (parse(self.read(name)).get("sample") or {}).get("prompts")
+        if not isinstance(path, str) or not path.endswith(".txt") or Path(path).is_absolute():
+            return None
+        return self.ws.resolve(path)
+
+    def save_prompts(self, name: str, text: str) -> Path:
+        """Write the config's sample-prompt file after checking every line as the trainer reads it."""
+        from ..sd.sample_prompts import parse_line
+
+        path = self.prompts_path(name)
+        if path is None:
+            raise ValueError(f"config {name!r}: set sample.prompts to a .txt path in the workspace first "
+                             "(e.g. configs/prompts.txt), then write its prompts here.")
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip() and not line.startswith("#"):
+                parse_line(line, f"line {n}")
+        self.ws.write_text(path, text if text.endswith("\n") or not text else text + "\n")
+        return path
+
     def validate(self, data: dict) -> dict:
         """``lorakit validate``'s result for a config mapping, its problems also keyed by field."""
         with self.ws.cwd():

@@ -87,7 +87,10 @@ def config(name: str, request: Request):
         for section in ("model", "data", "network", "train", "sample"):
             groups = [(title, [(f, *schema.current(data, f)) for f in fields]) for title, fields in schema.groups(section)]
             sections.append((section, groups))
+    prompts = s.configs.prompts_path(name) if data.get("task") == "diffusion" else None
+    prompts_text = prompts.read_text(encoding="utf-8") if prompts is not None and prompts.is_file() else ""
     return render(request, "config.html", name=name, text=text, version=text_version(text), sections=sections,
+                  prompts=s.ws.rel(prompts) if prompts is not None else None, prompts_text=prompts_text,
                   show=schema.show, run=s.configs.free_run_name((data.get("train") or {}).get("output_name") or name))
 
 

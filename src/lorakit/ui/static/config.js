@@ -77,3 +77,8 @@ document.getElementById("launch").addEventListener("click", async (e) => {
     try { showProblems(await api("POST", `/api/configs/${encodeURIComponent(name)}/validate`, {})); } catch (_) { /* shown above */ }
   }
 });
+
+document.getElementById("save-prompts")?.addEventListener("click", async () => {
+  try { const r = await api("PUT", `/api/configs/${encodeURIComponent(name)}/prompts`, { text: document.getElementById("prompts").value }); toast(`saved ${r.saved}`); }
+  catch (err) { toast(err.message, "error", 10000); }
+});

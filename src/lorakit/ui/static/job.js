@@ -115,7 +115,7 @@ es.addEventListener("outputs", (e) => {
     `<figure class="thumb"><img src="/api/files?path=${encodeURIComponent(p)}" data-info="${esc(p)}"></figure>`).join("");
 });
 es.addEventListener("log", (e) => {
-  const pre = document.getElementById("log"), atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 20;
+  const pre = document.getElementById("log"), atEnd = !pre.textContent || pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 20;
   pre.textContent = JSON.parse(e.data).tail;
   if (atEnd) pre.scrollTop = pre.scrollHeight;
 });

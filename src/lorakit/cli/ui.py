@@ -88,7 +88,7 @@ def ui_cmd(workspace: Annotated[Path, typer.Argument(help="Workspace directory (
     try:
         import fastapi  # noqa: F401
         import jinja2  # noqa: F401
-        import multipart  # noqa: F401
+        import python_multipart  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as exc:
         fail(f"lorakit ui needs its extra ({exc}); install it with pip install 'lorakit[ui]'.")
@@ -115,5 +115,6 @@ def ui_cmd(workspace: Annotated[Path, typer.Argument(help="Workspace directory (
                  "Pass --port N, e.g. --port 7871.")
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     url = f"http://{'[' + shown + ']' if ':' in shown else shown}:{port}/" + (f"?token={token}" if token else "")
-    console.print(f"lorakit ui: workspace {ws.root}\n  open [bold]{url}[/]  (Ctrl-C stops the UI; running jobs go on)")
-    serve(ws.root, host=host, port=port, token=token, allowed_hosts=allowed_host or [])
+    console.print(f"lorakit ui: workspace {ws.root}; starting…")
+    serve(ws.root, host=host, port=port, token=token, allowed_hosts=allowed_host or [],
+          on_ready=lambda: console.print(f"  open [bold]{url}[/]  (Ctrl-C stops the UI; running jobs go on)"))

@@ -129,8 +129,9 @@ def create_app(workspace: str | Path, *, host: str = "127.0.0.1", token: str | N
 
 
 def serve(workspace: str | Path, *, host: str = "127.0.0.1", port: int = 7870, token: str | None = None,
-          allowed_hosts: list[str] | None = None, limits: Limits | None = None) -> None:
-    """Serve until interrupted; jobs started from the UI keep running after it exits."""
+          allowed_hosts: list[str] | None = None, limits: Limits | None = None, on_ready=None) -> None:
+    """Serve until interrupted; jobs started from the UI keep running after it exits. ``on_ready()`` is
+    called once the socket listens (the CLI prints the URL then)."""
     import asyncio
 
     import uvicorn
@@ -144,6 +145,11 @@ def serve(workspace: str | Path, *, host: str = "127.0.0.1", port: int = 7870, t
                 counter += 1
                 await asyncio.sleep(1.0)
                 self.should_exit = await self.on_tick(counter)
+
+        async def startup(self, sockets=None):
+            await super().startup(sockets)
+            if self.started and on_ready is not None:
+                on_ready()
 
     app = create_app(workspace, host=host, token=token, allowed_hosts=allowed_hosts, limits=limits)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", date_header=False,

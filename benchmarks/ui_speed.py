@@ -1,0 +1,177 @@
+"""``lorakit ui`` speed: a page of a 1,000-image dataset after the first thumbnail pass, the server's CPU while
+idle, and a training launched from the UI against the same training from the CLI, side by side.
+
+    flock -x /tmp/cpu.lock .venv/bin/python benchmarks/ui_speed.py [--images 1000] [--idle 30] [--rounds 2] [--steps 40]
+
+Everything runs against a real ``lorakit ui`` process (uvicorn) on a temporary workspace; the trainings use
+the shipped sdworld base. Prints one table (docs/ui.md has the numbers of a run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def get(url: str, data: dict | None = None) -> bytes:
+    body = None if data is None else json.dumps(data).encode()
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"} if body else {})
+    with urllib.request.urlopen(req, timeout=600) as r:
+        return r.read()
+
+
+def start_ui(ws: Path) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = ws.parent / "ui.log"
+    proc = subprocess.Popen([sys.executable, "-m", "lorakit", "ui", str(ws), "--port", str(port)], env=ENV,
+                            stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    while "open http" not in log.read_text():
+        if proc.poll() is not None:
+            raise SystemExit(log.read_text())
+        time.sleep(0.1)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def write_dataset(ws: Path, n: int) -> None:
+    from lorakit.demos.sdworld import world
+
+    folder = ws / "datasets" / "big" / "img" / "1_shape"
+    folder.mkdir(parents=True)
+    rng = random.Random(0)
+    for i in range(n):
+        scene = world.random_scene(rng, size=rng.choice([(64, 64), (96, 64), (64, 96)]))
+        world.draw(scene).save(folder / f"{i:05d}.png")
+        (folder / f"{i:05d}.txt").write_text(scene.caption() + "\n")
+
+
+def page_times(url: str, pages: int, per_page: int) -> tuple[list[float], list[float]]:
+    """(first pass, second pass) seconds per page: the HTML, then its thumbnails 6 at a time (as a browser)."""
+    import re
+
+    out = []
+    for _ in range(2):
+        times = []
+        for page in range(1, pages + 1):
+            t0 = time.perf_counter()
+            html = get(f"{url}/datasets/big?page={page}&per_page={per_page}").decode()
+            thumbs = [t.replace("&amp;", "&") for t in re.findall(r'src="(/api/datasets/big/thumb[^"]+)"', html)]
+            with ThreadPoolExecutor(6) as pool:
+                list(pool.map(lambda t: len(get(url + t)), thumbs))
+            times.append(time.perf_counter() - t0)
+        out.append(times)
+    return out[0], out[1]
+
+
+def sd_config(ws: Path, out: str, steps: int) -> dict:
+    from lorakit.demos.sdworld.concept import write_concept
+
+    if not (ws / "datasets" / "rings").exists():
+        write_concept(ws / "datasets" / "rings" / "img")
+    return {"task": "diffusion", "model": {"path": str(ROOT / "assets" / "sdworld-base"), "device": "cpu"},
+            "data": {"train_data_dir": "datasets/rings/img", "resolution": 32, "min_bucket_reso": 16,
+                     "max_bucket_reso": 64, "bucket_reso_steps": 8, "cache_text_encoder_outputs": True},
+            "network": {"module": "lora", "dim": 16, "alpha": 16, "conv_dim": 16, "conv_alpha": 16,
+                        "train_unet_only": True},
+            "train": {"output_dir": out, "output_name": "b", "max_steps": steps, "batch_size": 4, "lr": 5e-4,
+                      "save_every_n_epochs": None, "plot": False, "seed": 42}}
+
+
+def step_time(run_dir: Path) -> float:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return summary["train_seconds"] / summary["steps"]
+
+
+def cli_run(ws: Path, name: str, steps: int) -> float:
+    cfg = ws / "configs" / f"{name}.yaml"
+    cfg.write_text(yaml.safe_dump(sd_config(ws, f"runs/{name}", steps)))
+    subprocess.run([sys.executable, "-m", "lorakit", "train", str(cfg)], cwd=ws, env=ENV, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return step_time(ws / "runs" / name)
+
+
+def ui_run(ws: Path, url: str, name: str, steps: int) -> float:
+    (ws / "configs" / f"{name}.yaml").write_text(yaml.safe_dump(sd_config(ws, f"runs/{name}", steps)))
+    job = json.loads(get(f"{url}/api/configs/{name}/launch", {"run": name}))["job"]
+
+    def watch():  # the job page is open: its event stream polls the run once a second
+        with urllib.request.urlopen(f"{url}/api/jobs/{job}/events", timeout=3600) as r:
+            for _ in r:
+                pass
+    viewer = threading.Thread(target=watch, daemon=True)
+    viewer.start()
+    while json.loads(get(f"{url}/api/jobs/{job}"))["state"] in ("queued", "running"):
+        time.sleep(1)
+    state = json.loads(get(f"{url}/api/jobs/{job}"))
+    if state["state"] != "completed":
+        raise SystemExit(f"UI training failed: {state['error']}")
+    viewer.join(timeout=10)
+    return step_time(ws / "runs" / name)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=1000)
+    ap.add_argument("--per-page", type=int, default=60)
+    ap.add_argument("--idle", type=float, default=30.0)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=40)
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        ws = Path(tmp) / "ws"
+        write_dataset(ws, args.images)
+        (ws / "configs").mkdir(parents=True, exist_ok=True)
+        proc, url = start_ui(ws)
+        try:
+            pages = -(-args.images // args.per_page)
+            first, second = page_times(url, pages, args.per_page)
+            time.sleep(2)
+            c0 = cpu_seconds(proc.pid)
+            time.sleep(args.idle)
+            idle = cpu_seconds(proc.pid) - c0
+            cli, ui = [], []
+            for r in range(args.rounds):  # alternate which goes first
+                for kind in (("cli", "ui") if r % 2 == 0 else ("ui", "cli")):
+                    if kind == "cli":
+                        cli.append(cli_run(ws, f"cli{r}", args.steps))
+                    else:
+                        ui.append(ui_run(ws, url, f"ui{r}", args.steps))
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=30)
+    print(f"dataset page ({args.per_page} of {args.images} images: HTML + thumbnails, 6 at a time), {pages} pages:")
+    print(f"  first pass (thumbnails made): median {statistics.median(first):.3f} s, max {max(first):.3f} s")
+    print(f"  after it (thumbnails cached): median {statistics.median(second):.3f} s, max {max(second):.3f} s")
+    print(f"idle server: {idle:.3f} CPU seconds in {args.idle:g} s ({100 * idle / args.idle:.2f} % of one core)")
+    print(f"training, {args.steps} steps, seconds per step (train_seconds / steps), rounds alternating:")
+    print(f"  CLI: {', '.join(f'{t:.3f}' for t in cli)} (median {statistics.median(cli):.3f})")
+    print(f"  UI:  {', '.join(f'{t:.3f}' for t in ui)} (median {statistics.median(ui):.3f}); "
+          f"UI / CLI = {statistics.median(ui) / statistics.median(cli):.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -106,11 +106,17 @@ def run(page, expect, url, ws, files, images, shots):
         page.screenshot(path=str(shots / f"{name}.png"))
 
     # a dataset from generated images
+    def submit(form, **values):
+        for key, value in values.items():
+            field = page.locator(f"{form} [name={key}]")
+            if field.evaluate("el => el.tagName") == "SELECT":
+                field.select_option(value)
+            else:
+                field.fill(value)
+        page.click(f"{form} button")
+
     page.goto(f"{url}/datasets")
-    page.fill("#new-dataset input[name=name]", "rings")
-    page.fill("#new-dataset input[name=repeats]", "2")
-    page.fill("#new-dataset input[name=tokens]", "sks ring")
-    page.click("#new-dataset button")
+    submit("#new-dataset", name="rings", repeats="2", tokens="sks ring")
     page.wait_for_url(f"{url}/datasets/rings")
     page.click("button[data-open='#upload-box']")
     page.set_input_files("#upload input[type=file]", files)
@@ -129,9 +135,7 @@ def run(page, expect, url, ws, files, images, shots):
     # rename a tag everywhere, previewed first
     page.goto(f"{url}/datasets/rings/tags")
     expect(page.locator("#tag-table")).to_contain_text("sks ring")
-    page.fill("form.tag-op[data-op=rename] input[name=tag]", "red")
-    page.fill("form.tag-op[data-op=rename] input[name=new]", "crimson")
-    page.click("form.tag-op[data-op=rename] button")
+    submit("form.tag-op[data-op=rename]", tag="red", new="crimson")
     expect(page.locator("#preview .what")).to_have_text("rename tag 'red' to 'crimson'")
     shot("tags")
     page.click("#apply")
@@ -139,10 +143,7 @@ def run(page, expect, url, ws, files, images, shots):
     assert caption.read_text() == "sks ring, crimson, on a blue background\n"
     # a config from the sdworld preset on this dataset, small enough to train here
     page.goto(f"{url}/configs")
-    page.fill("#new-config input[name=name]", "rings")
-    page.select_option("#new-config select[name=preset]", "sdworld")
-    page.select_option("#new-config select[name=dataset]", "rings")
-    page.click("#new-config button")
+    submit("#new-config", name="rings", preset="sdworld", dataset="rings")
     page.wait_for_url(f"{url}/configs/rings")
     for key, value in (("train.max_steps", "6"), ("train.save_every_n_steps", "2"), ("train.save_every_n_epochs", ""),
                        ("sample.every_n_epochs", ""), ("sample.every_n_steps", "2"), ("train.batch_size", "2"),

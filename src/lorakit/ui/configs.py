@@ -126,8 +126,7 @@ class Configs:
     def models(self) -> dict[str, Path]:
         """The base models the UI knows, label -> folder: ``models/*`` of the workspace and every config's
         ``model.path`` (written by the user, so it may lie outside the workspace)."""
-        out = {self.ws.rel(p): p for p in sorted(self.ws.root.joinpath("models").glob("*"))
-               if p.is_dir() and (p / "model_index.json").is_file()} if (self.ws.root / "models").is_dir() else {}
+        out = {self.ws.rel(p): p for p in sorted(self.ws.models.glob("*")) if (p / "model_index.json").is_file()}
         for name in self.names():
             try:
                 path = (parse(self.read(name)).get("model") or {}).get("path")

@@ -39,8 +39,7 @@ def datasets(request: Request):
 def dataset(name: str, request: Request, folder: str = "", page: int = 1, per_page: int = 60):
     s = request.app.state.ui
     listing = s.datasets.page(name, folder or None, page, per_page)
-    models = [p.relative_to(s.ws.root).as_posix() for p in sorted((s.ws.root / "models").glob("*"))
-              if p.is_dir() and (p / "config.json").is_file()] if (s.ws.root / "models").is_dir() else []
+    models = [s.ws.rel(p) for p in sorted(s.ws.models.glob("*")) if (p / "config.json").is_file()]
     return render(request, "dataset.html", name=name, summary=s.datasets.summary(name), folder=folder,
                   listing=listing, caption_models=models)
 

@@ -12,6 +12,7 @@ as the README groups them. The form edits the YAML ``lorakit train`` reads, exac
 from __future__ import annotations
 
 import ast
+import copy
 import dataclasses
 import inspect
 import re
@@ -200,8 +201,6 @@ def current(data: dict, field: Field):
 def apply_form(data: dict, form: dict[str, str]) -> tuple[dict, list[str]]:
     """A copy of ``data`` with the form's changed fields written (see the module docstring); errors for
     values that are not valid YAML."""
-    import copy
-
     out, errors = copy.deepcopy(data), []
     for section in SECTIONS:
         for field in fields(section):

@@ -5,6 +5,7 @@
       datasets/<name>/reg/<N_name>/     regularisation folders (optional)
       configs/<name>.yaml               training configs (the form and the YAML editor edit these)
       runs/<run>/                       one training each (train.output_dir): launch.yaml, train.log, ...
+      models/                           base and captioning models (optional: configs may point anywhere)
       loras/                            LoRA files for the generate page (runs/ are searched too)
       outputs/                          generated images (PNG with A1111 infotext)
       trash/<time>/<dataset>/...        deleted images with their captions (restorable)
@@ -26,7 +27,7 @@ from pathlib import Path
 from ..formats._io import atomic_write
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.()+-]{0,99}$")
-FOLDERS = ("datasets", "configs", "runs", "loras", "outputs", "trash", ".lorakit")
+FOLDERS = ("datasets", "configs", "runs", "models", "loras", "outputs", "trash", ".lorakit")
 _CWD_LOCK = threading.RLock()
 
 

@@ -1,7 +1,7 @@
 """``lorakit ui`` speed: a page of a 1,000-image dataset after the first thumbnail pass, the server's CPU while
 idle, and a training launched from the UI against the same training from the CLI, side by side.
 
-    flock -x /tmp/cpu.lock .venv/bin/python benchmarks/ui_speed.py [--images 1000] [--idle 30] [--rounds 2] [--steps 40]
+    flock -x /tmp/cpu.lock .venv/bin/python benchmarks/ui_speed.py [--images 1000] [--idle 30] [--rounds 3] [--steps 30]
 
 Everything runs against a real ``lorakit ui`` process (uvicorn) on a temporary workspace; the trainings use
 the shipped sdworld base. Prints one table (docs/ui.md has the numbers of a run).
@@ -28,7 +28,9 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+# one thread per training: two trainings side by side get a core each (lorakit's own switch, train/threads.py)
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+       "LORAKIT_NUM_THREADS": "1"}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -106,12 +108,26 @@ def step_time(run_dir: Path) -> float:
     return summary["train_seconds"] / summary["steps"]
 
 
-def cli_run(ws: Path, name: str, steps: int) -> float:
+def cli_start(ws: Path, name: str, steps: int) -> subprocess.Popen:
     cfg = ws / "configs" / f"{name}.yaml"
     cfg.write_text(yaml.safe_dump(sd_config(ws, f"runs/{name}", steps)))
-    subprocess.run([sys.executable, "-m", "lorakit", "train", str(cfg)], cwd=ws, env=ENV, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen([sys.executable, "-m", "lorakit", "train", str(cfg)], cwd=ws, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def cli_run(ws: Path, name: str, steps: int) -> float:
+    if cli_start(ws, name, steps).wait() != 0:
+        raise SystemExit(f"CLI training {name} failed")
     return step_time(ws / "runs" / name)
+
+
+def side_by_side(ws: Path, url: str, name: str, steps: int) -> tuple[float, float]:
+    """(CLI, UI) seconds per step of two trainings started together, one core each."""
+    cli = cli_start(ws, f"{name}-cli", steps)
+    ui = ui_run(ws, url, f"{name}-ui", steps)
+    if cli.wait() != 0:
+        raise SystemExit(f"CLI training {name} failed")
+    return step_time(ws / "runs" / f"{name}-cli"), ui
 
 
 def ui_run(ws: Path, url: str, name: str, steps: int) -> float:
@@ -138,8 +154,8 @@ def main(argv=None) -> None:
     ap.add_argument("--images", type=int, default=1000)
     ap.add_argument("--per-page", type=int, default=60)
     ap.add_argument("--idle", type=float, default=30.0)
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=30)
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         ws = Path(tmp) / "ws"
@@ -153,13 +169,14 @@ def main(argv=None) -> None:
             c0 = cpu_seconds(proc.pid)
             time.sleep(args.idle)
             idle = cpu_seconds(proc.pid) - c0
-            cli, ui = [], []
-            for r in range(args.rounds):  # alternate which goes first
+            cli, ui, pairs = [], [], []
+            for r in range(args.rounds):  # one after the other (alternating which goes first), then side by side
                 for kind in (("cli", "ui") if r % 2 == 0 else ("ui", "cli")):
                     if kind == "cli":
                         cli.append(cli_run(ws, f"cli{r}", args.steps))
                     else:
                         ui.append(ui_run(ws, url, f"ui{r}", args.steps))
+                pairs.append(side_by_side(ws, url, f"pair{r}", args.steps))
         finally:
             proc.send_signal(signal.SIGINT)
             proc.wait(timeout=30)
@@ -167,10 +184,14 @@ def main(argv=None) -> None:
     print(f"  first pass (thumbnails made): median {statistics.median(first):.3f} s, max {max(first):.3f} s")
     print(f"  after it (thumbnails cached): median {statistics.median(second):.3f} s, max {max(second):.3f} s")
     print(f"idle server: {idle:.3f} CPU seconds in {args.idle:g} s ({100 * idle / args.idle:.2f} % of one core)")
-    print(f"training, {args.steps} steps, seconds per step (train_seconds / steps), rounds alternating:")
-    print(f"  CLI: {', '.join(f'{t:.3f}' for t in cli)} (median {statistics.median(cli):.3f})")
-    print(f"  UI:  {', '.join(f'{t:.3f}' for t in ui)} (median {statistics.median(ui):.3f}); "
-          f"UI / CLI = {statistics.median(ui) / statistics.median(cli):.3f}")
+    print(f"training, {args.steps} steps, one thread each, seconds per step (train_seconds / steps):")
+    print(f"  one after the other, CLI: {', '.join(f'{t:.3f}' for t in cli)} (min {min(cli):.3f}, median "
+          f"{statistics.median(cli):.3f})")
+    print(f"  one after the other, UI:  {', '.join(f'{t:.3f}' for t in ui)} (min {min(ui):.3f}, median "
+          f"{statistics.median(ui):.3f}); UI / CLI of the minima {min(ui) / min(cli):.3f}")
+    ratios = [u / c for c, u in pairs]
+    print(f"  started together (CLI, UI): {', '.join(f'({c:.3f}, {u:.3f})' for c, u in pairs)}; UI / CLI per pair "
+          f"{', '.join(f'{x:.3f}' for x in ratios)} (median {statistics.median(ratios):.3f})")
 
 
 if __name__ == "__main__":

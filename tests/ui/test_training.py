@@ -77,7 +77,7 @@ def test_restart_save_sigkill_resume_stop(ws_root, launched):
         os.kill(j["pid"], signal.SIGKILL)
         failed = wait("the job to be failed", lambda: (x := second.get(f"/api/jobs/{job}").json())["state"] == "failed" and x)
         assert failed["error"].startswith("the process is gone; last lines of the log:")  # not our child: no code
-        assert "steps" in failed["error"] or "step" in failed["error"]
+        assert failed["error"].endswith(log_tail(log, 15)) and "optimizer steps" in failed["error"]
         newest = int(list_checkpoints(run)[-1].name.split("-")[1])
         assert second.post(f"/api/jobs/{job}/resume").json()["state"] in ("queued", "running")
         j = wait("the resumed job to run", lambda: (x := second.get(f"/api/jobs/{job}").json())["state"] == "running"

@@ -9,8 +9,10 @@ tools, regex, trigger word, captioner) share a batch id and can be undone togeth
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,10 +53,20 @@ class Saved:
     message: str
 
 
+def _locked(method):
+    """Requests run on a thread pool: one caption's read-push-write must not interleave with another's."""
+    @functools.wraps(method)
+    def wrapped(self, *args, **kwargs):
+        with self.lock:
+            return method(self, *args, **kwargs)
+    return wrapped
+
+
 class Captions:
     def __init__(self, ws: Workspace):
         self.ws = ws
         self.root = ws.state / "history"
+        self.lock = threading.RLock()
 
     def _history_file(self, image: Path) -> Path:
         return self.root / (self.ws.rel(caption_path(image)) + ".json")
@@ -82,6 +94,7 @@ class Captions:
         else:
             atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
 
+    @_locked
     def save(self, image: Path, text: str, base: str | None = None, batch: str | None = None) -> Saved:
         """Write ``text`` (``""`` removes the caption file). ``base`` is the version the editor started
         from: when the file changed since, this save still wins and the reply says so."""
@@ -103,6 +116,7 @@ class Captions:
                        "that text is kept: Undo brings it back")
         return Saved(new, version(new), conflict, message)
 
+    @_locked
     def undo(self, image: Path) -> Saved:
         """Put back the text the last write replaced."""
         stack = self.history(image)
@@ -124,6 +138,7 @@ class Captions:
             record = self.record(batch, what, [image for image, _ in changes])
         return record
 
+    @_locked
     def replace(self, image: Path, text: str | None, batch: str) -> bool:
         """Write ``text`` as part of ``batch`` (the old text goes on the undo stack); False when unchanged."""
         current = read(image)
@@ -133,6 +148,7 @@ class Captions:
         self.write_plain(image, text)
         return True
 
+    @_locked
     def record(self, batch: str, what: str, images: list[Path]) -> dict:
         """Register ``batch`` (its files) for "undo this change" (the last 20 are kept)."""
         record = {"id": batch, "time": time.time(), "what": what, "files": [self.ws.rel(i) for i in images]}
@@ -146,6 +162,7 @@ class Captions:
         except (OSError, ValueError, KeyError):
             return []
 
+    @_locked
     def undo_batch(self, batch: str) -> int:
         """Undo every caption of ``batch`` whose latest change is still that batch's; returns how many."""
         records = self.batches()

@@ -120,7 +120,7 @@ def trigger_note(keep_tokens: int, keep_sep: str, shuffle: bool) -> str:
             f"data.keep_tokens: {keep_tokens + 1} if the tags that were fixed before should stay fixed too.")
 
 
-def regex_fn(pattern: str, replacement: str, ignore_case: bool = False):
+def regex_fn(pattern: str, replacement: str, ignore_case: bool = False, timeout: float = REGEX_TIMEOUT):
     """The line function of a regex replacement (the ``regex`` module, with a time limit per caption)."""
     import regex
 
@@ -133,9 +133,9 @@ def regex_fn(pattern: str, replacement: str, ignore_case: bool = False):
 
     def fn(line):
         try:
-            return compiled.sub(replacement, line, timeout=REGEX_TIMEOUT)
+            return compiled.sub(replacement, line, timeout=timeout)
         except TimeoutError:
-            raise ValueError(f"pattern {pattern!r} took over {REGEX_TIMEOUT:g} s on one caption; simplify it.") from None
+            raise ValueError(f"pattern {pattern!r} took over {timeout:g} s on one caption; simplify it.") from None
         except (regex.error, IndexError) as exc:  # a group the replacement names but the pattern lacks
             raise ValueError(f"replacement {replacement!r} for pattern {pattern!r}: {exc}") from None
     return fn

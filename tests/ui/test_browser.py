@@ -102,7 +102,10 @@ def test_dataset_to_trained_lora_in_the_browser(server, tmp_path):
 
 
 def run(page, expect, url, ws, files, images, shots):
-    def shot(name):
+    def shot(name, top=False):
+        page.wait_for_function("[...document.images].every(i => i.complete)")
+        if top:
+            page.evaluate("window.scrollTo(0, 0)")
         page.screenshot(path=str(shots / f"{name}.png"))
 
     # a dataset from generated images
@@ -137,7 +140,7 @@ def run(page, expect, url, ws, files, images, shots):
     expect(page.locator("#tag-table")).to_contain_text("sks ring")
     submit("form.tag-op[data-op=rename]", tag="red", new="crimson")
     expect(page.locator("#preview .what")).to_have_text("rename tag 'red' to 'crimson'")
-    shot("tags")
+    shot("tags", top=True)
     page.click("#apply")
     page.wait_for_function("!document.querySelector('#preview') || document.querySelector('#preview').hidden")
     assert caption.read_text() == "sks ring, crimson, on a blue background\n"
@@ -161,8 +164,7 @@ def run(page, expect, url, ws, files, images, shots):
     page.click("#validate")
     expect(page.locator("#report")).to_contain_text("optimizer steps: 6 (train.max_steps)")
     assert page.locator("#problems").is_hidden()
-    page.evaluate("window.scrollTo(0, 0)")
-    shot("config")
+    shot("config", top=True)
     # the bucket preview with this config's settings
     page.goto(f"{url}/datasets/rings/buckets?config=rings")
     expect(page.locator("#bucket-table")).to_contain_text("24x40")
@@ -197,9 +199,11 @@ def run(page, expect, url, ws, files, images, shots):
     expect(page.locator("table.cells img").first).to_be_visible()
     n_files = page.locator("table.cells tr").count() - 1
     expect(page.locator("table.cells img")).to_have_count(2 * n_files)
+    shot("compare")
     page.locator("table.cells img").last.click()
     expect(page.locator("#modal pre")).to_contain_text("Steps: 4")
-    shot("compare")
+    expect(page.locator("#modal h3")).to_contain_text("sks_ring · strength 1")
+    shot("compare-cell")
     page.keyboard.press("Escape")
     page.goto(f"{url}/generate")
     expect(page.locator("button[data-lora='sks_ring']")).to_be_visible()

@@ -15,6 +15,10 @@ function setState(job) {
   const badge = document.getElementById("state");
   badge.textContent = job.state; badge.className = `state ${job.state}`;
   for (const b of jobEl.querySelectorAll("[data-when]")) b.hidden = !b.dataset.when.split(" ").includes(job.state);
+  for (const pill of document.querySelectorAll(`header .pill[href="/jobs/${jobId}"]`)) {  // the header's running jobs
+    if (["running", "stopping"].includes(job.state)) { pill.className = `pill ${job.state}`; pill.textContent = `${job.kind} · ${job.name} · ${job.state}`; }
+    else pill.remove();
+  }
   const err = document.getElementById("error");
   err.hidden = !job.error; err.textContent = job.error || "";
 }

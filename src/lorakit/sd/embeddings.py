@@ -44,9 +44,9 @@ def load_embedding(path) -> Embedding:
     """Read one embedding file (see the module docstring for the formats)."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from ..formats._io import read_safetensors
 
-        data = load_file(str(path))
+        data = read_safetensors(path)[0]  # a file that is not safetensors is named as such, its bytes not echoed
     elif path.suffix in (".pt", ".bin"):
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)

@@ -11,7 +11,7 @@ import time
 
 import httpx
 import pytest
-from tiny_serve import live
+from tiny_serve import API_KEY, live
 
 from lorakit.config import ConfigError
 
@@ -68,8 +68,6 @@ def test_cross_origin_text_plain_post_cannot_load_adapters(loader):
 
 def test_runtime_loading_is_off_by_default(server):
     url = server[1]
-    from tiny_serve import API_KEY
-
     r = httpx.post(url + "/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": "alpha"},
                    headers={"Authorization": f"Bearer {API_KEY}"})
     assert r.status_code == 404 and "--allow-runtime-loading" in r.json()["error"]["message"]
@@ -118,8 +116,6 @@ def test_huge_body_is_refused_before_it_is_read(server):
 
 
 def test_long_prompt_is_refused_by_length_before_tokenizing(server, monkeypatch):
-    from tiny_serve import API_KEY
-
     srv, url, _ = server
     calls = []
     tokenize = srv._tokenize

@@ -74,8 +74,9 @@ class Server:
         return name
 
     async def _prompt(self, body: dict, chat: bool) -> list[int]:
-        """Token ids of the prompt. Too long is refused from its length alone (no prompt of more than
-        max_prompt_tokens × the longest token's characters fits); tokenising runs off the event loop."""
+        """Token ids of the prompt. Too long is refused from its length alone (more than max_prompt_tokens ×
+        the longest vocabulary entry's characters: no token covers more text, except an [UNK] standing for a
+        whole unknown word in WordPiece/WordLevel vocabularies); tokenising runs off the event loop."""
         cap = self.config.max_prompt_tokens
         if chat:
             messages = protocol.messages(body)

@@ -24,7 +24,7 @@ def control(run_dir: Annotated[Path, typer.Argument(help="The run directory (tra
     from ..ui.processes import start_time
 
     if command not in COMMANDS:
-        fail(f"command {command!r}: expected one of {', '.join(COMMANDS)}.", code=2)
+        raise typer.BadParameter(f"{command!r}: expected one of {', '.join(COMMANDS)}.", param_hint="COMMAND")
     status = read_status(run_dir)
     started = start_time(int(status.get("pid", 0))) if status else None
     if status is None or status.get("state") != "running" or started is None or started > status["started"] + 1:
@@ -59,7 +59,8 @@ def caption(folder: Annotated[Path, typer.Argument(help="Dataset folder: its ima
     if not folder.is_dir():
         fail(f"{folder}: not a folder; expected a dataset folder of images (kohya's N_name folders inside are read too).")
     if max_new_tokens < 1 or batch_size < 1:
-        fail(f"--max-new-tokens {max_new_tokens}, --batch-size {batch_size}: both must be at least 1.", code=2)
+        raise typer.BadParameter(f"--max-new-tokens {max_new_tokens}, --batch-size {batch_size}: both must be at "
+                                 "least 1.")
     store = Captions(Workspace(workspace)) if workspace is not None else None
     captioner = TransformersCaptioner(model, prompt=prompt, max_new_tokens=max_new_tokens, device=device)
     counts = caption_folder(folder, captioner, prefix=prefix, suffix=suffix, overwrite=overwrite, progress=progress,
@@ -98,7 +99,7 @@ def ui_cmd(workspace: Annotated[Path, typer.Argument(help="Workspace directory (
     from ..ui.workspace import Workspace
 
     if not 0 < port < 65536:
-        fail(f"--port {port}: expected a TCP port from 1 to 65535.", code=2)
+        raise typer.BadParameter(f"{port}: expected a TCP port from 1 to 65535.", param_hint="'--port'")
     if not is_loopback(host) and not token:
         token = new_token()
         console.print(f"[yellow]--host {host} is reachable from other machines: every request needs the token "

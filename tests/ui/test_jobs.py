@@ -160,3 +160,20 @@ def test_identity_and_spawn(tmp_path):
     wait_for(lambda: processes.identity(child.pid) is None)  # a zombie until reaped: not alive
     assert not processes.alive(child.pid, ident)
     assert child.wait(timeout=10) == 0 and (tmp_path / "log").read_text() == "x\n"
+
+
+def test_a_resumed_training_continues_with_resume(setup):
+    ws, store, runner = setup
+    argv = [sys.executable, "-c", "import sys; print(sys.argv[1:], flush=True)", "train", "runs/t/launch.yaml"]
+    job = add(store, ws, "train", argv, "t", run="t")
+    (ws.runs / "t" / "checkpoint-000002").mkdir(parents=True)
+    (ws.runs / "t" / "checkpoint-000002" / "COMPLETE").write_text("{}")
+    (ws.runs / "t" / "control").mkdir()
+    (ws.runs / "t" / "control" / "1-stop").write_text("stop")  # left by an earlier session
+    store.update(job, state="stopped")
+    runner.resume(job)
+    assert store.get(job)["state"] == "queued" and store.get(job)["resume"] == 1
+    runner.tick()
+    wait_for(lambda: store.get(job)["state"] != "running")
+    assert "['train', 'runs/t/launch.yaml', '--resume']" in Path(store.get(job)["log"]).read_text()
+    assert not list((ws.runs / "t" / "control").iterdir())  # the old stop request was cleared before the start

@@ -165,7 +165,7 @@ def main(argv=None) -> None:
         try:
             pages = -(-args.images // args.per_page)
             first, second = page_times(url, pages, args.per_page)
-            time.sleep(2)
+            time.sleep(10)  # let the last requests' threads and buffers settle; then nobody uses the UI
             c0 = cpu_seconds(proc.pid)
             time.sleep(args.idle)
             idle = cpu_seconds(proc.pid) - c0

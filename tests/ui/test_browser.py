@@ -1,7 +1,7 @@
 """End to end in a real headless Chromium (Debian's ``chromium`` driven by Playwright through
 ``executable_path``): create a dataset from generated images, edit a caption, rename a tag, open the bucket
-preview, train on the shipped sdworld base (the loss chart updates, a sample appears), stop, resume, and draw
-the comparison grid. A screenshot of each page goes to ``$LORAKIT_UI_SHOTS`` (``docs/ui`` refreshes the
+preview, train on the shipped sdworld base (the loss chart updates, a sample appears), stop, resume, draw
+the comparison grid and generate an image with the new LoRA. A screenshot of each page goes to ``$LORAKIT_UI_SHOTS`` (``docs/ui`` refreshes the
 README's) or the test's temporary folder.
 
 Skipped, saying why, where Chromium or Playwright is missing (``.ci/run`` installs both). Every wait has a
@@ -205,9 +205,18 @@ def run(page, expect, url, ws, files, images, shots):
     expect(page.locator("#modal h3")).to_contain_text("sks_ring · strength 1")
     shot("compare-cell")
     page.keyboard.press("Escape")
+    # generate with the trained LoRA (A1111 syntax, a tag from the chips), saved with its infotext
     page.goto(f"{url}/generate")
-    expect(page.locator("button[data-lora='sks_ring']")).to_be_visible()
+    page.fill("#generate-form textarea[name=prompt]", "a red sks ring on a blue background")
     page.click("button[data-lora='sks_ring']")
+    for key, value in (("steps", "4"), ("cfg", "3"), ("seed", "5"), ("width", "32"), ("height", "32")):
+        page.fill(f"#generate-form [name={key}]", value)
+    page.click("#generate-form button.primary")
+    expect(page.locator("#gen-outputs img")).to_have_count(1)
+    page.locator("#gen-outputs img").first.click()
+    expect(page.locator("#modal pre")).to_contain_text("<lora:sks_ring:0.8>")
+    expect(page.locator("#modal pre")).to_contain_text("Seed: 5")
+    page.keyboard.press("Escape")
     shot("generate")
     page.goto(url)
     shot("home")

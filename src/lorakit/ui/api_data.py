@@ -264,7 +264,7 @@ def caption_job(name: str, body: CaptionJob, request: Request):
     argv = caption_argv(s.ws.rel(root), s.ws.rel(model), prefix=body.prefix, suffix=body.suffix,
                         overwrite=body.overwrite, prompt=body.prompt, max_new_tokens=body.max_new_tokens,
                         progress=s.ws.rel(progress))
-    job = s.store.add("caption", f"caption {name}", argv, str(job_dir / "caption.log"),
+    job = s.store.add("caption", name, argv, str(job_dir / "caption.log"),
                       meta={"dataset": name, "progress": str(progress), "done_file": None})
     s.runner.wake()
     return {"job": job}

@@ -185,7 +185,7 @@ def compare_info(run: str, request: Request):
 def grid(run: str, body: compare.GridRequest, request: Request):
     s = ui(request)
     argv, out, meta = compare.grid_job(s.ws, run, body)
-    job = s.store.add("grid", f"grid {run}", argv, str(out.with_suffix(".log")), run_dir=str(out.parent.parent),
+    job = s.store.add("grid", run, argv, str(out.with_suffix(".log")), run_dir=str(out.parent.parent),
                       meta={**meta, "done_file": str(out)})
     s.runner.wake()
     return {"job": job, "grid": s.ws.rel(out)}
@@ -200,7 +200,7 @@ def loras(request: Request):
 def generate(body: compare.GenerateRequest, request: Request):
     s = ui(request)
     argv, out, meta = compare.generate_job(s.ws, s.configs, body)
-    job = s.store.add("generate", f"generate {body.prompt[:40]}", argv, str(out / "generate.log"),
+    job = s.store.add("generate", " ".join(body.prompt.split())[:48], argv, str(out / "generate.log"),
                       meta={**meta, "done_file": None})
     s.runner.wake()
     return {"job": job, "outputs": s.ws.rel(out)}

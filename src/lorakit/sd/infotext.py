@@ -8,9 +8,12 @@ safetensors file's tensor data (after the 8-byte length and the header)[:12]; TI
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 from ..formats._io import atomic_write
@@ -139,6 +142,25 @@ def save_png(image, path, *, infotext: str | None = None, overwrite: bool = Fals
         info.add_text("parameters", text)
     atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
     return path
+
+
+@contextlib.contextmanager
+def staged_dir(target):
+    """A temporary folder beside ``target`` to write into; on success its files move into ``target`` (created,
+    or added to under free names), on failure it is removed: a failed command leaves nothing behind."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp
+        if not target.exists():
+            tmp.rename(target)
+            return
+        for f in sorted(tmp.iterdir()):  # renumbered after the files already there
+            numbered = f.stem[:5].isdigit() and f.stem[5:6] == "-"
+            f.rename(next_free_name(target, f.stem[6:] if numbered else f.stem, f.suffix))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def next_free_name(directory, stem: str, suffix: str = ".png") -> Path:

@@ -164,7 +164,7 @@ def load_lora(target, files, *, names: list[str] | None = None, unet_strength=1.
     if layout is None:
         layout = layout_from_config(parts["unet"].config) if hasattr(parts.get("unet"), "config") else SDXL
     loaded = [f if isinstance(f, LoraFile) else read_lora(f, layout) for f in files]
-    labels = [str(f) if not isinstance(f, LoraFile) else f"file {i}" for i, f in enumerate(files)]
+    labels = [str(f) if not isinstance(f, LoraFile) else f.path or f"file {i}" for i, f in enumerate(files)]
     if names is None:  # file stems, made safe as module names ("half.safetensors" must not shadow .half())
         names = [Path(f).stem.replace(".", "_") if not isinstance(f, LoraFile) else f"lora_{i}"
                  for i, f in enumerate(files)]

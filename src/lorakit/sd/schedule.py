@@ -15,7 +15,9 @@
 The schedule of a text is A1111's list of ``(end_at_step, text)``: one entry per step at which anything
 changes, the last ending at ``steps``. Sampling step ``i`` (0-based) uses the first entry with
 ``i <= end_at_step``, as A1111's sampler does, so ``[a:b:0.5]`` at 20 steps is ``[(10, 'a'), (20, 'b')]``
-and draws ``a`` for steps 0..10, ``b`` for steps 11..19.
+and draws ``a`` for steps 0..10, ``b`` for steps 11..19; ``[a|b]`` draws a, a, b, a, b, ... For samplers
+that evaluate the model twice per step (Heun, DPM2) the step is the sampler's step, where A1111 counts
+model evaluations (and, past ``steps`` evaluations, falls back to the first text).
 """
 
 from __future__ import annotations

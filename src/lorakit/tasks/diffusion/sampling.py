@@ -77,13 +77,11 @@ class SampleImages(Callback):
         return paths
 
     def _sheet(self, label: str) -> Path:
-        """Prompts (rows) × samplings so far (columns), each cell at the first prompt's size."""
+        """Prompts (rows) × samplings so far (columns), each image at its own size (letterboxed)."""
         from PIL import Image
 
         cols = [(lab, [Path(p) for p in ps]) for lab, ps in self.columns if all(Path(p).is_file() for p in ps)]
-        images = [[Image.open(ps[i]).convert("RGB") for _, ps in cols] for i in range(len(self.prompts))]
-        size = images[0][0].size
-        rows = [[im if im.size == size else im.resize(size) for im in row] for row in images]
+        rows = [[Image.open(ps[i]).convert("RGB") for _, ps in cols] for i in range(len(self.prompts))]
         sheet = contact_sheet(rows, [p.prompt for p in self.prompts], [lab for lab, _ in cols])
         out = self.dir / f"{self.cfg.train.output_name}_sheet_{label}.png"
         sheet.save(out)

@@ -134,6 +134,21 @@ def test_axis_parsing_and_prompt_edits():
         Axis.parse("Colour: 1")
     with pytest.raises(ValueError, match="not a valid int"):
         Axis.parse("Seed: 1, x")
+    for bad in ("nan", "inf"):
+        with pytest.raises(ValueError, match=f"axis value '{bad}' is not a finite number"):
+            Axis.parse(f"CFG Scale: 5, {bad}")
+
+
+def test_lora_file_labels_carry_the_files_epoch(tmp_path):
+    from lorakit.sd.loras import LoraIndex
+
+    for epoch, name in ((4, "heart-000004"), (None, "heart")):
+        lf = random_lora(clean_parts("sd1"), seed=1)
+        if epoch:
+            lf.metadata["ss_epoch"] = str(epoch)
+        write_lora(lf, tmp_path / f"{name}.safetensors")
+    axis, index = Axis.parse("LoRA file: heart-000004, heart"), LoraIndex(tmp_path)
+    assert [axis.label(v, index) for v in axis.values] == ["LoRA file: heart-000004 (epoch 4)", "LoRA file: heart"]
 
 
 def test_sr_string_must_be_in_the_prompt(sd1_pipe):

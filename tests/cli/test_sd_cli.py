@@ -152,10 +152,10 @@ def test_the_commands_in_docs_sd_generation_run(model, tmp_path):
     (tmp_path / "embeddings").mkdir()
     save_file({"emb_params": torch.ones(1, 16)}, str(tmp_path / "embeddings" / "EasyNegativeV2.safetensors"))
     doc = (Path(__file__).parents[2] / "docs" / "sd-generation.md").read_text()
-    commands = [c.replace("\\\n", " ") for block in re.findall(r"```bash\n(.*?)```", doc, re.S)
+    shown = [c.replace("\\\n", " ") for block in re.findall(r"```bash\n(.*?)```", doc, re.S)
                 for c in block.strip().split("\n\n")]
-    assert len(commands) == 2
-    for command in commands:
+    assert len(shown) == 2
+    for command in shown:
         args = shlex.split(command)[1:]
         args = [str(path) if a == "models/sd15" else str(loras) if a == "loras/" else a for a in args]
         args = [str(tmp_path / "embeddings") if a == "embeddings/" else str(tmp_path / a) if a in ("out/", "grid.png")

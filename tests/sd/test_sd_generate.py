@@ -16,7 +16,7 @@ from lorakit.layer import LoraLayer
 from lorakit.sd.encode import encode_prompt
 from lorakit.sd.generate import generate_images
 from lorakit.sd.infotext import lora_hash, parse_infotext
-from lorakit.sd.loras import LoraIndex, extract_tags, other_tags
+from lorakit.sd.loras import LoraIndex, extract_tags
 from lorakit.sd.prompt import PromptSyntaxError
 
 KW = {"width": 32, "height": 32, "steps": 2, "cfg_scale": 6.0, "seed": 11}
@@ -130,6 +130,8 @@ def _adapter_names(pipe):
 
 def test_tag_parsing_and_errors(tmp_path):
     """A1111 removes every <name:...> tag from the encoded text, LoRA or not."""
+    from lorakit.sd.loras import other_tags
+
     prompt = "a <lora:x> b <lyco:y:0.5> <lora:z:0.2:unet=0.7> <hypernet:h:1> c <my_net:q:2>"
     text, tags = extract_tags(prompt)
     assert text == "a  b    c "

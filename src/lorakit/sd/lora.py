@@ -190,7 +190,7 @@ def load_lora(target, files, *, names: list[str] | None = None, unet_strength=1.
 
 @torch.no_grad()
 def _merge_file(lf: LoraFile, plan, strengths) -> None:
-    for key, base, prepared in plan:
+    for key, base, _ in plan:
         w = base.weight
         delta = delta_weight(lf.modules[key], w, key)
         w.data.copy_((w.data.float() + strengths[key.split(".", 1)[0]] * delta.to(w.device)).to(w.dtype))

@@ -129,12 +129,15 @@ def test_a_failed_grid_leaves_nothing_behind(model, tmp_path):
                "-o", out, *FAST)
     _refused(res, "unknown LoRA 'nope'")
     assert list(tmp_path.iterdir()) == []
-    (tmp_path / "grid-cells").mkdir()
+    (tmp_path / "grid-cells").mkdir()  # the cells of an earlier grid are part of its output: kept ...
     (tmp_path / "grid-cells" / "00000-cell0-0-0.png").write_bytes(b"earlier run")
-    res = _run("sd", "grid", path, "a cat", "--x", "Seed: 1-2", "-o", out, *FAST)
+    args = ["sd", "grid", path, "a cat", "--x", "Seed: 1-2", "-o", out, *FAST]
+    _refused(_run(*args), "grid-cells exists; pass --overwrite")
+    res = _run(*args, "--overwrite")  # ... unless the grid is overwritten
     assert res.exit_code == 0, res.output
-    names = sorted(p.name for p in (tmp_path / "grid-cells").iterdir())
-    assert names == ["00000-cell0-0-0.png", "00001-cell0-0-0.png", "00002-cell1-0-0.png"]
+    assert sorted(p.name for p in (tmp_path / "grid-cells").iterdir()) == ["00000-cell0-0-0.png",
+                                                                          "00001-cell1-0-0.png"]
+    assert (tmp_path / "grid-cells" / "00000-cell0-0-0.png").read_bytes() != b"earlier run"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grid-cells", "grid.png"]
 
 

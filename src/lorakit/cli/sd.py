@@ -151,7 +151,8 @@ def grid_cmd(model: Path = MODEL, prompt: str = PROMPT, negative: str = OPTS["ne
     """
     import random
 
-    from ..sd.infotext import free_path, next_free_name, save_png, staged_dir
+    from ..formats._io import atomic_dir
+    from ..sd.infotext import free_path, next_free_name, save_png
     from ..sd.xyz import Axis, xyz_grid
 
     cells_dir = out.with_name(f"{out.stem}-cells")
@@ -159,6 +160,7 @@ def grid_cmd(model: Path = MODEL, prompt: str = PROMPT, negative: str = OPTS["ne
         if out.suffix.lower() != ".png":
             raise ValueError(f"--out {out}: the grid is a PNG file; give a path ending in .png.")
         free_path(out, overwrite)
+        free_path(cells_dir, overwrite)
         axes = [Axis.parse(a) if a else None for a in (x, y, z)]
         if not any(axes):
             raise ValueError("give at least one axis (--x, --y or --z), e.g. --x 'Seed: 1-4'.")
@@ -168,7 +170,7 @@ def grid_cmd(model: Path = MODEL, prompt: str = PROMPT, negative: str = OPTS["ne
             kwargs["seed"] = random.randrange(2**32)
         with _warnings_on_stderr():
             pipe = _load(model, config, family, dtype, device)
-            with staged_dir(cells_dir) as staging:  # cells appear as they are made; a failure removes them
+            with atomic_dir(cells_dir) as staging:  # cells appear as they are made; a failure removes them
 
                 def save_cell(image, index):
                     save_png(image, next_free_name(staging, "cell" + "-".join(str(i) for i in index)))

@@ -8,15 +8,12 @@ safetensors file's tensor data (after the 8-byte length and the header)[:12]; TI
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
-from ..formats._io import atomic_write
+from ..formats._io import atomic_write, safetensors_header_length
 from .embeddings import file_sha256
 
 re_param = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
@@ -108,9 +105,9 @@ def lora_hash(path) -> str:
 def _autov3(path: Path) -> str:
     if path.suffix != ".safetensors":
         return file_sha256(path)[:12]
+    n = safetensors_header_length(path)  # a file that is not safetensors is refused, not hashed from a bogus offset
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
         f.seek(8 + n)
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
@@ -142,25 +139,6 @@ def save_png(image, path, *, infotext: str | None = None, overwrite: bool = Fals
         info.add_text("parameters", text)
     atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
     return path
-
-
-@contextlib.contextmanager
-def staged_dir(target):
-    """A temporary folder beside ``target`` to write into; on success its files move into ``target`` (created,
-    or added to under free names), on failure it is removed: a failed command leaves nothing behind."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        yield tmp
-        if not target.exists():
-            tmp.rename(target)
-            return
-        for f in sorted(tmp.iterdir()):  # renumbered after the files already there
-            numbered = f.stem[:5].isdigit() and f.stem[5:6] == "-"
-            f.rename(next_free_name(target, f.stem[6:] if numbered else f.stem, f.suffix))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def next_free_name(directory, stem: str, suffix: str = ".png") -> Path:

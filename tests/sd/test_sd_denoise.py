@@ -62,6 +62,22 @@ def test_and_guides_with_the_composable_formula(request, family):
     assert (single - got).abs().max() > 1e-2  # the other sub-prompts do change the result
 
 
+def test_and_with_prompts_of_different_lengths(sd1_pipe):
+    """Sub-prompts of 1 and 2 chunks repeat their last token vector (A1111's stack_conds); a 3-chunk negative
+    pads them with the empty prompt's chunks."""
+    long = ", ".join(["w1 w2"] * 20)  # two chunks
+    seen, hook = _record_conditioning(sd1_pipe)
+    try:
+        generate_images(sd1_pipe, f"a cat AND {long}:0.5", "x BREAK y BREAK z", steps=1, **KW)
+    finally:
+        hook.remove()
+    batch = seen[0]
+    cat, two, empty = (encode_prompt(sd1_pipe, t).embeds[0] for t in ("a cat", " " + long, ""))
+    assert batch.shape[:2] == (3, 231)
+    assert torch.equal(batch[1, :77], cat) and (batch[1, 77:154] == cat[-1]).all()
+    assert torch.equal(batch[2, :154], two) and torch.equal(batch[1, 154:], empty) and torch.equal(batch[2, 154:], empty)
+
+
 def _record_conditioning(pipe):
     """Per U-Net call: the batch of text conditionings it got (uncond first)."""
     seen = []

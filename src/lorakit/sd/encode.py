@@ -118,12 +118,14 @@ def encode_prompt(pipe, text: str, *, clip_skip: int | None = None, emphasis: st
 
 
 def pad_pair(cond: Cond, uncond: Cond, empty: Cond) -> tuple[Cond, Cond]:
-    """Pad the shorter conditioning with chunks of the empty prompt so both have 77·k tokens (A1111)."""
+    """Pad the shorter conditioning (a batch of any size) with chunks of the empty prompt so both have 77·k
+    tokens (A1111)."""
     def padded(c: Cond, length: int) -> Cond:
         missing = (length - c.embeds.shape[1]) // empty.embeds.shape[1]
         if missing <= 0:
             return c
-        return Cond(torch.cat([c.embeds] + [empty.embeds] * missing, dim=1), c.pooled)
+        chunk = empty.embeds.expand(c.embeds.shape[0], -1, -1)
+        return Cond(torch.cat([c.embeds] + [chunk] * missing, dim=1), c.pooled)
 
     length = max(cond.embeds.shape[1], uncond.embeds.shape[1])
     return padded(cond, length), padded(uncond, length)

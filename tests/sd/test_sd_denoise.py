@@ -2,6 +2,7 @@
 uncond + Σ w_i·cfg·(cond_i − uncond) on AND prompts, the conditioning each step reads under prompt editing and
 alternation, and NaN/Inf reported with step, seed and prompt instead of a black image."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -159,3 +160,20 @@ def test_nan_from_the_vae_or_the_text_encoder_is_reported(sd1_pipe):
             generate_images(sd1_pipe, "a red cat", steps=1, **KW)
     finally:
         hook.remove()
+
+
+def test_a_half_precision_vae_that_overflows_is_decoded_again_in_float32(sd1_pipe):
+    """A1111's automatic VAE upcast: the retry in float32 gives the float32 image (up to the weights' float16
+    rounding); the VAE stays float16."""
+    want = generate_images(sd1_pipe, "a red cat", steps=1, **KW)[0]
+    hook = sd1_pipe.vae.decoder.conv_out.register_forward_hook(
+        lambda m, args, out: out * float("inf") if out.dtype == torch.float16 else out)
+    sd1_pipe.vae.to(torch.float16)
+    try:
+        with pytest.warns(UserWarning, match=r"the VAE overflowed in float16 \(seed 5, .*decoded again in float32"):
+            got = generate_images(sd1_pipe, "a red cat", steps=1, **KW)[0]
+        assert sd1_pipe.vae.dtype == torch.float16
+    finally:
+        hook.remove()
+        sd1_pipe.vae.to(torch.float32)
+    assert np.abs(np.asarray(got).astype(int) - np.asarray(want)).max() <= 2

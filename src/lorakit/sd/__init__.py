@@ -3,7 +3,9 @@
 - :mod:`lorakit.sd.lora` — apply kohya/LyCORIS/DoRA files as live adapters or merged weights.
 - :mod:`lorakit.sd.pipeline` — load a local diffusers dir or single-file checkpoint; detect the family.
 - :mod:`lorakit.sd.prompt` — A1111 emphasis, BREAK, 75-token chunks, per-token weights (and ComfyUI's).
-- :mod:`lorakit.sd.generate` — ``generate_images``: prompt text + ``<lora:...>`` tags -> PIL images.
+- :mod:`lorakit.sd.schedule` — A1111 prompt editing ``[a:b:when]``, alternation ``[a|b]`` and ``AND``.
+- :mod:`lorakit.sd.generate` — ``generate_images``: prompt text + ``<lora:...>`` tags -> PIL images,
+  sampled by :mod:`lorakit.sd.denoise` (composable guidance, NaN/Inf checks).
 - :mod:`lorakit.sd.samplers`, :mod:`~lorakit.sd.infotext`, :mod:`~lorakit.sd.grid`,
   :mod:`~lorakit.sd.sample_prompts`, :mod:`~lorakit.sd.embeddings`.
 

@@ -81,6 +81,7 @@ def combine(noise: torch.Tensor, weights: list[float], cfg_scale: float) -> torc
     return guided
 
 
+@torch.no_grad()
 def sample_latents(pipe, plan: Plan, *, width: int, height: int, steps: int, cfg_scale: float, generator,
                    where: str) -> torch.Tensor:
     """Denoised latents [1, C, h, w] with the pipeline's scheduler; ``where`` ("seed 3, prompt '...'") goes

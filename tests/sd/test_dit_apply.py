@@ -222,3 +222,20 @@ def test_wrong_family_is_refused_before_anything_changes(tmp_path):
     with pytest.raises(ValueError, match="LoRA for FLUX1 but the model is SD3"):
         load_lora({"transformer": model}, tmp_path / "flux.safetensors")
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_chroma_takes_flux_files_on_the_modules_it_has(tmp_path):
+    from diffusers import ChromaTransformer2DModel
+
+    torch.manual_seed(0)
+    base = ChromaTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
+                                    attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                    axes_dims_rope=[4, 4, 8], approximator_num_channels=8,
+                                    approximator_hidden_dim=32, approximator_layers=1).eval()
+    lf = random_dit_lora("flux1", fused=True, seed=13, model=base)
+    assert "transformer.distilled_guidance_layer.layers.0.in_layer" in lf.modules  # Chroma's own modules
+    write_lora(lf, tmp_path / "chroma.safetensors")
+    ours = {"transformer": copy.deepcopy(base)}
+    load_lora(ours, tmp_path / "chroma.safetensors")
+    x = {k: v for k, v in flux_inputs(flux_transformer(), batch=1).items() if k not in ("guidance", "pooled_projections")}
+    assert _rel(run(ours["transformer"], x), run(reference({"transformer": base}, lf, "flux1")["transformer"], x)) <= 1e-5

@@ -35,6 +35,8 @@ ROW_TENSORS = {"lora_up.weight": 0, "hada_w1_a": 0, "hada_w2_a": 0, "diff": 0, "
 
 def delta_shape(m: dict[str, torch.Tensor]) -> tuple[int, ...]:
     """Shape of the module's ΔW (shapes only, on the meta device)."""
+    if "lora_up.weight" in m and "lora_down.weight" in m and "lora_mid.weight" not in m:  # the common case, direct
+        return (m["lora_up.weight"].shape[0], *m["lora_down.weight"].shape[1:])
     meta = {s: torch.empty(t.shape, device="meta") for s, t in m.items()}
     return tuple(ALGOS[module_algo("?", m)](meta).shape)
 
@@ -65,7 +67,18 @@ def select_rows(m: dict[str, torch.Tensor], rows: torch.Tensor, name: str) -> di
             raise ValueError(f"{name}: its LoKr factors cover rows in blocks of {block}, and the rows asked for do "
                              "not fall on those blocks, so no LoKr module expresses them.")
         rows = blocks[:, 0] // block
-    return {s: (t.index_select(dims[s], rows) if s in dims else t) for s, t in m.items()}
+    return {s: (_take(t, dims[s], rows) if s in dims else t) for s, t in m.items()}
+
+
+def _take(t: torch.Tensor, dim: int, rows: torch.Tensor) -> torch.Tensor:
+    """``t.index_select(dim, rows)``; runs of consecutive rows are views (``narrow``), not gathers: a split
+    copies nothing, and CPU gathers of bf16 tensors are slow."""
+    if rows.numel() == 0:
+        return t.index_select(dim, rows)
+    breaks = (torch.nonzero(rows[1:] - rows[:-1] != 1).flatten() + 1).tolist()
+    runs = [(int(rows[a]), b - a) for a, b in zip([0, *breaks], [*breaks, rows.numel()], strict=True)]
+    pieces = [t.narrow(dim, start, n) for start, n in runs]
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim)
 
 
 def swap_index(rows: int) -> torch.Tensor:

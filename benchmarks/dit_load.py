@@ -21,11 +21,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-from _common import setup
+from _common import rotated_loads, setup
 
 FLUX1_DEV = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
                  num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
@@ -98,19 +97,7 @@ def diffusers_unload(pipe):
 def time_loads(pipe, path, rounds: int) -> dict[str, list[float]]:
     impls = {"lorakit": (lorakit_load, lorakit_unload), "diffusers": (diffusers_load, diffusers_unload),
              "diffusers low_cpu_mem_usage": (diffusers_fast_load, diffusers_unload)}
-    names = list(impls)
-    times = {n: [] for n in names}
-    for r in range(rounds + 1):  # round 0 warms imports and caches, not recorded
-        order = names[r % len(names):] + names[: r % len(names)]
-        for n in order:
-            load, unload = impls[n]
-            t = time.perf_counter()
-            load(pipe, path)
-            elapsed = time.perf_counter() - t
-            unload(pipe)
-            if r:
-                times[n].append(elapsed)
-    return times
+    return rotated_loads(impls, pipe, path, rounds)
 
 
 def check_same_update(pipe, path) -> float:

@@ -100,6 +100,7 @@ def time_loads(pipe, path, rounds: int) -> dict[str, list[float]]:
     return rotated_loads(impls, pipe, path, rounds)
 
 
+@torch.no_grad()
 def check_same_update(pipe, path) -> float:
     """Relative difference of one split module's ΔW as lorakit and diffusers apply it (both must agree)."""
     from peft.tuners.tuners_utils import BaseTunerLayer

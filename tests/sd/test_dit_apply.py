@@ -135,6 +135,22 @@ def test_lorakit_applies_what_diffusers_drops(tmp_path):
     assert type(theirs.x_embedder).__name__ == "Linear" and type(theirs.proj_out).__name__ == "Linear"
 
 
+@pytest.mark.parametrize("style", ["kohya", "comfy"])
+def test_sd3_original_names_with_three_text_encoders_equal_the_formula(tmp_path, style):
+    """diffusers has no SD3 kohya reader: SD3.5 dual attention, the swapped 2-chunk context AdaLN, CLIP-L/G, T5."""
+    base, te1, te2, t5_model = sd3_transformer(), clip(16, True, 1), clip(16, True, 2), t5()
+    lf = random_dit_lora("sd3", fused=True, seed=14, te={"te1": te1, "te2": te2, "te3": t5_model})
+    write_lora(lf, tmp_path / "sd3.safetensors", to=style)
+    models = {"transformer": base, "text_encoder": te1, "text_encoder_2": te2, "text_encoder_3": t5_model}
+    ours = {k: copy.deepcopy(v) for k, v in models.items()}
+    load_lora(ours, tmp_path / "sd3.safetensors")
+    ref = reference(models, lf, "sd3")
+    x = sd3_inputs(base)
+    assert _rel(run(ours["transformer"], x), run(ref["transformer"], x)) <= 1e-5
+    for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+        assert _rel(_te_out(ours[name]), _te_out(ref[name])) <= 1e-5
+
+
 def test_dora_is_kept_where_diffusers_drops_it_and_matches_peft_dora(tmp_path):
     from diffusers import FluxPipeline
 

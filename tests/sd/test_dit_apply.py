@@ -255,3 +255,41 @@ def test_chroma_takes_flux_files_on_the_modules_it_has(tmp_path):
     load_lora(ours, tmp_path / "chroma.safetensors")
     x = {k: v for k, v in flux_inputs(flux_transformer(), batch=1).items() if k not in ("guidance", "pooled_projections")}
     assert _rel(run(ours["transformer"], x), run(reference({"transformer": base}, lf, "flux1")["transformer"], x)) <= 1e-5
+
+
+@pytest.mark.parametrize("variant", ["lora", "dora"])
+def test_live_adapters_saved_in_every_format_load_back_to_the_same_model(tmp_path, variant):
+    """What a trainer saves: lorakit adapters on the transformer, CLIP and T5 -> files -> a fresh model."""
+    from diffusers import FluxPipeline
+
+    from lorakit.config import LoraConfig
+    from lorakit.inject import inject
+    from lorakit.sd import lora_file_from_model
+
+    base = {"transformer": flux_transformer(), "text_encoder": clip(), "text_encoder_2": t5()}
+    live = {k: copy.deepcopy(v) for k, v in base.items()}
+    targets = {"transformer": ["to_q", "to_k", "to_v", "proj_mlp", "to_out.0", "norm_out.linear", "x_embedder"],
+               "text_encoder": ["q_proj", "fc1"], "text_encoder_2": ["q", "wi_0"]}
+    torch.manual_seed(15)
+    for part, names in targets.items():
+        inject(live[part], LoraConfig(r=4, alpha=8, target_modules=names, variant=variant), "default")
+        with torch.no_grad():
+            for name, p in live[part].named_parameters():
+                if "lora_B" in name or "magnitude" in name:
+                    p.add_(torch.randn_like(p) * 0.1)
+    lf = lora_file_from_model(live, "default")
+    assert lf.family() == "flux1" and lf.parts() == {"transformer", "te1", "te3"}
+    x = flux_inputs(base["transformer"])
+    expected = run(live["transformer"], x)
+    for to in ("kohya", "peft", "comfy"):
+        notes = write_lora(lf, tmp_path / f"{to}.safetensors", to=to)
+        assert (notes != []) == (to != "peft")  # separate q/k/v factors fuse block-diagonally, and say so
+        ours = {k: copy.deepcopy(v) for k, v in base.items()}
+        load_lora(ours, tmp_path / f"{to}.safetensors")
+        assert _rel(run(ours["transformer"], x), expected) <= 1e-5, to
+        for name in ("text_encoder", "text_encoder_2"):
+            assert _rel(_te_out(ours[name]), _te_out(live[name])) <= 1e-5, (to, name)
+    theirs = copy.deepcopy(base["transformer"])  # diffusers needs the text encoder the file names
+    FluxPipeline(None, None, copy.deepcopy(base["text_encoder"]), None, None, None, theirs).load_lora_weights(
+        tmp_path / "peft.safetensors")
+    assert _rel(run(theirs, x), expected) <= 1e-5

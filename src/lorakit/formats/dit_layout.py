@@ -10,8 +10,9 @@ A fused module's update ΔW stacks the updates of its diffusers modules by rows
 
 Splitting is therefore exact and keeps the rank. Fusing the other way stacks the parts' rows when
 they share every column factor (``down``, ``alpha``: what a split of a fused file gives back, so
-fused -> split -> fused returns the same tensors); otherwise LoRA parts become one module with the
-``down`` factors stacked and ``up`` block-diagonal, exact but of rank Σr_i (reported in ``notes``):
+fused -> split -> fused returns the same tensors); otherwise LoRA parts (or DoRA parts, all present:
+the norm is per row, so their magnitudes stack) become one module with the ``down`` factors stacked and
+``up`` block-diagonal, exact but of rank Σr_i (reported in ``notes``):
 
     up = [[s_1·up_1, 0, 0], [0, s_2·up_2, 0], [0, 0, s_3·up_3]] / s,  down = [down_1; down_2; down_3]
 
@@ -123,7 +124,9 @@ def split_module(entry: Entry, index, m: dict, name: str, dense: bool = False) -
 
 
 def _plain(m: dict) -> bool:
-    return module_algo("?", m) == "lora" and "lora_mid.weight" not in m
+    """LoRA factors (with a DoRA magnitude of one value per output row, or none), no Tucker core."""
+    rows = delta_shape(m)[0]
+    return module_algo("?", m) == "lora" and "lora_mid.weight" not in m and m.get("dora_scale", torch.empty(rows)).numel() == rows
 
 
 def _shared(parts: list[dict]) -> bool:
@@ -146,9 +149,11 @@ def fuse_modules(entry: Entry, index, parts: list[dict | None], name: str) -> tu
     if _shared(parts):
         dims = _row_dims(parts[0], sizes[0], name)[0]
         return {s: torch.cat([p[s] for p in parts], dims[s]) if s in dims else t for s, t in parts[0].items()}, ""
-    if not all(_plain(p) for p in present) or any("dora_scale" in p for p in present):
+    dora = {"dora_scale" in p for p in present}
+    if not all(_plain(p) for p in present) or dora == {True, False} or (True in dora and None in parts):
         raise ValueError(f"{name}: its parts {', '.join(split_names(entry, index))} do not share their column "
-                         "factors and are not all plain LoRA; only LoRA parts can be fused into one module "
+                         "factors and are not all LoRA, or not all DoRA with every part present (the rows of a "
+                         "missing part would need the base weight's norm); only those fuse into one module "
                          "(block-diagonal up). Keep the diffusers layout (--to peft) for this file.")
     ranks = [rank_of(p) for p in present]
     scales = {scale_of(p) for p in present}
@@ -165,7 +170,10 @@ def fuse_modules(entry: Entry, index, parts: list[dict | None], name: str) -> tu
         row += size
     alpha = torch.tensor(scale * total, dtype=present[0]["alpha"].dtype if "alpha" in present[0] else torch.float32)
     note = f"{name}: rank {'+'.join(map(str, ranks))} -> {total} (parts with different lora_down: stacked downs, block-diagonal up)"
-    return {"lora_down.weight": torch.cat(downs, 0), "lora_up.weight": up, "alpha": alpha}, note
+    fused = {"lora_down.weight": torch.cat(downs, 0), "lora_up.weight": up, "alpha": alpha}
+    if True in dora:  # DoRA's norm is per output row, so the parts' magnitudes stack with their rows
+        fused["dora_scale"] = torch.cat([p["dora_scale"].reshape(-1, 1) for p in present])
+    return fused, note
 
 
 def to_split(lf: LoraFile, dense: bool = False) -> LoraFile:

@@ -106,6 +106,8 @@ SD3 = (
     _e("final_layer.adaLN_modulation.1", "norm_out.linear", swap="always"),
 )
 TABLES = {"flux1": FLUX1, "sd3": SD3}
+#: first name component of every original-layout module (``double_blocks``, ``img_in``, ``joint_blocks``, ...)
+FUSED_ROOTS = tuple(sorted({e.fused.split(".")[0] for table in TABLES.values() for e in table}))
 
 #: text-encoder modules LoRAs target (kohya: CLIPAttention, CLIPMLP, T5Attention, T5DenseGatedActDense)
 CLIP_MODULES = tuple(f"text_model.encoder.layers.{{i}}.{m}" for m in

@@ -152,3 +152,21 @@ def test_cli_generate_and_grid(dirs, tmp_path):
     res = runner.invoke(app, ["sd", "generate", str(dirs / "sd3"), "a cat", "--guidance", "2", "--size", "32x32",
                               "-o", str(tmp_path / "bad")])
     assert res.exit_code == 1 and "uses --cfg" in res.output
+
+
+@pytest.mark.parametrize("family", ["flux1", "sd3"])
+def test_plain_prompts_condition_as_diffusers_encodes_them(dirs, family, monkeypatch):
+    """Without emphasis or BREAK, lorakit's CLIP/T5 conditioning is diffusers' own encode_prompt (T5 at 256)."""
+    monkeypatch.setattr(dit, "T5_MIN_LENGTH", 256)
+    pipe = load_pipeline(dirs / ("flux" if family == "flux1" else "sd3"))[0]
+    cond, uncond = dit.encode_pair(pipe, family, "a photo of cat", "blue sky")
+    with torch.no_grad():
+        if family == "flux1":
+            embeds, pooled, _ = pipe.encode_prompt("a photo of cat", "a photo of cat", max_sequence_length=256)
+            neg = pipe.encode_prompt("blue sky", "blue sky", max_sequence_length=256)[:2]
+        else:
+            embeds, neg_e, pooled, neg_p = pipe.encode_prompt(*["a photo of cat"] * 3, negative_prompt="blue sky",
+                                                              negative_prompt_2="blue sky", negative_prompt_3="blue sky")
+            neg = (neg_e, neg_p)
+    for ours, theirs in ((cond.embeds, embeds), (cond.pooled, pooled), (uncond.embeds, neg[0]), (uncond.pooled, neg[1])):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)

@@ -19,6 +19,7 @@ the order rotates every round. Run it alone (timings are shared-CPU sensitive):
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import tempfile
 from pathlib import Path
@@ -83,20 +84,16 @@ def lorakit_unload(pipe):
 
 
 def diffusers_load(pipe, path, low_cpu_mem_usage=False):
+    """FluxPipeline.load_lora_weights; ``low_cpu_mem_usage`` skips PEFT's random init of the factors."""
     pipe.load_lora_weights(str(path), adapter_name="bench", low_cpu_mem_usage=low_cpu_mem_usage)
 
 
-def diffusers_fast_load(pipe, path):  # skips PEFT's random init of the factors the file overwrites
-    diffusers_load(pipe, path, low_cpu_mem_usage=True)
-
-
-def diffusers_unload(pipe):
-    pipe.unload_lora_weights()
-
-
 def time_loads(pipe, path, rounds: int) -> dict[str, list[float]]:
-    impls = {"lorakit": (lorakit_load, lorakit_unload), "diffusers": (diffusers_load, diffusers_unload),
-             "diffusers low_cpu_mem_usage": (diffusers_fast_load, diffusers_unload)}
+    def unload(p):
+        p.unload_lora_weights()
+
+    impls = {"lorakit": (lorakit_load, lorakit_unload), "diffusers": (diffusers_load, unload),
+             "diffusers low_cpu_mem_usage": (functools.partial(diffusers_load, low_cpu_mem_usage=True), unload)}
     return rotated_loads(impls, pipe, path, rounds)
 
 
@@ -117,7 +114,7 @@ def check_same_update(pipe, path) -> float:
     theirs = pipe.transformer.get_submodule(name)
     assert isinstance(theirs, BaseTunerLayer)
     ref = theirs.get_delta_weight("bench").float()
-    diffusers_unload(pipe)
+    pipe.unload_lora_weights()
     return float((mine - ref).norm() / ref.norm())
 
 

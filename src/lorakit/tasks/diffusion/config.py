@@ -54,7 +54,8 @@ class NetworkArgs:
     conv_dim: int | None = None
     """Rank of the ResNet/Down/Upsample 3x3 convs (LoCon); ``None`` leaves them out."""
     conv_alpha: float | None = None
-    """Alpha of the 3x3 convs (default: ``conv_dim``)."""
+    """Alpha of the 3x3 convs. Unset: 1.0 for ``module: lora`` (kohya's ``networks/lora.py``), the network
+    ``alpha`` for dora/loha/lokr (LyCORIS' ``create_network``), so a kohya command line trains the same scale."""
     dropout: float = 0.0
     """Dropout on each module's input during training (kohya ``network_dropout``)."""
     rank_dropout: float = 0.0

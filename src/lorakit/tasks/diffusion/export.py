@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from ...formats.kohya import write_kohya
-from .network import to_lorafile
+from .network import conv_alpha, to_lorafile
 
 
 def training_metadata(cfg, family, prediction: str, dataset_meta: dict[str, str], state=None) -> dict[str, str]:
@@ -18,7 +18,7 @@ def training_metadata(cfg, family, prediction: str, dataset_meta: dict[str, str]
     algo = n.module
     network_args = {}
     if n.conv_dim:
-        network_args.update(conv_dim=str(n.conv_dim), conv_alpha=str(n.conv_alpha or n.conv_dim))
+        network_args.update(conv_dim=str(n.conv_dim), conv_alpha=f"{conv_alpha(n):g}")
     if algo != "lora":
         network_args["algo"] = "locon" if algo == "dora" else algo
         if algo == "dora":

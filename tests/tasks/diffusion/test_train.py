@@ -17,12 +17,6 @@ from lorakit.train import Callback, run
 from lorakit.train.config import from_dict
 
 
-@pytest.fixture(scope="module")
-def sd1_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sd1")
-    return sd_tiny.save_pipeline(root / "model"), sd_tiny.save_dataset(root / "img")
-
-
 class StopAt(Callback):
     def __init__(self, step):
         self.step = step
@@ -56,6 +50,15 @@ def test_run_writes_kohya_files_metadata_samples_and_plots(tmp_path, sd1_dir):
     samples = sorted(p.name for p in (out / "sample").iterdir())
     assert "tiny_e000000_00_7.png" in samples and "tiny_e000002_01_1.png" in samples  # seed = train.seed + index
     assert "tiny_sheet_e000002.png" in samples
+    from PIL import Image
+
+    from lorakit.sd.infotext import parse_infotext
+
+    with Image.open(out / "sample" / "tiny_e000002_00_7.png") as png:  # A1111's infotext, as sd generate writes it
+        info = parse_infotext(png.text["parameters"])
+    assert (info["Prompt"], info["Steps"], info["Seed"], info["Size-1"], info["Size-2"]) == ("sks dog", "2", "7",
+                                                                                             "64", "64")
+    assert info["Sampler"] == "Euler a" and info["CFG scale"] == "7.5" and info["Model"] == "model"
     assert result.summary["family"] == "sd1" and result.summary["steps"] == 8
 
 

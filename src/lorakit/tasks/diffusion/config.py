@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Literal
 
 from ...config import ConfigError
+from ...sd.sample_prompts import prompt_problems
+from ...sd.samplers import check_sampler
 from ...train.checks import device_kind, device_problems
 from ...train.config import TrainArgs, parse_section, train_problems, unknown_sections
 from .dataset import DatasetArgs
@@ -228,10 +230,21 @@ def problems(cfg: SDRunConfig, check_paths: bool = True) -> list[str]:
         e.append("network.network_weights: only plain LoRA files can be continued (network.module: lora).")
     if s.prompts and check_paths and not Path(s.prompts).is_file():
         e.append(f"sample.prompts={s.prompts!r}: file not found.")
+    elif s.prompts and check_paths:  # read as the trainer reads it: a file that passes here samples
+        e += [f"sample.prompts: {p}" for p in prompt_problems(s.prompts)]
+    e += [f"sample.sampler={s.sampler!r}: {p}" for p in _sampler_problem(s.sampler)]
     for key in ("every_n_epochs", "every_n_steps"):
         if getattr(s, key) is not None and getattr(s, key) < 1:
             e.append(f"sample.{key}={getattr(s, key)}: expected a positive integer or null.")
     return e
+
+
+def _sampler_problem(name: str) -> list[str]:
+    try:
+        check_sampler(name)
+    except ValueError as exc:
+        return [str(exc)]
+    return []
 
 
 def parse(data: dict, check_paths: bool = True) -> tuple[SDRunConfig, list[str]]:

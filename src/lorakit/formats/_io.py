@@ -119,6 +119,24 @@ def read_safetensors(path, allow_pickle: bool = False) -> tuple[dict[str, torch.
     return tensors, metadata
 
 
+def safetensors_keys(path) -> list[str]:
+    """The tensor names of a safetensors file from its header alone (a multi-GB checkpoint is not read);
+    ``LoraFileError`` when the file is not safetensors."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < n <= min(MAX_HEADER, path.stat().st_size - 8):
+            raise LoraFileError(path, "not a safetensors file (no valid header).")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise LoraFileError(path, "not a safetensors file (its header is not JSON).") from None
+    if not isinstance(header, dict):
+        raise LoraFileError(path, "not a safetensors file (its header is not a JSON object).")
+    return [k for k in header if k != "__metadata__"]
+
+
 def read_text(path) -> str:
     """A UTF-8 text file; a decoding error names the file, line and byte."""
     path = Path(path)

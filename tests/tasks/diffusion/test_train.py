@@ -69,6 +69,8 @@ def test_resume_twice_equals_an_uninterrupted_run(tmp_path, sd1_dir):
     whole = run(from_dict(sd_tiny.sd_config(tmp_path / "a", model, data, **extra)), quiet=True)
     cfg = from_dict(sd_tiny.sd_config(tmp_path / "b", model, data, **extra))
     run(cfg, [StopAt(3)], quiet=True)
+    with safe_open(str(tmp_path / "b/run/tiny-step00000002.safetensors"), "pt") as f:
+        first = f.metadata()  # written by the first session
     run(cfg, [StopAt(5)], resume=True, quiet=True)
     resumed = run(cfg, resume=True, quiet=True)
     assert resumed.summary["steps"] == whole.summary["steps"] == 8 and resumed.summary["epochs"] == 2
@@ -76,6 +78,18 @@ def test_resume_twice_equals_an_uninterrupted_run(tmp_path, sd1_dir):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     with safe_open(str(tmp_path / "b/run/tiny.safetensors"), "pt") as f:
         assert f.metadata()["ss_steps"] == "8" and f.metadata()["ss_epoch"] == "2"
+        # the start is written once, when the first session began, and kept across both resumes (issue 19.21)
+        assert f.metadata()["ss_training_started_at"] == first["ss_training_started_at"]
+    assert float(first["ss_training_started_at"]) < float(first["ss_training_finished_at"])
+    s = resumed.summary  # whole-run figures: three sessions add up
+    assert s["samples_seen"] == whole.summary["samples_seen"] == 16 and s["steps"] == 8
+    assert s["train_seconds"] > s["session"]["seconds"] > 0 and s["session"]["from_step"] == 4
+    again = run(cfg, resume=True, quiet=True)  # resuming the finished run: no step, the totals stay
+    on_disk = json.loads((tmp_path / "b/run/summary.json").read_text())
+    for key in ("steps", "samples_seen", "final_loss", "started_at"):
+        assert again.summary[key] == on_disk[key] == s[key], key
+    saved = json.loads((tmp_path / "b/run/checkpoint-000008/trainer_state.json").read_text())["train_seconds"]
+    assert on_disk["train_seconds"] >= saved > s["session"]["seconds"] and on_disk["samples_per_s"] > 0
     steps = [json.loads(r)["step"] for r in (tmp_path / "b/run/metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 9))
     for run_dir in (tmp_path / "a/run", tmp_path / "b/run"):  # keep_last 2: files and checkpoints

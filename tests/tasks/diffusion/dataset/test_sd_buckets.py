@@ -131,10 +131,13 @@ def test_issue_settings_give_problems_not_a_division_by_zero():
     assert bucket_problems((32, 32), enable_bucket=False, min_size=0, max_size=1024, steps=64) == []
 
 
-def test_small_images_are_upscaled_into_a_bucket_as_kohya_does():
+def test_small_images_are_upscaled_into_a_bucket_as_kohya_does(tmp_path):
     b = Bucketer((512, 512), min_size=256, max_size=1024, steps=64)
     bucket, resized, _ = b.select(100, 120)  # below min_bucket_reso: kohya's select_bucket enlarges it
     assert bucket == expected_upscale((100, 120), make_bucket_resolutions((512, 512)))[0] and resized[0] > 100
+    gradient_image(tmp_path / "small.png", 100, 120)
+    px = load_pixels(item_for(tmp_path / "small.png", (100, 120), b))  # the training path takes it
+    assert px.shape == (3, bucket[1], bucket[0]) and px.isfinite().all()
     nb = Bucketer((512, 512), min_size=256, max_size=1024, steps=64, no_upscale=True)
     assert nb.select(100, 120)[:2] == ((64, 64), (100, 120))  # min/max do not apply: its own size, rounded down
     assert nb.select(40, 120)[0] == (0, 64)  # a side below the step: no bucket (the scan reports it)

@@ -143,7 +143,7 @@ def prompt_problems(path) -> list[str]:
     for p in prompts:
         if p.width < 8 or p.height < 8 or p.width % 8 or p.height % 8:
             problems.append(f"{p.where}: size {p.width}x{p.height}; --w and --h must be positive multiples of 8.")
-        if not math.isfinite(p.cfg):
+        if p.cfg is not None and not math.isfinite(p.cfg):
             problems.append(f"{p.where}: --l {p.cfg}; expected a finite CFG scale such as 7.5.")
         if p.seed is not None and not p.seed < 2**63:
             problems.append(f"{p.where}: --d {p.seed}; expected a seed below 2**63 (negative: the run's seed).")

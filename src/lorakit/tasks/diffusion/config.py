@@ -238,7 +238,7 @@ def problems(cfg: SDRunConfig, check_paths: bool = True) -> list[str]:
         e.append(f"sample.prompts={s.prompts!r}: file not found.")
     elif s.prompts and check_paths:  # read as the trainer reads it: a file that passes here samples
         e += [f"sample.prompts: {p}" for p in prompt_problems(s.prompts)]
-    e += [f"sample.sampler={s.sampler!r}: {p}" for p in _sampler_problem(s.sampler)]
+    e += [f"sample.sampler={s.sampler!r}: {p}" for p in _sampler_problem(s.sampler)] if s.sampler else []
     for key in ("every_n_epochs", "every_n_steps"):
         if getattr(s, key) is not None and getattr(s, key) < 1:
             e.append(f"sample.{key}={getattr(s, key)}: expected a positive integer or null.")

@@ -143,11 +143,9 @@ def safetensors_keys(path) -> list[str]:
     """The tensor names of a safetensors file from its header alone (a multi-GB checkpoint is not read);
     ``LoraFileError`` when the file is not safetensors."""
     path = Path(path)
+    n = safetensors_header_length(path)
     with open(path, "rb") as f:
-        head = f.read(8)
-        n = int.from_bytes(head, "little") if len(head) == 8 else -1
-        if not 0 < n <= min(MAX_HEADER, path.stat().st_size - 8):
-            raise LoraFileError(path, "not a safetensors file (no valid header).")
+        f.seek(8)
         try:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError):

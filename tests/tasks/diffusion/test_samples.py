@@ -36,18 +36,19 @@ def test_validate_and_train_refuse_a_bad_prompt_file_naming_file_and_line(tmp_pa
 def test_a_failing_sample_never_costs_the_training(tmp_path, sd1_dir, monkeypatch, capsys):
     model, data = sd1_dir
     (tmp_path / "p.txt").write_text("sks dog --w 64 --h 64 --s 2 --d 7\nred cat --w 64 --h 64 --s 2\n")
-    cfg = from_dict(sd_tiny.sd_config(tmp_path, model, data, sample={"prompts": str(tmp_path / "p.txt")},
-                                      train={"keep_last": None}))
+    cfg = from_dict(sd_tiny.sd_config(tmp_path, model, data, sample={"prompts": str(tmp_path / "p.txt"),
+                                                                     "every_n_steps": 2, "every_n_epochs": None},
+                                      train={"max_steps": 4, "save_every_n_steps": 2, "save_every_n_epochs": None}))
     real, seen = sampling.generate_images, []
     run_dir = tmp_path / "run"
 
     def flaky(pipe, prompt, *args, **kwargs):
-        step = len(seen) // 2 * 4 + 4  # samplings at steps 4 and 8 (every epoch of 4 steps)
-        seen.append({"checkpoint": (run_dir / f"checkpoint-{step:06d}").is_dir(),
-                     "lora": (run_dir / "tiny-000001.safetensors").is_file()})
+        step = len(seen) // 2 * 2 + 2  # samplings at steps 2 and 4, two prompts each
+        seen.append({"step": step, "checkpoint": (run_dir / f"checkpoint-{step:06d}").is_dir(),
+                     "lora": step == 4 or (run_dir / f"tiny-step{step:08d}.safetensors").is_file()})
         if prompt == "red cat":
             raise RuntimeError("CUDA out of memory (simulated)")
-        if step == 8:
+        if step == 4:
             raise KeyboardInterrupt  # the process dies while drawing the last sampling
         return real(pipe, prompt, *args, **kwargs)
 
@@ -56,12 +57,12 @@ def test_a_failing_sample_never_costs_the_training(tmp_path, sd1_dir, monkeypatc
         run(cfg, quiet=True)
     assert all(s["checkpoint"] and s["lora"] for s in seen), seen  # saved before every sampling
     err = capsys.readouterr().err
-    assert "sample image failed, training goes on" in err and "p.txt:2 at step 4: RuntimeError: CUDA out" in err
-    assert (run_dir / "sample" / "tiny_e000001_00_7.png").is_file()
-    assert not (run_dir / "sample" / "tiny_e000002_00_7.png").exists()
+    assert "sample image failed, training goes on" in err and "p.txt:2 at step 2: RuntimeError: CUDA out" in err
+    assert (run_dir / "sample" / "tiny_000002_00_7.png").is_file()
+    assert not (run_dir / "sample" / "tiny_e000001_00_7.png").exists()
     monkeypatch.setattr(sampling, "generate_images", real)
     result = run(cfg, resume=True, quiet=True)  # the interrupted sampling is drawn again, then the export
-    assert (run_dir / "sample" / "tiny_e000002_00_7.png").is_file() and (run_dir / "tiny.safetensors").is_file()
-    assert (run_dir / "sample" / "tiny_sheet_e000002.png").is_file()
-    assert result.summary["steps"] == 8 and len(result.summary["sample_errors"]) == 1
+    assert (run_dir / "sample" / "tiny_e000001_00_7.png").is_file() and (run_dir / "tiny.safetensors").is_file()
+    assert (run_dir / "sample" / "tiny_sheet_e000001.png").is_file()
+    assert result.summary["steps"] == 4 and len(result.summary["sample_errors"]) == 1
     assert json.loads((run_dir / "summary.json").read_text())["sample_errors"][0].startswith(f"{tmp_path / 'p.txt'}:2")

@@ -50,7 +50,8 @@ class DatasetArgs:
     """Bucket sides are multiples of this (64 for SD1/SD2; SDXL allows 32)."""
     bucket_no_upscale: bool = False
     """Never enlarge: each image gets a bucket of its own size (shrunk to the resolution's area when
-    larger), rounded down to ``bucket_reso_steps``; min/max are then ignored, as in kohya."""
+    larger), rounded down to ``bucket_reso_steps``; min/max do not bound these buckets, as in kohya (which
+    still requires min_bucket_reso <= resolution <= max_bucket_reso). A side below the step: no bucket."""
     caption_extension: str | None = None
     """Caption file = image path with this extension. ``None``: ``.txt`` for the folder layout (what the
     GUIs set), kohya's ``.caption`` for subsets of a dataset TOML."""

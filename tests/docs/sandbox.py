@@ -68,7 +68,8 @@ def text_models(root: Path) -> None:
     model = llama_dir(root / "models" / "Qwen2.5-0.5B-Instruct", chat=True)
     (root / "data").mkdir()
     for name in ("instruct", "instruct-eval"):
-        (root / "data" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in INSTRUCT))
+        (root / "data" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in INSTRUCT * 4))  # >= 16:
+        # llama-instruct.yaml's batch 4 x accumulation 4
     for split in ("train", "val", "test"):
         (root / "data" / f"classify-{split}.jsonl").write_text(
             "".join(json.dumps({"text": t, "label": label}) + "\n" for t, label in INTENTS))

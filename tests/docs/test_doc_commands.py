@@ -68,9 +68,9 @@ def _grid(cwd, res):
 
     from lorakit.sd.infotext import parse_infotext
 
-    assert len(list((cwd / "grid-cells").glob("*.png"))) == 4 * 4 * 3, res.output
+    assert len(list((cwd / "grid-cells").glob("*.png"))) == 4 * 3, res.output
     info = parse_infotext(Image.open(cwd / "grid.png").info["parameters"])
-    assert info["X Type"] == "LoRA strength" and info["Z Type"] == "LoRA file"
+    assert info["X Type"] == "LoRA strength" and info["Y Type"] == "LoRA file"
 
 
 def _served(expect: dict[str, dict]):
@@ -100,6 +100,8 @@ def _serve_check(cwd, res):
 
 # command as shown -> check(cwd, result); run in this order in one folder (later commands use earlier outputs)
 RUN = {
+    "lorakit resize broken.safetensors -o small.safetensors --rank 8":
+        _error_as_shown("lorakit resize broken.safetensors -o small.safetensors --rank 8"),
     "lorakit inspect my_lora.safetensors": lambda cwd, res: None,
     "lorakit convert my_lora.safetensors out_dir --to peft": _exists("out_dir/unet/adapter_config.json"),
     "lorakit merge-loras a.safetensors b.safetensors --weights 0.7,0.5 -o ab.safetensors --method cat":
@@ -108,8 +110,6 @@ RUN = {
         _exists("merged_unet/unet/diffusion_pytorch_model.safetensors"),
     "lorakit resize my_lora.safetensors -o small.safetensors --rank 16": _exists("small.safetensors"),
     "lorakit extract base_unet/ tuned_unet/ -o diff.safetensors --rank 32": _exists("diff.safetensors"),
-    "lorakit resize broken.safetensors -o small.safetensors --rank 8":
-        _error_as_shown("lorakit resize broken.safetensors -o small.safetensors --rank 8"),
     "lorakit resize good.safetensors -o small.safetensors --rank 8":
         _error_as_shown("lorakit resize good.safetensors -o small.safetensors --rank 8"),
     "lorakit validate examples/llama-instruct.yaml": lambda cwd, res: None,
@@ -132,8 +132,8 @@ RUN = {
     "lorakit sd generate models/sd15 '(masterpiece:1.3), 1girl, cat ears <lora:catEars:0.8> <lora:idol:0.6:0.4>' "
     "-n '(worst quality:1.331), EasyNegativeV2' --lora-dir loras/ --embeddings embeddings/ --sampler 'DPM++ 2M' "
     "--schedule karras --steps 30 --cfg 7 --seed 1234 --size 512x768 --count 4 -o out/": _generated,
-    "lorakit sd grid models/sd15 '1girl, cat ears <lora:catEars:1>' --x 'LoRA strength: 0.25-1 [4]' --y 'Seed: 1-4' "
-    "--z 'LoRA file: catEars-000004,catEars-000008,catEars' --lora-dir loras/ -o grid.png": _grid,
+    "lorakit sd grid models/sd15 '1girl, cat ears <lora:catEars:1>' --x 'LoRA strength: 0.25-1 [4]' "
+    "--y 'LoRA file: catEars-000004,catEars-000008,catEars' --lora-dir loras/ -o grid.png": _grid,
 }
 # examples of refused input: they must fail exactly as the docs show
 FAILS = {c for c, check in RUN.items() if getattr(check, "shows_error", False)}

@@ -72,7 +72,8 @@ def text_models(root: Path) -> None:
         # llama-instruct.yaml's batch 4 x accumulation 4
     for split in ("train", "val", "test"):
         (root / "data" / f"classify-{split}.jsonl").write_text(
-            "".join(json.dumps({"text": t, "label": label}) + "\n" for t, label in INTENTS))
+            "".join(json.dumps({"text": t, "label": label}) + "\n" for t, label in INTENTS * 8))  # classify.yaml:
+        # batch 32
     shutil.copytree(ROOT / "examples", root / "examples", ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     from transformers import AutoModelForCausalLM
 

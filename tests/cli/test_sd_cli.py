@@ -3,7 +3,6 @@ native size, errors on stderr in one line, and a failed grid that leaves nothing
 
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -140,30 +139,3 @@ def test_a_failed_grid_leaves_nothing_behind(model, tmp_path):
     assert (tmp_path / "grid-cells" / "00000-cell0-0-0.png").read_bytes() != b"earlier run"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grid-cells", "grid.png"]
 
-
-def test_the_commands_in_docs_sd_generation_run(model, tmp_path):
-    """docs/sd-generation.md's commands, on the tiny model (its LoRA files and embedding), faster."""
-    import re
-    import shlex
-
-    import torch
-    from safetensors.torch import save_file
-
-    path, shared = model
-    loras = shutil.copytree(shared, tmp_path / "loras")
-    shutil.copy(loras / "catEars.safetensors", loras / "catEars-000004.safetensors")
-    (tmp_path / "embeddings").mkdir()
-    save_file({"emb_params": torch.ones(1, 16)}, str(tmp_path / "embeddings" / "EasyNegativeV2.safetensors"))
-    doc = (Path(__file__).parents[2] / "docs" / "sd-generation.md").read_text()
-    shown = [c.replace("\\\n", " ") for block in re.findall(r"```bash\n(.*?)```", doc, re.S)
-                for c in block.strip().split("\n\n")]
-    assert len(shown) == 2
-    for command in shown:
-        args = shlex.split(command)[1:]
-        args = [str(path) if a == "models/sd15" else str(loras) if a == "loras/" else a for a in args]
-        args = [str(tmp_path / "embeddings") if a == "embeddings/" else str(tmp_path / a) if a in ("out/", "grid.png")
-                else a for a in args]
-        res = _run(*args, "--steps", "1", "--size", "32x32", "--device", "cpu")
-        assert res.exit_code == 0, (command, res.output)
-    assert len(list((tmp_path / "out").iterdir())) == 4 and (tmp_path / "grid.png").is_file()
-    assert len(list((tmp_path / "grid-cells").iterdir())) == 4 * 2 * 2

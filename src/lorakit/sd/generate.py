@@ -27,6 +27,7 @@ import torch
 import lorakit
 
 from .denoise import Plan, check_cond, decode, sample_latents
+from .dit import denoise_dit, dit_family, dit_options, encode_pair, set_flow_sampler
 from .embeddings import EmbeddingDB
 from .encode import Cond, check_clip_skip, encode_prompt
 from .infotext import create_infotext, hash_list, lora_hash, model_hash
@@ -77,8 +78,11 @@ def set_sampler(pipe, sampler: str, schedule: str | None):
 
 def native_size(pipe) -> tuple[int, int]:
     """(width, height) the model was trained at: the U-Net's sample size times the VAE's downscale factor
-    (512 for SD 1.5, 768 for SD 2.x-768, 1024 for SDXL)."""
-    size = pipe.unet.config.sample_size
+    (512 for SD 1.5, 768 for SD 2.x-768, 1024 for SDXL, FLUX.1 and SD3)."""
+    if getattr(pipe, "unet", None) is None:  # FLUX.1/SD3: the pipeline's default (128 latents: 1024 px)
+        size = getattr(pipe, "default_sample_size", None) or pipe.transformer.config.get("sample_size", 128)
+    else:
+        size = pipe.unet.config.sample_size
     factor = getattr(pipe, "vae_scale_factor", None) or 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     h, w = (size, size) if isinstance(size, int) else size
     return w * factor, h * factor
@@ -92,7 +96,7 @@ def _model_name(pipe, model_name):
 
 
 def check_args(pipe, *, width: int, height: int, steps: int, count: int, cfg_scale: float,
-               clip_skip: int | None) -> None:
+               clip_skip: int | None, family: str | None = None) -> None:
     """One error per bad argument, before anything is loaded or generated."""
     if not isinstance(cfg_scale, (int, float)) or not math.isfinite(cfg_scale):
         raise ValueError(f"cfg_scale={cfg_scale}: the CFG scale must be a finite number such as 7.")
@@ -100,7 +104,8 @@ def check_args(pipe, *, width: int, height: int, steps: int, count: int, cfg_sca
         raise ValueError(f"size {width}x{height}: width and height must be positive multiples of 8.")
     if steps < 1 or count < 1:
         raise ValueError(f"steps={steps}, count={count}: both must be at least 1.")
-    check_clip_skip(pipe, clip_skip)
+    if not family:
+        check_clip_skip(pipe, clip_skip)
 
 
 def _plan(pipe, text: str, negative: str, steps: int, syntax: str, options: dict) -> Plan:
@@ -134,27 +139,45 @@ def _plan(pipe, text: str, negative: str, steps: int, syntax: str, options: dict
 
 @torch.no_grad()
 def generate_images(pipe, prompt: str, negative_prompt: str = "", *, width: int | None = None,
-                    height: int | None = None, steps: int, cfg_scale: float, seed: int | None,
-                    sampler: str = "Euler a", schedule: str | None = None, count: int = 1,
+                    height: int | None = None, steps: int, cfg_scale: float | None = None, seed: int | None,
+                    sampler: str | None = None, schedule: str | None = None, count: int = 1,
                     clip_skip: int | None = None, loras=None, lora_dir=None, embeddings=None,
                     generator_device="cpu", emphasis: str = "Original", syntax: str = "a1111",
                     model_name: str | None = None, extra_params: dict | None = None,
-                    output_type: str = "pil") -> list:
+                    guidance: float | None = None, shift: float | None = None, output_type: str = "pil") -> list:
     """Generate ``count`` images for an A1111-syntax prompt; see the module docstring.
 
     ``width``/``height`` default to the model's native size (:func:`native_size`). ``loras`` adds LoRAs
     beside the prompt's tags (names/paths with strengths, see ``_extra_tags``); ``lora_dir`` (a folder,
     a list of folders or a :class:`LoraIndex`) resolves tag names, and prompts name no file outside it;
     ``embeddings`` is a directory or an :class:`EmbeddingDB`; ``seed`` None or -1 picks a random seed;
-    ``extra_params`` are appended to the infotext. ``output_type="latent"`` returns the denoised latents.
-    A NaN/Inf anywhere raises :class:`~lorakit.sd.denoise.NonFiniteError` naming the step, seed and prompt.
+    ``extra_params`` are appended to the infotext. ``output_type="latent"`` returns the denoised latents
+    (SD pipelines). A NaN/Inf anywhere raises :class:`~lorakit.sd.denoise.NonFiniteError` naming the step,
+    seed and prompt. FLUX.1/SD3 pipelines (:mod:`lorakit.sd.dit`) add ``guidance`` (FLUX.1-dev's distilled
+    guidance) and ``shift`` (the flow-match schedule's); ``sampler``/``cfg_scale`` default per family
+    (SD: Euler a, 7); prompt editing and ``AND`` are SD-only.
     """
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type={output_type!r}: expected one of {OUTPUT_TYPES}.")
+    family = dit_family(pipe)
+    if family:
+        if output_type != "pil":
+            raise ValueError(f"output_type={output_type!r}: FLUX.1/SD3 pipelines return images only ('pil').")
+        opts = dit_options(family, sampler, schedule, cfg_scale, guidance, shift)
+        sampler_name, schedule_name, cfg_scale, guidance = (opts[k] for k in ("sampler", "schedule", "cfg_scale",
+                                                                              "guidance"))
+        if not pipe.transformer.config.get("guidance_embeds", False):
+            guidance = None  # schnell / Chroma: no distilled guidance input
+    else:
+        if guidance is not None or shift is not None:
+            raise ValueError("guidance and shift are for FLUX.1/SD3 (flow-matching) pipelines; this is a Stable "
+                             "Diffusion pipeline (use cfg_scale and the sampler's schedule).")
+        sampler_name, schedule_name = split_name(sampler or "Euler a", schedule)
+        cfg_scale = 7.0 if cfg_scale is None else cfg_scale
     native = native_size(pipe)
     width, height = width or native[0], height or native[1]
-    check_args(pipe, width=width, height=height, steps=steps, count=count, cfg_scale=cfg_scale, clip_skip=clip_skip)
-    sampler_name, schedule_name = split_name(sampler, schedule)
+    check_args(pipe, width=width, height=height, steps=steps, count=count, cfg_scale=cfg_scale, clip_skip=clip_skip,
+               family=family)
     text, tags = extract_tags(prompt)
     for tag in other_tags(prompt):
         warnings.warn(f"{tag}: lorakit applies only <lora:...> and <lyco:...> tags; this one was removed from the "
@@ -165,14 +188,18 @@ def generate_images(pipe, prompt: str, negative_prompt: str = "", *, width: int 
     if db is not None:
         db.used = {}
     LoraStack.of(pipe).activate(requests)  # refuses wrong-family files before anything is generated
-    set_sampler(pipe, sampler_name, schedule_name)
     options = {"clip_skip": clip_skip, "emphasis": emphasis, "syntax": syntax, "embeddings": db}
     with _eval(pipe):
-        plan = _plan(pipe, text, negative_prompt, steps, syntax, options)
+        if family:
+            set_flow_sampler(pipe, sampler_name, schedule_name, shift)
+            cond, uncond = encode_pair(pipe, family, text, negative_prompt, **options)
+        else:
+            set_sampler(pipe, sampler_name, schedule_name)
+            plan = _plan(pipe, text, negative_prompt, steps, syntax, options)
     seed = random.randrange(2**32) if seed is None or seed == -1 else int(seed)
     params = {"Steps": steps, "Sampler": sampler_name,
               "Schedule type": None if schedule_name == "Automatic" else schedule_name,
-              "CFG scale": cfg_scale, "Size": f"{width}x{height}",
+              "CFG scale": cfg_scale, "Distilled CFG Scale": guidance, "Shift": shift, "Size": f"{width}x{height}",
               "Model hash": model_hash(source) if (source := getattr(pipe, "_lorakit_source", None)) else None,
               "Model": _model_name(pipe, model_name),
               "Clip skip": clip_skip if clip_skip and clip_skip > 1 else None,
@@ -183,13 +210,18 @@ def generate_images(pipe, prompt: str, negative_prompt: str = "", *, width: int 
     out = []
     with _eval(pipe):
         for i in range(count):
-            where = f"seed {seed + i}, prompt {prompt!r}"
-            latents = sample_latents(pipe, plan, width=width, height=height, steps=steps, cfg_scale=cfg_scale,
-                                     generator=torch.Generator(generator_device).manual_seed(seed + i), where=where)
-            if output_type == "latent":
-                out.append(latents)
-                continue
-            image = decode(pipe, latents, where)
+            generator = torch.Generator(generator_device).manual_seed(seed + i)
+            if family:
+                image = denoise_dit(pipe, family, cond, uncond, width=width, height=height, steps=steps,
+                                    cfg_scale=cfg_scale, guidance=guidance, generator=generator)
+            else:
+                where = f"seed {seed + i}, prompt {prompt!r}"
+                latents = sample_latents(pipe, plan, width=width, height=height, steps=steps, cfg_scale=cfg_scale,
+                                         generator=generator, where=where)
+                if output_type == "latent":
+                    out.append(latents)
+                    continue
+                image = decode(pipe, latents, where)
             image.info["parameters"] = create_infotext(prompt, negative_prompt, {**params, "Seed": seed + i})
             out.append(image)
     return out
@@ -198,7 +230,8 @@ def generate_images(pipe, prompt: str, negative_prompt: str = "", *, width: int 
 @contextlib.contextmanager
 def _eval(pipe):
     """Eval mode while sampling (no dropout from adapters being trained), each part's mode restored after."""
-    parts = [m for m in (getattr(pipe, n, None) for n in ("unet", "text_encoder", "text_encoder_2", "vae"))
+    parts = [m for m in (getattr(pipe, n, None) for n in ("unet", "transformer", "text_encoder", "text_encoder_2",
+                                                            "text_encoder_3", "vae"))
              if isinstance(m, torch.nn.Module)]
     modes = [m.training for m in parts]
     for m in parts:

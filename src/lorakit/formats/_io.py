@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,14 +20,42 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 MAX_HEADER = 100 * 1024 * 1024  # a larger header is corrupt or hostile
 
 
+def _sibling(path: Path, make) -> Path:
+    """A new hidden sibling ``.<name>.<random>.tmp`` made by ``make(candidate)`` (which must fail with
+    FileExistsError when the name is taken)."""
+    for _ in range(100):
+        candidate = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            make(candidate)
+            return candidate
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary file beside {path}")
+
+
+def _mode_for(path: Path, fresh: Path) -> int:
+    """The permissions ``path`` should get: its own when it exists (writing in place keeps them), else
+    those the kernel gave ``fresh``, created with ``0o666``/``0o777`` less the umask as ``open``/``mkdir`` are."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return stat.S_IMODE(os.stat(fresh).st_mode)
+
+
 def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``: readers never see a half-written file."""
+    """Call ``write(tmp_path)`` then rename over ``path``: readers never see a half-written file.
+
+    The file gets the permissions a plain ``open(path, "w")`` gives: ``0o666`` less the umask for a
+    new file (the kernel applies it, as for ``open``), the old file's mode when it replaces one.
+    ``tempfile.mkstemp`` would make every output ``0600``, unreadable by a web UI running as another user.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _sibling(path, lambda c: os.close(os.open(c, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)))
     try:
+        mode = _mode_for(path, tmp)
         write(tmp)
+        os.chmod(tmp, mode)  # after: some writers (safetensors) replace the file with a 0600 one of their own
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -43,7 +72,16 @@ def write_json(path, data: dict) -> None:
 
 
 def write_safetensors(path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
+    """Write ``tensors`` atomically; tensors sharing storage (e.g. one ``lora_down`` copied to the q, k and v
+    parts of a split module) are written as separate copies, as the format requires."""
+    seen: set[int] = set()
+    out = {}
+    for k, v in tensors.items():
+        v = v.detach().contiguous()
+        storage = v.untyped_storage().data_ptr() if v.numel() else None
+        out[k] = v.clone() if storage in seen else v  # also row views of one fused factor
+        seen.add(storage)
+    tensors = out
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
@@ -110,6 +148,22 @@ def read_safetensors(path, allow_pickle: bool = False) -> tuple[dict[str, torch.
     return tensors, metadata
 
 
+def safetensors_keys(path) -> list[str]:
+    """The tensor names of a safetensors file from its header alone (a multi-GB checkpoint is not read);
+    ``LoraFileError`` when the file is not safetensors."""
+    path = Path(path)
+    n = safetensors_header_length(path)
+    with open(path, "rb") as f:
+        f.seek(8)
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise LoraFileError(path, "not a safetensors file (its header is not JSON).") from None
+    if not isinstance(header, dict):
+        raise LoraFileError(path, "not a safetensors file (its header is not a JSON object).")
+    return [k for k in header if k != "__metadata__"]
+
+
 def read_text(path) -> str:
     """A UTF-8 text file; a decoding error names the file, line and byte."""
     path = Path(path)
@@ -165,8 +219,9 @@ def atomic_dir(path):
     only then), on failure it is deleted: a directory output is never left half-written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = _sibling(path, lambda c: c.mkdir(0o777))  # the umask applies, as for a plain mkdir
     try:
+        os.chmod(tmp, _mode_for(path, tmp))
         yield tmp
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")

@@ -18,10 +18,15 @@ from pathlib import Path
 from typing import Literal
 
 from ...config import ConfigError
-from ...train.checks import device_kind, device_problems
+from ...sd.sample_prompts import prompt_problems
+from ...sd.samplers import check_sampler
+from ...train.checks import adapter_not_model, blocking_file, device_kind, device_problems, nested
 from ...train.config import TrainArgs, parse_section, train_problems, unknown_sections
+from ...train.optim import optimizer_problems
 from .dataset import DatasetArgs
 from .dataset import problems as data_problems
+from .dataset.cache import default_cache_dir
+from .dataset.layout import dataset_dirs
 
 FAMILIES = ("auto", "sd1", "sd2", "sd2-v", "sdxl")
 BLOCK_PRESETS = ("cosine", "sine", "linear", "reverse_linear", "zeros")
@@ -41,6 +46,7 @@ class SDModelArgs:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Dtype of the frozen U-Net and text encoders; the VAE always runs in float32 (no NaN/black images)."""
     device: str = "auto"
+    """``auto`` (cuda when available, else cpu), ``cpu`` or ``cuda``."""
 
 
 @dataclass
@@ -54,7 +60,8 @@ class NetworkArgs:
     conv_dim: int | None = None
     """Rank of the ResNet/Down/Upsample 3x3 convs (LoCon); ``None`` leaves them out."""
     conv_alpha: float | None = None
-    """Alpha of the 3x3 convs (default: ``conv_dim``)."""
+    """Alpha of the 3x3 convs. Unset: 1.0 for ``module: lora`` (kohya's ``networks/lora.py``), the network
+    ``alpha`` for dora/loha/lokr (LyCORIS' ``create_network``), so a kohya command line trains the same scale."""
     dropout: float = 0.0
     """Dropout on each module's input during training (kohya ``network_dropout``)."""
     rank_dropout: float = 0.0
@@ -69,7 +76,9 @@ class NetworkArgs:
     """Per down block lr multipliers (12 for SD1/2, 9 for SDXL) or a preset: cosine, sine, linear,
     reverse_linear, zeros; a weight of 0 leaves that block's modules out."""
     mid_lr_weight: float | None = None
+    """lr multiplier of the mid block (0 leaves its modules out)."""
     up_lr_weight: list[float] | str | None = None
+    """Per up block lr multipliers or a preset, as ``down_lr_weight``."""
     network_weights: str | None = None
     """Start from this LoRA file (kohya ``network_weights``): same family, targets, module and dim."""
 
@@ -97,10 +106,13 @@ class SDTrainArgs(TrainArgs):
     power: float = 1.0
     """``polynomial``: the decay exponent (kohya ``lr_scheduler_power``)."""
     save_every_n_epochs: int | None = 1
+    """Save ``<output_name>-NNNNNN.safetensors`` (and a resumable checkpoint) every N epochs; ``null``: off."""
     save_every_n_steps: int | None = None
+    """Also save every N optimizer steps (``<output_name>-stepNNNNNNNN.safetensors``; at an epoch's end the epoch's name); ``null``: off."""
     keep_last: int | None = None
     """Saved LoRA files and checkpoints kept (kohya ``save_last_n_epochs``); ``None`` keeps all."""
     save_precision: Literal["fp16", "bf16", "fp32", "float"] = "fp16"
+    """Dtype of the saved LoRA files (``float`` = fp32, kohya's name)."""
     log_every: int = 1
     noise_offset: float = 0.0
     """``noise += offset·randn(B, C, 1, 1)`` (Guttenberg 2023): darker darks, brighter brights."""
@@ -111,9 +123,11 @@ class SDTrainArgs(TrainArgs):
     multires_noise_iterations: int = 0
     """Pyramid noise levels (Whitaker 2023); 6-10 is typical."""
     multires_noise_discount: float = 0.3
+    """Weight of each coarser pyramid level (kohya's default 0.3)."""
     ip_noise_gamma: float = 0.0
     """Input perturbation (Ning et al. 2023): the noisy input gets ``noise + γ·randn``, the target stays ``noise``."""
     ip_noise_gamma_random_strength: bool = False
+    """Use ``rand()·ip_noise_gamma`` per sample."""
     min_snr_gamma: float | None = None
     """min-SNR-γ weighting (Hang et al. 2023): ``min(snr, γ)/snr`` (ε) or ``/(snr+1)`` (v); 5 is common."""
     debiased_estimation_loss: bool = False
@@ -121,8 +135,11 @@ class SDTrainArgs(TrainArgs):
     zero_terminal_snr: bool = False
     """Rescale the betas so the last timestep is pure noise (Lin et al. 2024); use with v-prediction."""
     loss_type: Literal["l2", "l1", "huber", "smooth_l1"] = "l2"
+    """Element-wise loss between prediction and target (kohya's names)."""
     huber_c: float = 0.1
+    """``huber``: 2c·(sqrt(d² + c²) − c); ``smooth_l1``: torch's smooth L1 with beta = c."""
     min_timestep: int = 0
+    """Smallest timestep drawn (see ``max_timestep``)."""
     max_timestep: int | None = None
     """Timesteps are drawn uniformly from ``[min_timestep, max_timestep)`` (default: all)."""
     clip_skip: int | None = None
@@ -137,7 +154,9 @@ class SampleArgs:
     """A kohya prompt file (``prompt --n negative --w 512 --h 512 --s 30 --l 7.5 --d seed`` per line;
     ``.txt``, ``.toml``, ``.json``); ``None`` turns sampling off."""
     every_n_epochs: int | None = 1
+    """Sample every N epochs; ``null``: off."""
     every_n_steps: int | None = None
+    """Also sample every N optimizer steps; ``null``: off."""
     before_training: bool = False
     """Also sample once before the first step (the base model's images, for comparison)."""
     sampler: str = "euler_a"
@@ -178,6 +197,9 @@ def problems(cfg: SDRunConfig, check_paths: bool = True) -> list[str]:
                  "single-file .safetensors checkpoint plus model.config.")
     elif check_paths and not Path(m.path).exists():
         e.append(f"model.path={m.path!r}: not found (paths are relative to the working directory).")
+    elif check_paths and (adapter := adapter_not_model(m.path)):
+        e.append(f"model.path={m.path!r} is {adapter}, not a model; set model.path to the base model (a diffusers "
+                 "directory or a checkpoint) and network.network_weights to this file to continue training it.")
     elif check_paths and Path(m.path).is_file() and not m.config:
         e.append(f"model.path={m.path!r} is a single-file checkpoint; set model.config to a local diffusers config "
                  "directory of the same family (nothing is downloaded).")
@@ -227,10 +249,47 @@ def problems(cfg: SDRunConfig, check_paths: bool = True) -> list[str]:
         e.append("network.network_weights: only plain LoRA files can be continued (network.module: lora).")
     if s.prompts and check_paths and not Path(s.prompts).is_file():
         e.append(f"sample.prompts={s.prompts!r}: file not found.")
+    elif s.prompts and check_paths:  # read as the trainer reads it: a file that passes here samples
+        e += [f"sample.prompts: {p}" for p in prompt_problems(s.prompts)]
+    e += [f"sample.sampler={s.sampler!r}: {p}" for p in _sampler_problem(s.sampler)] if s.sampler else []
     for key in ("every_n_epochs", "every_n_steps"):
         if getattr(s, key) is not None and getattr(s, key) < 1:
             e.append(f"sample.{key}={getattr(s, key)}: expected a positive integer or null.")
+    return e + optimizer_problems(t) + (path_problems(cfg) if check_paths else [])
+
+
+def path_problems(cfg: SDRunConfig) -> list[str]:
+    """Folders that would hurt the run or the data: an output_dir that is, lies in or holds a dataset
+    folder, a cache_dir that is a file or lies in a dataset folder (nothing is written into datasets)."""
+    d, t = cfg.data, cfg.train
+    e = []
+    folders = dataset_dirs(d)
+    for key, folder in folders:
+        how = nested(t.output_dir, folder)
+        if how in ("equal", "inside"):
+            e.append(f"train.output_dir={t.output_dir!r} is {'' if how == 'equal' else 'inside '}the dataset folder "
+                     f"{key}={folder!r}: the run's checkpoints, samples and LoRA files would land among the images; "
+                     "choose an output_dir outside it.")
+        elif how == "contains":
+            e.append(f"{key}={folder!r} is inside train.output_dir={t.output_dir!r}: keep the dataset out of the run "
+                     "folder, where the trainer writes and prunes files (sample/, checkpoint-*, <name>-*.safetensors).")
+    to_disk = d.cache_latents_to_disk or d.cache_text_encoder_outputs_to_disk
+    cache = d.cache_dir or (str(default_cache_dir()) if to_disk else None)
+    if cache and (blocking := blocking_file(cache)) is not None:
+        e.append(f"data.cache_dir={cache!r}: {blocking} is a file; expected a directory for the disk cache.")
+    for key, folder in folders if cache else ():
+        if nested(cache, folder) in ("equal", "inside"):
+            e.append(f"data.cache_dir={cache!r} is in the dataset folder {key}={folder!r}; lorakit never writes into "
+                     "dataset folders: choose another cache_dir.")
     return e
+
+
+def _sampler_problem(name: str) -> list[str]:
+    try:
+        check_sampler(name)
+    except ValueError as exc:
+        return [str(exc)]
+    return []
 
 
 def parse(data: dict, check_paths: bool = True) -> tuple[SDRunConfig, list[str]]:

@@ -91,3 +91,19 @@ def test_taken_port_and_bad_port(tmp_path):
     assert bad.exit_code == 2 and "expected a TCP port" in bad.output
     (tmp_path / "file").write_text("x")
     assert CliRunner().invoke(app, ["ui", str(tmp_path / "file")]).exit_code == 1
+
+
+def test_example_workspace_has_the_train_button(tmp_path):
+    """``lorakit ui WS --example`` (what ``make ui`` runs): the sdworld dataset and config, and the start page's
+    button that trains them."""
+    port = free_port()
+    proc, out = start(tmp_path, "--port", str(port), "--example")
+    try:
+        ws = tmp_path / "ws"
+        assert "example: datasets/sdworld-rings" in out, out
+        assert len(list((ws / "datasets" / "sdworld-rings" / "img").rglob("*.png"))) == 16
+        assert (ws / "configs" / "sdworld.yaml").is_file()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=20) as r:
+            assert "Train the example now" in r.read().decode()
+    finally:
+        assert stop(proc) in (0, -signal.SIGINT, 130)

@@ -22,8 +22,9 @@ from ...train.checks import device_kind, device_problems
 from ...train.config import TrainArgs, parse_section, train_problems, unknown_sections
 from .dataset import DatasetArgs
 from .dataset import problems as data_problems
+from .dit_config import DitNetworkArgs, FlowTrainArgs, family_problems, flow_problems
 
-FAMILIES = ("auto", "sd1", "sd2", "sd2-v", "sdxl")
+FAMILIES = ("auto", "sd1", "sd2", "sd2-v", "sdxl", "flux1", "sd3")
 BLOCK_PRESETS = ("cosine", "sine", "linear", "reverse_linear", "zeros")
 SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 
@@ -34,17 +35,20 @@ class SDModelArgs:
     """A local diffusers pipeline directory, or a single-file ``.safetensors`` checkpoint (then ``config``)."""
     config: str | None = None
     """Local diffusers config directory for a single-file checkpoint (nothing is downloaded)."""
-    family: Literal["auto", "sd1", "sd2", "sd2-v", "sdxl"] = "auto"
-    """``auto`` reads it from the U-Net config (text_time embeddings: SDXL; 1024-wide context: SD2)."""
+    family: Literal["auto", "sd1", "sd2", "sd2-v", "sdxl", "flux1", "sd3"] = "auto"
+    """``auto`` reads it from the model: FluxPipeline / StableDiffusion3Pipeline, else the U-Net config
+    (text_time embeddings: SDXL; 1024-wide context: SD2)."""
     prediction_type: Literal["auto", "epsilon", "v_prediction"] = "auto"
     """``auto``: the scheduler config's ``prediction_type`` (``sd2-v`` forces v_prediction)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Dtype of the frozen U-Net and text encoders; the VAE always runs in float32 (no NaN/black images)."""
     device: str = "auto"
+    drop_t5: bool = False
+    """SD3: do not load T5 (its states are zeros, as SD3 pipelines run without ``text_encoder_3``)."""
 
 
 @dataclass
-class NetworkArgs:
+class NetworkArgs(DitNetworkArgs):
     module: Literal["lora", "dora", "loha", "lokr"] = "lora"
     """``lora`` is written in kohya's format; ``dora``/``loha``/``lokr`` in LyCORIS's (A1111/ComfyUI load both)."""
     dim: int = 16
@@ -75,7 +79,7 @@ class NetworkArgs:
 
 
 @dataclass
-class SDTrainArgs(TrainArgs):
+class SDTrainArgs(FlowTrainArgs, TrainArgs):
     output_dir: str = "runs/sd"
     output_name: str = "lora"
     """Files are ``<output_name>-000001.safetensors`` per saved epoch and ``<output_name>.safetensors`` at the end."""
@@ -172,7 +176,9 @@ def _block_weights(name: str, value, e: list[str]) -> None:
 def problems(cfg: SDRunConfig, check_paths: bool = True) -> list[str]:
     """Every value problem of the config (the dataset folders and the model are checked by ``validate``)."""
     m, n, t, s = cfg.model, cfg.network, cfg.train, cfg.sample
-    e = data_problems(cfg.data) + train_problems(t) + device_problems(m.device)
+    e = data_problems(cfg.data) + train_problems(t) + device_problems(m.device) + flow_problems(cfg)
+    if m.family != "auto":
+        e += family_problems(cfg, m.family)
     if not m.path:
         e.append("model.path: missing; set it to a local diffusers directory (with model_index.json) or a "
                  "single-file .safetensors checkpoint plus model.config.")

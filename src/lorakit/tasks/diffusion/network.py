@@ -124,9 +124,10 @@ def add_network(parts: dict, net_args, text_parts: tuple[str, ...], lrs: dict[st
 
 def param_groups(parts: dict, net_args, lrs: dict[str, float], weight_decay: float = 0.0) -> list[dict]:
     """One group per (part, block weight, LoRA+ role): lr = part lr · block weight (· ratio for B factors)."""
-    weights = block_weights(net_args, parts["unet"])
+    weights = block_weights(net_args, parts["unet"]) if "unet" in parts else None
     ratio = net_args.loraplus_lr_ratio
     groups: dict[tuple, dict] = {}
+    seen: set[int] = set()  # a factor shared by several layers (a fused LoRA's down) is listed once
     for part, model in parts.items():
         if part not in lrs or not isinstance(model, nn.Module):
             continue
@@ -135,8 +136,9 @@ def param_groups(parts: dict, net_args, lrs: dict[str, float], weight_decay: flo
             for adapter in layer.adapters.values():
                 b_names = set(getattr(adapter, "loraplus_b_params", ("lora_B",)))
                 for pname, p in adapter.named_parameters():
-                    if not p.requires_grad:
+                    if not p.requires_grad or id(p) in seen:
                         continue
+                    seen.add(id(p))
                     boost = ratio if ratio and (pname in b_names or p.ndim == 1) else 1.0
                     lr = lrs[part] * w * boost
                     key = (part, lr)

@@ -43,7 +43,16 @@ def write_json(path, data: dict) -> None:
 
 
 def write_safetensors(path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
+    """Write ``tensors`` atomically; tensors sharing storage (e.g. one ``lora_down`` copied to the q, k and v
+    parts of a split module) are written as separate copies, as the format requires."""
+    seen: set[tuple] = set()
+    out = {}
+    for k, v in tensors.items():
+        v = v.detach().contiguous()
+        where = (v.untyped_storage().data_ptr(), v.storage_offset(), v.nbytes) if v.numel() else None
+        out[k] = v.clone() if where in seen else v
+        seen.add(where)
+    tensors = out
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from ..formats.sd_io import read_lora
 from ..formats.sd_keys import SDXL, layout_from_config
 from ..model import active_adapters, set_active_adapters
-from .lora import check_family, load_lora, model_parts
+from .lora import MODEL_PARTS, check_family, file_parts, load_lora, model_parts
 from .prompt import PromptSyntaxError
 
 re_tag = re.compile(r"<(\w+):([^>]+)>")
@@ -152,7 +152,7 @@ class LoraStack:
             lf = self._read(path)
             load_lora(self.parts, [lf], names=[name])
             self.names[path] = name
-            self.holders[name] = lf.parts() & set(self.parts)  # no module walk per switch to find them
+            self.holders[name] = file_parts(lf, self.parts)  # no module walk per switch to find them
         return self.names[path]
 
     def _read(self, path: Path):
@@ -179,7 +179,7 @@ class LoraStack:
         for part, model in self.parts.items():
             strengths = {n: s for n, s in active_adapters(model).items() if n not in owned}
             for name, te, unet in names:
-                s = unet if part == "unet" else te
+                s = unet if part in MODEL_PARTS else te
                 if part in self.holders[name]:
                     strengths[name] = strengths.get(name, 0.0) + s
             set_active_adapters(model, {n: s for n, s in strengths.items() if s != 0 or n not in owned})

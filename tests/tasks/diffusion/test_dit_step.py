@@ -77,7 +77,7 @@ def test_step_loss_and_grads_equal_the_diffusers_peft_recipe(tmp_path, family, s
     down's gradient is the sum of theirs; with ``split_qkv`` every factor matches one to one."""
     from peft import LoraConfig as PeftLoraConfig
 
-    comps = components(tmp_path, family)
+    comps = components(family)
     fam = DIT_FAMILIES[family]
     ref = copy.deepcopy(comps["transformer"])
     lrs = {"transformer": 1e-4, **{p: 0.0 for p in fam.text_parts(False)}}

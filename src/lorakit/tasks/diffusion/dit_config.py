@@ -47,6 +47,9 @@ class FlowTrainArgs:
     """Pass T5's padding mask into T5 (and, for FLUX.1, into the transformer's attention)."""
     apply_lg_attn_mask: bool = False
     """SD3: pass CLIP-L/G's padding masks into the CLIP encoders."""
+    save_format: Literal["kohya", "peft", "comfy"] = "kohya"
+    """Saved files' keys: kohya (``lora_unet_`` over the original fused layout, what kohya and Forge write),
+    ``peft`` (diffusers' ``transformer.`` keys with ``lora_adapter_metadata``) or ``comfy`` (``diffusion_model.``)."""
     blocks_to_swap: int = 0
     """Keep this many transformer blocks' frozen weights in CPU memory, each moved to the GPU just before it
     runs (kohya ``--blocks_to_swap``; CUDA only)."""

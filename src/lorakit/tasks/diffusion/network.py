@@ -160,8 +160,15 @@ def load_network_weights(parts: dict, path: str) -> int:
     live = {f"{part}.{p if part == 'unet' else canonical_te(p)}": layer.adapters[ADAPTER]
             for part in ("unet", "text_encoder", "text_encoder_2") if isinstance(parts.get(part), nn.Module)
             for p, layer in lora_layers(parts[part]) if ADAPTER in layer.adapters}
+    return fill_adapters(live, lf.modules, path)
+
+
+def fill_adapters(live: dict[str, nn.Module], modules: dict[str, dict], path: str) -> int:
+    """Copy a file's LoRA ``modules`` into the ``live`` adapters of the same keys: every module must find a
+    plain LoRA adapter of its rank (checked before anything changes); ``up`` is rescaled so the file's ΔW
+    is reproduced at the adapter's scale. Returns the number of modules loaded."""
     problems, plan = [], []
-    for key, tensors in lf.modules.items():
+    for key, tensors in modules.items():
         ad = live.get(key)
         if ad is None or not hasattr(ad, "lora_A") or set(tensors) - {"lora_down.weight", "lora_up.weight", "alpha"}:
             problems.append(f"{key}: no plain LoRA module of this network takes it")

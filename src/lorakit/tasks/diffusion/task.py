@@ -11,8 +11,10 @@ import torch
 from ...train.activations import checkpoint_activations
 from ...train.optim import make_optimizer
 from ...train.task import Parts
+from . import dit_task
 from .callbacks import LoraSaver, TimestepLoss, sampler_callback
 from .config import SDRunConfig, from_dict
+from .dit import DIT_FAMILIES, dit_family_of_dir
 from .dataset import build_dataset
 from .export import save_network
 from .family import FAMILIES, Family, load_components, model_bucket_step
@@ -21,6 +23,14 @@ from .step import SDNetwork
 from .validate import bucket_table
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def is_dit(cfg: SDRunConfig) -> bool:
+    """Whether the run trains a FLUX.1/SD3 transformer: the configured family, else the model's model_index.json."""
+    if cfg.model.family != "auto":
+        return cfg.model.family in DIT_FAMILIES
+    path = Path(cfg.model.path)
+    return dit_family_of_dir(Path(cfg.model.config) if path.is_file() and cfg.model.config else path) is not None
 
 
 def resolve_family(cfg: SDRunConfig, found: str) -> Family:
@@ -69,6 +79,8 @@ class DiffusionTask:
         return validate(data)
 
     def build(self, cfg: SDRunConfig, device: torch.device) -> Parts:
+        if is_dit(cfg):
+            return dit_task.build(cfg, device)
         t = cfg.train
         comps = load_components(cfg.model.path, cfg.model.config, DTYPES[cfg.model.dtype])
         family = resolve_family(cfg, comps["family"])
@@ -94,6 +106,8 @@ class DiffusionTask:
                                      "adapted": adapted})
 
     def data(self, cfg: SDRunConfig, parts: Parts, rank: int, world: int):
+        if parts.extra.get("dit"):
+            return dit_task.data(cfg, parts, rank, world)
         net, comps, family = parts.model, parts.extra["components"], parts.extra["family"]
         t = cfg.train
         te_frozen = all(parts.extra["lrs"][p] == 0 for p in family.text_parts)
@@ -132,6 +146,8 @@ class DiffusionTask:
         return model(batch), {"samples": len(batch["loss_weight"])}
 
     def callbacks(self, cfg: SDRunConfig, parts: Parts, data, device: torch.device) -> list:
+        if parts.extra.get("dit"):
+            return dit_task.callbacks(cfg, parts, device)
         save = lambda path, state: self._save(parts, cfg, path, state)  # noqa: E731
         cbs = [TimestepLoss(Path(cfg.train.output_dir), parts.model.schedule.num_steps),
                LoraSaver(Path(cfg.train.output_dir), cfg.train.output_name, cfg.train.keep_last, save)]
@@ -139,6 +155,8 @@ class DiffusionTask:
         return cbs + ([sampler] if sampler is not None else [])
 
     def _save(self, parts: Parts, cfg: SDRunConfig, path: Path, state) -> Path:
+        if parts.extra.get("dit"):
+            return dit_task.save(parts, cfg, path, state)
         meta = parts.extra["batches"].metadata() if "batches" in parts.extra else {}
         return save_network(path, parts.extra["components"], cfg, parts.extra["family"], parts.extra["prediction"],
                             meta, state)
@@ -147,6 +165,8 @@ class DiffusionTask:
         return self._save(parts, cfg, Path(run_dir) / f"{cfg.train.output_name}.safetensors", state)
 
     def summary(self, parts: Parts, cfg: SDRunConfig, device: torch.device) -> dict:
+        if parts.extra.get("dit"):
+            return dit_task.summary(parts, cfg)
         return {"family": parts.extra["family"].name, "prediction_type": parts.extra["prediction"],
                 "network_module": cfg.network.module, "adapted_modules": {k: len(v) for k, v in
                                                                           parts.extra["adapted"].items()}}

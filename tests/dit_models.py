@@ -175,3 +175,75 @@ def all_linear_in_tables(family: str) -> bool:
     """Every Linear of the tiny transformer has a row in the family's table (the tables cover the model)."""
     names = [e for e in TABLES[family]]
     return bool(names) and all(split_entry(family, n) for n in _shapes(family))
+
+
+def delta_2d(m: dict) -> torch.Tensor:
+    """ΔW as (out, in) from a file module (s·up·down, LoHa, LoKr); a DoRA magnitude rides along as one more
+    column, so that row selections are checked for it too."""
+    from lorakit.formats.lycoris import file_delta
+
+    lora = {s: t for s, t in m.items() if s != "dora_scale"}
+    delta = file_delta(lora).reshape(file_delta(lora).shape[0], -1)
+    return torch.cat([delta, m["dora_scale"].reshape(-1, 1)], 1) if "dora_scale" in m else delta
+
+
+def split_deltas(lf: LoraFile, family: str) -> dict[str, torch.Tensor]:
+    """{diffusers transformer path: ΔW (+ magnitude column)} of a fused file, by the tables' row rule written
+    out here: (shift, scale) halves swapped where the entry says so, rows cut in the entry's ratios."""
+    from lorakit.formats.dit_keys import fused_entry
+
+    out = {}
+    for key, m in lf.modules.items():
+        part, path = key.split(".", 1)
+        if part != "transformer":
+            continue
+        entry, index, _ = fused_entry(family, path)
+        delta = delta_2d(m)
+        inputs = delta.shape[1] - ("dora_scale" in m)
+        if entry.swap == "always" or (entry.swap == "pre_only" and delta.shape[0] == 2 * inputs):
+            delta = torch.cat(delta.chunk(2)[::-1])
+        unit, start = delta.shape[0] // sum(entry.ratios), 0
+        for k, r in enumerate(entry.ratios):
+            out[entry.split[k].replace("{i}", index or "")] = delta[start:start + unit * r]
+            start += unit * r
+    return out
+
+
+def _get(model, path: str):
+    try:
+        return model.get_submodule(path)
+    except AttributeError:  # transformers 5's CLIPTextModel has no text_model level
+        return model.get_submodule(path.removeprefix("text_model."))
+
+
+@torch.no_grad()
+def reference(models: dict, lf: LoraFile, family: str, strengths: dict | None = None) -> dict:
+    """Deep copies of ``models`` ({pipeline attribute: module}) with the file merged in by the formulas:
+    W += σ·ΔW (LoRA), W = W + σ·(m·(W+ΔW)/‖W+ΔW‖_row − W) (DoRA, per output row)."""
+    import copy
+
+    out = {a: copy.deepcopy(m) for a, m in models.items()}
+    strengths = strengths or {}
+    deltas = dict(split_deltas(lf, family)) if lf.naming.fused else {}
+    for key, m in lf.modules.items():
+        part, path = key.split(".", 1)
+        if part == "transformer" and not lf.naming.fused:
+            deltas[path] = delta_2d(m)
+        elif part != "transformer" and PIPE_PARTS[family][part] in out:
+            attr = PIPE_PARTS[family][part]
+            _merge(_get(out[attr], path), delta_2d(m), "dora_scale" in m, strengths.get(attr, 1.0))
+    for path, delta in deltas.items():
+        dora = delta.shape[1] != _get(out["transformer"], path).weight.shape[1]
+        _merge(_get(out["transformer"], path), delta, dora, strengths.get("transformer", 1.0))
+    return out
+
+
+def _merge(module, delta: torch.Tensor, dora: bool, strength: float) -> None:
+    w = module.weight
+    if dora:
+        delta, mag = delta[:, :-1], delta[:, -1:]
+        merged = w + delta.reshape(w.shape)
+        target = mag * merged / merged.norm(dim=1, keepdim=True)
+        w.copy_(w + strength * (target - w))
+    else:
+        w.copy_(w + strength * delta.reshape(w.shape))

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..formats._io import check_output
-from ..formats.sd_io import TARGETS, convert, read_lora, write_lora
+from ..formats.sd_io import TARGETS, read_lora, write_lora
 from ..tools import extract_lora, inspect_lora, merge_into_base, merge_loras, resize_lora
 from ..tools.checkpoint import naming_for, read_checkpoint, write_checkpoint
 from ..tools.merge import METHODS
@@ -43,16 +43,36 @@ def _floats(text: str | None, what: str) -> list[float] | None:
         raise typer.BadParameter(f"{what}={text!r}: expected comma-separated numbers such as 1,0.5") from None
 
 
+FamilyOpt = typer.Option(None, help="flux1 | sd3: the family of a FLUX.1/SD3 file whose names fit both")
+
+
+def _dit_out(lf, to: str | None) -> str:
+    """Output format: ``to``, else (FLUX.1/SD3 files) the input's own style, else kohya."""
+    if to is not None:
+        if to not in TARGETS:
+            fail(f"--to {to!r}: expected one of {', '.join(TARGETS)}.")
+        return to
+    return lf.source if lf.naming.dit and lf.source in TARGETS else "kohya"
+
+
+def _print_notes(notes: list[str]) -> None:
+    for note in notes:
+        console.print(f"note: {note}", soft_wrap=True, highlight=False)
+
+
 @app.command("convert")
 def convert_cmd(src: Path, dst: Path, to: str = typer.Option(..., help=f"target format: {' | '.join(TARGETS)}"),
-                dtype: str = typer.Option(None, help="kohya output precision: fp32, fp16 or bf16"),
-                overwrite: bool = OverwriteOpt):
-    """Convert a LoRA between kohya .safetensors and PEFT adapter directories (lossless)."""
-    if to not in TARGETS:
-        fail(f"--to {to!r}: expected one of {', '.join(TARGETS)}.")
-    check_output(dst, kind="file" if to == "kohya" else "dir", overwrite=overwrite, inputs=[src])
-    lf = convert(src, dst, to, dtype=dtype)
-    console.print(f"wrote {dst} ({to}, {len(lf.modules)} modules)")
+                dtype: str = typer.Option(None, help="output precision: fp32, fp16 or bf16"),
+                family: str = FamilyOpt, overwrite: bool = OverwriteOpt):
+    """Convert a LoRA between formats (lossless): SD kohya <-> PEFT directory; FLUX.1/SD3 kohya <-> peft
+    (diffusers) <-> comfy files. Fusing split q/k/v LoRAs for kohya/comfy may raise the rank (said in a note)."""
+    to = _dit_out(None, to)
+    lf = read_lora(src)
+    check_output(dst, kind="dir" if to == "peft" and not lf.naming.dit else "file", overwrite=overwrite,
+                 inputs=[src])
+    notes = write_lora(lf, dst, to, dtype, family)
+    console.print(f"wrote {dst} ({to}, {len(lf.modules)} modules read)")
+    _print_notes(notes)
 
 
 @app.command("inspect")

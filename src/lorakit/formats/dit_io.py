@@ -197,8 +197,12 @@ def to_state_dict(lf: LoraFile, to: str, family: str | None = None, dtype: torch
     return tensors, _metadata(fused, family), notes
 
 
+#: metadata that describes the tensors written, recomputed on every write
+STALE = ("ss_network_dim", "ss_network_alpha", "sshs_model_hash", "sshs_legacy_hash", "lora_adapter_metadata")
+
+
 def _metadata(lf: LoraFile, family: str | None) -> dict[str, str]:
-    meta = dict(lf.metadata)
+    meta = {k: v for k, v in lf.metadata.items() if k not in STALE and not k.startswith("lorakit.")}
     if family in FAMILY_META:
         meta.setdefault("ss_base_model_version", FAMILY_META[family][0])
         meta.setdefault("modelspec.architecture", FAMILY_META[family][1])
@@ -223,7 +227,10 @@ def _peft(lf: LoraFile, family: str | None, dtype) -> tuple[dict[str, torch.Tens
         if len(dora) > 1:
             raise ValueError(f"{lf.path or 'this LoRA'}: the {part} modules mix DoRA and plain LoRA; a PEFT config "
                              "holds one or the other. Keep this file as kohya or ComfyUI.")
-        configs[attrs[part]] = peft_config(mods, use_dora=dora.pop())
+        # target names without CLIP's text_model level match with and without it (transformers 5 dropped it
+        # from CLIPTextModel); diffusers strips it from the tensor keys itself
+        configs[attrs[part]] = peft_config({p.removeprefix("text_model."): m for p, m in mods.items()},
+                                           use_dora=dora.pop())
         for path, m in mods.items():
             prefix = f"{attrs[part]}.{path}."
             tensors[prefix + "lora_A.weight"] = m["lora_down.weight"]
@@ -237,7 +244,7 @@ def _peft(lf: LoraFile, family: str | None, dtype) -> tuple[dict[str, torch.Tens
             "lora_adapter_metadata": json.dumps({f"{a}.{k}": v for a, c in configs.items() for k, v in c.items()},
                                                 sort_keys=True),
             "lorakit.alpha_dtype": str(alphas[0].dtype).removeprefix("torch.") if alphas else "float32"}
-    for stale in ("sshs_model_hash", "sshs_legacy_hash"):
+    for stale in ("sshs_model_hash", "sshs_legacy_hash"):  # kohya's hashes are of kohya files
         meta.pop(stale, None)
     return tensors, meta
 

@@ -231,12 +231,10 @@ def peft_config(mods: dict[str, dict[str, torch.Tensor]], use_dora: bool = False
     alphas = {p: alpha_of(t) if alpha_of(t) is not None else ranks[p] for p, t in mods.items()}
     r = Counter(ranks.values()).most_common(1)[0][0]
     a = Counter(alphas.values()).most_common(1)[0][0]
-    # PEFT matches a listed name by suffix: without CLIP's "text_model." level it finds the module in both
-    # transformers 4's CLIPTextModel and transformers 5's flattened one (diffusers strips it from keys only)
     return {
-        "peft_type": "LORA", "r": r, "lora_alpha": a, "target_modules": sorted(p.removeprefix("text_model.") for p in mods),
-        "rank_pattern": {re.escape(p.removeprefix("text_model.")): v for p, v in ranks.items() if v != r},
-        "alpha_pattern": {re.escape(p.removeprefix("text_model.")): v for p, v in alphas.items() if v != a},
+        "peft_type": "LORA", "r": r, "lora_alpha": a, "target_modules": sorted(mods),
+        "rank_pattern": {re.escape(p): v for p, v in ranks.items() if v != r},
+        "alpha_pattern": {re.escape(p): v for p, v in alphas.items() if v != a},
         "lora_dropout": 0.0, "bias": "none", "init_lora_weights": True, "use_dora": use_dora,
         "use_rslora": False, "fan_in_fan_out": False, "task_type": None, "inference_mode": True,
         "base_model_name_or_path": None,

@@ -28,14 +28,14 @@ def flux_transformer(seed: int = 0, in_channels: int = 4, guidance: bool = True)
                                   guidance_embeds=guidance).eval()
 
 
-def sd3_transformer(seed: int = 0, in_channels: int = 4, dual: bool = True, num_layers: int = 2):
+def sd3_transformer(seed: int = 0, in_channels: int = 4, dual: bool = True, num_layers: int = 2, pooled: int = 64):
     from diffusers import SD3Transformer2DModel
 
     torch.manual_seed(seed)
     extra = {"dual_attention_layers": (0,), "qk_norm": "rms_norm"} if dual else {}
     return SD3Transformer2DModel(sample_size=32, patch_size=1, in_channels=in_channels, num_layers=num_layers,
                                  attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
-                                 joint_attention_dim=T5_DIM, pooled_projection_dim=64, out_channels=in_channels,
+                                 joint_attention_dim=T5_DIM, pooled_projection_dim=pooled, out_channels=in_channels,
                                  pos_embed_max_size=96, **extra).eval()
 
 
@@ -84,18 +84,15 @@ def t5(seed: int = 4, vocab: int = 64):
 
 
 def t5_tokenizer():
-    """A T5TokenizerFast over a word-level vocabulary made here (pad 0, eos 1, unk 2, then words)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    """A T5 tokenizer made here: a Unigram vocabulary (pad 0, eos 1, unk 2, then "▁word" pieces and single
+    characters as the fallback), as T5's sentencepiece model is; it saves and reloads with the pipeline."""
     from transformers import T5TokenizerFast
 
     words = ("a photo of cat dog red blue green sks tree house girl boy ring star on the in with masterpiece "
-             "best quality sun sky hill , . ( ) :").split()
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(words)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return T5TokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-                           extra_ids=0, model_max_length=512)
+             "best quality sun sky hill").split()
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [("\u2581" + w, -1.0) for w in words]
+    vocab += [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz0123456789\u2581,.():[]"]
+    return T5TokenizerFast(vocab=vocab, extra_ids=0)
 
 
 def vae16(seed: int = 3):
@@ -121,10 +118,11 @@ def sd3_pipe():
     from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
     from sd_pipes import tiny_tokenizer
 
+    # the two CLIPs' projections (16 each) are the pooled vector; their hidden states (16 + 16) fit T5's width
     return StableDiffusion3Pipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae16(), text_encoder=clip(16, True, 1),
         tokenizer=tiny_tokenizer(), text_encoder_2=clip(16, True, 2), tokenizer_2=tiny_tokenizer(),
-        text_encoder_3=t5(), tokenizer_3=t5_tokenizer(), transformer=sd3_transformer(in_channels=16))
+        text_encoder_3=t5(), tokenizer_3=t5_tokenizer(), transformer=sd3_transformer(in_channels=16, pooled=32))
 
 
 def _factors(out: int, inn: int, rank: int, g: torch.Generator, algo: str) -> dict[str, torch.Tensor]:
@@ -146,12 +144,14 @@ def _shapes(family: str) -> dict[str, tuple[int, int]]:
 
 
 def random_dit_lora(family: str, fused: bool, rank: int = 4, seed: int = 0, algo: str = "lora",
-                    te: dict | None = None, keep=None) -> LoraFile:
-    """A random LoRA on every Linear of the tiny ``family`` transformer (``keep(path)``: those it accepts),
-    in the fused or split layout; ``te`` = {part: text-encoder model} adds some of their modules too."""
+                    te: dict | None = None, keep=None, model=None) -> LoraFile:
+    """A random LoRA on every Linear of the tiny ``family`` transformer (or ``model``; ``keep(path)``: those it
+    accepts), in the fused or split layout; ``te`` = {part: text-encoder model} adds some of their modules too."""
     g = torch.Generator().manual_seed(seed)
     modules = {}
-    split = {n: s for n, s in _shapes(family).items() if keep is None or keep(n)}
+    shapes = _shapes(family) if model is None else {n: tuple(m.weight.shape[:2]) for n, m in model.named_modules()
+                                                    if isinstance(m, torch.nn.Linear)}
+    split = {n: s for n, s in shapes.items() if keep is None or keep(n)}
     if fused:
         groups: dict[tuple, list] = {}
         for name in split:

@@ -1,7 +1,8 @@
 """LoRA file commands: ``convert``, ``inspect``, ``merge-loras``, ``resize``, ``extract``.
 
 Each command is a thin layer over :mod:`lorakit.formats.sd_io` and :mod:`lorakit.tools`; all of
-them write new files (atomically) and never modify their inputs.
+them write new files (atomically) and never modify their inputs. FLUX.1/SD3 files keep their
+format unless ``--to`` says otherwise; a note is printed when fusing split q/k/v modules raised a rank.
 """
 
 from __future__ import annotations
@@ -112,8 +113,9 @@ def merge_loras_cmd(
     seed: int = typer.Option(0, help="random seed for dare"),
     base: Path = typer.Option(None, help="merge into this base checkpoint (diffusers folder or safetensors) instead"),
     block_weight: list[str] = typer.Option(None, help="PREFIX=MULT, e.g. unet.down_blocks.1=0.5 (with --base)"),
-    dtype: str = typer.Option(None, help="kohya output precision: fp32, fp16 or bf16"),
-    overwrite: bool = OverwriteOpt,
+    dtype: str = typer.Option(None, help="output precision: fp32, fp16 or bf16"),
+    to: str = typer.Option(None, help="FLUX.1/SD3 output format: kohya | peft | comfy (default: the input's)"),
+    family: str = FamilyOpt, overwrite: bool = OverwriteOpt,
 ):
     """Merge several LoRAs into one LoRA, or into a base checkpoint with per-LoRA strengths."""
     if not loras:
@@ -135,8 +137,9 @@ def merge_loras_cmd(
         console.print(f"wrote {out} (base + {len(files)} LoRA(s))")
         return
     merged = merge_loras(files, w, method, rank, density, seed)
-    write_lora(merged, out, "kohya", dtype)
+    notes = write_lora(merged, out, _dit_out(files[0], to), dtype, family)
     console.print(f"wrote {out} ({method}, {len(merged.modules)} modules)")
+    _print_notes(notes)
 
 
 @app.command("resize")
@@ -146,11 +149,14 @@ def resize_cmd(src: Path, out: Path = typer.Option(..., "-o", "--out"),
                param: float = typer.Option(None, help="parameter of the dynamic method"),
                dtype: str = typer.Option(None, help="output precision: fp32, fp16 or bf16"),
                verbose: bool = typer.Option(False, "--verbose", help="retained energy per module"),
-               overwrite: bool = OverwriteOpt):
+               to: str = typer.Option(None, help="FLUX.1/SD3 output format: kohya | peft | comfy (default: the "
+                                                 "input's)"),
+               family: str = FamilyOpt, overwrite: bool = OverwriteOpt):
     """Change a LoRA's rank by SVD, keeping its strength; reports the energy each module keeps."""
     check_output(out, overwrite=overwrite, inputs=[src])
-    new, reports = resize_lora(read_lora(src), rank, dynamic, param)
-    write_lora(new, out, "kohya", dtype)
+    lf = read_lora(src)
+    new, reports = resize_lora(lf, rank, dynamic, param)
+    _print_notes(write_lora(new, out, _dit_out(lf, to), dtype, family))
     if verbose:
         for r in reports:
             console.print(f"{r.module}: rank {r.old_rank} -> {r.new_rank}, fro {r.fro_retained:.4f}, "
@@ -168,8 +174,10 @@ def extract_cmd(base: Path, tuned: Path, out: Path = typer.Option(..., "-o", "--
                 energy: float = typer.Option(None, help="instead of a fixed rank: keep this fraction of ‖ΔW‖_F"),
                 clamp_quantile: float = typer.Option(0.99, help="clamp factors at this quantile (1 = off)"),
                 min_diff: float = typer.Option(0.0, help="skip modules whose max |ΔW| is at most this"),
-                part: str = typer.Option(None, help="model part of single-file checkpoints (unet, text_encoder)"),
+                part: str = typer.Option(None, help="model part of single-file checkpoints (unet, transformer, "
+                                                    "text_encoder; guessed from the names)"),
                 dtype: str = typer.Option(None, help="output precision: fp32, fp16 or bf16"),
+                to: str = typer.Option(None, help="FLUX.1/SD3 output format: kohya (default) | peft | comfy"),
                 overwrite: bool = OverwriteOpt):
     """Extract a LoRA from the difference between a fine-tuned and a base model (truncated SVD)."""
     check_output(out, overwrite=overwrite, inputs=[base, tuned])
@@ -179,5 +187,6 @@ def extract_cmd(base: Path, tuned: Path, out: Path = typer.Option(..., "-o", "--
     if not lf.modules:
         fail(f"no module of {tuned} differs from {base} by more than --min-diff {min_diff} ({len(skipped)} compared); "
              "there is no LoRA to extract and nothing was written. Are these the right two checkpoints?")
-    write_lora(lf, out, "kohya", dtype)
+    notes = write_lora(lf, out, _dit_out(lf, to), dtype)
     console.print(f"wrote {out}: {len(lf.modules)} modules" + (f", {len(skipped)} skipped (no change)" if skipped else ""))
+    _print_notes(notes)

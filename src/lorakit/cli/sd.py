@@ -46,11 +46,12 @@ def _load(model: Path, config, family, dtype, device):
     return load_pipeline(model, config=config, family=family, dtype=getattr(torch, dtype), device=device)[0]
 
 
-def _common(steps, cfg, seed, sampler, schedule, size, clip_skip, lora_dir, embeddings, syntax, emphasis) -> dict:
+def _common(steps, cfg, seed, sampler, schedule, size, clip_skip, lora_dir, embeddings, syntax, emphasis,
+            guidance=None, shift=None) -> dict:
     width, height = _size(size)
     return {"width": width, "height": height, "steps": steps, "cfg_scale": cfg, "seed": seed, "sampler": sampler,
             "schedule": schedule, "clip_skip": clip_skip, "lora_dir": lora_dir, "embeddings": embeddings,
-            "syntax": syntax, "emphasis": emphasis}
+            "syntax": syntax, "emphasis": emphasis, "guidance": guidance, "shift": shift}
 
 
 MODEL = typer.Argument(..., help="local diffusers directory or single-file .safetensors checkpoint")
@@ -58,13 +59,16 @@ PROMPT = typer.Argument(..., help="prompt in A1111 syntax: (emphasis:1.2), \\[le
 OPTS = {
     "negative": typer.Option("", "-n", "--negative", help="negative prompt (embedding names work here)"),
     "config": typer.Option(None, help="local diffusers config dir for a single-file checkpoint"),
-    "family": typer.Option("auto", help="auto | sd1 | sd2 | sd2-v | sdxl"),
+    "family": typer.Option("auto", help="auto | sd1 | sd2 | sd2-v | sdxl | flux1 | sd3"),
     "lora_dir": typer.Option(None, "--lora-dir", help="folder searched (recursively) for <lora:name> files"),
     "embeddings": typer.Option(None, "--embeddings", help="folder of textual-inversion embeddings"),
-    "sampler": typer.Option("Euler a", help="A1111 sampler name (DPM++ 2M, Euler a, DDIM, ...)"),
+    "sampler": typer.Option(None, help="A1111 sampler name (DPM++ 2M, Euler a, DDIM, ...; FLUX.1/SD3: Euler, Heun); "
+                                       "default Euler a (SD), Euler (FLUX.1/SD3)"),
     "schedule": typer.Option(None, help="schedule type: Karras, Exponential, Beta, SGM Uniform, ..."),
     "steps": typer.Option(20, help="sampling steps"),
-    "cfg": typer.Option(7.0, help="CFG scale"),
+    "cfg": typer.Option(None, help="CFG scale (default 7; FLUX.1: 1 = off, >1 is true CFG with the negative)"),
+    "guidance": typer.Option(None, help="FLUX.1-dev distilled guidance (Forge's Distilled CFG Scale; default 3.5)"),
+    "shift": typer.Option(None, help="FLUX.1/SD3: the flow-match schedule's shift (default: the model's own)"),
     "seed": typer.Option(-1, help="seed (-1: random); image i uses seed + i"),
     "size": typer.Option("512x512", help="WIDTHxHEIGHT"),
     "clip_skip": typer.Option(None, "--clip-skip", help="A1111 Clip skip (1 = last layer, 2 = penultimate)"),
@@ -85,14 +89,14 @@ def generate_cmd(model: Path = MODEL, prompt: str = PROMPT, negative: str = OPTS
                  schedule: str = OPTS["schedule"], steps: int = OPTS["steps"], cfg: float = OPTS["cfg"],
                  seed: int = OPTS["seed"], size: str = OPTS["size"], clip_skip: int = OPTS["clip_skip"],
                  syntax: str = OPTS["syntax"], emphasis: str = OPTS["emphasis"], dtype: str = OPTS["dtype"],
-                 device: str = OPTS["device"]):
+                 device: str = OPTS["device"], guidance: float = OPTS["guidance"], shift: float = OPTS["shift"]):
     """Generate images; each PNG carries A1111's infotext (Civitai reads its Lora and TI hashes)."""
     from ..sd.generate import generate_images
     from ..sd.infotext import next_free_name, save_png
 
     try:
         kwargs = _common(steps, cfg, seed, sampler, schedule, size, clip_skip, lora_dir, embeddings, syntax,
-                         emphasis)
+                         emphasis, guidance, shift)
         pipe = _load(model, config, family, dtype, device)
         images = generate_images(pipe, prompt, negative, count=count, **kwargs)
     except (ValueError, FileNotFoundError, KeyError) as exc:
@@ -114,7 +118,8 @@ def grid_cmd(model: Path = MODEL, prompt: str = PROMPT, negative: str = OPTS["ne
              schedule: str = OPTS["schedule"], steps: int = OPTS["steps"], cfg: float = OPTS["cfg"],
              seed: int = OPTS["seed"], size: str = OPTS["size"], clip_skip: int = OPTS["clip_skip"],
              syntax: str = OPTS["syntax"], emphasis: str = OPTS["emphasis"], dtype: str = OPTS["dtype"],
-             device: str = OPTS["device"], overwrite: bool = OPTS["overwrite"]):
+             device: str = OPTS["device"], overwrite: bool = OPTS["overwrite"], guidance: float = OPTS["guidance"],
+             shift: float = OPTS["shift"]):
     """X/Y/Z grid: Prompt S/R, Seed, Steps, CFG Scale, Sampler, Schedule type, Clip skip, LoRA strength, LoRA file.
 
     X across, Y down, one sub-grid per Z value; A1111 ranges (1-4, 1-10 (+2), 0-1 [5]). The model and
@@ -133,7 +138,7 @@ def grid_cmd(model: Path = MODEL, prompt: str = PROMPT, negative: str = OPTS["ne
         if not any(axes):
             raise ValueError("give at least one axis (--x, --y or --z), e.g. --x 'Seed: 1-4'.")
         kwargs = _common(steps, cfg, seed, sampler, schedule, size, clip_skip, lora_dir, embeddings, syntax,
-                         emphasis)
+                         emphasis, guidance, shift)
         if kwargs["seed"] in (None, -1):  # one random seed for the whole grid, so cells differ only by axes
             kwargs["seed"] = random.randrange(2**32)
         pipe = _load(model, config, family, dtype, device)

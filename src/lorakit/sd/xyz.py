@@ -4,7 +4,8 @@ sub-grid per Z value, "Label: value" in the margins.
 Axes are ``"Type: v1, v2, ..."`` (CSV; quote values holding commas). Integer ranges ``1-5``,
 ``1-5 (+2)``, ``1-10 [5]`` (linspace); float ranges ``0-1 (+0.25)``, ``0-1 [5]``. Types:
 Prompt S/R (the first value must occur in the prompt or negative; each value replaces every
-occurrence), Seed, Steps, CFG Scale, Sampler, Schedule type, Clip skip, and two LoRA axes on the
+occurrence), Seed, Steps, CFG Scale, Sampler, Schedule type, Clip skip, Distilled CFG Scale and Shift
+(FLUX.1/SD3), and two LoRA axes on the
 prompt's *first* ``<lora:...>`` tag: LoRA strength (sets te and unet) and LoRA file (swaps the name,
 e.g. one file per epoch). Every LoRA file is loaded once; cells only switch live adapters.
 """
@@ -34,6 +35,7 @@ AXES: dict[str, tuple[type, str | None]] = {
     "Prompt S/R": (str, None), "Seed": (int, "seed"), "Steps": (int, "steps"), "CFG Scale": (float, "cfg_scale"),
     "Sampler": (str, "sampler"), "Schedule type": (str, "schedule"), "Clip skip": (int, "clip_skip"),
     "LoRA strength": (float, None), "LoRA file": (str, None),
+    "Distilled CFG Scale": (float, "guidance"), "Shift": (float, "shift"),  # FLUX.1 / SD3
 }
 
 

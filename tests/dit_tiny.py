@@ -13,15 +13,13 @@ PARTS = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "t
 
 def pipe(family: str, guidance: bool = True):
     """The tiny pipeline (FLUX.1 dev-like with ``guidance``, schnell-like without)."""
-    import torch
-
     p = dit_models.flux_pipe() if family == "flux1" else dit_models.sd3_pipe()
     if family == "flux1" and not guidance:
         p.transformer = dit_models.flux_transformer(in_channels=64, guidance=False)
-    if family == "sd3":  # the pooled input is CLIP-L's and CLIP-G's projections side by side (16 + 16 here)
-        width = p.text_encoder.config.projection_dim + p.text_encoder_2.config.projection_dim
-        torch.manual_seed(0)
-        p.transformer = type(p.transformer).from_config({**p.transformer.config, "pooled_projection_dim": width})
+    t5 = "text_encoder_2" if family == "flux1" else "text_encoder_3"
+    tok = getattr(p, "tokenizer_2" if family == "flux1" else "tokenizer_3")
+    if getattr(p, t5).config.vocab_size < len(tok):  # every id the tokenizer gives (characters too) needs a row
+        setattr(p, t5, dit_models.t5(vocab=len(tok)))
     return p
 
 

@@ -144,8 +144,9 @@ class SampleArgs:
     every_n_steps: int | None = None
     before_training: bool = False
     """Also sample once before the first step (the base model's images, for comparison)."""
-    sampler: str = "euler_a"
-    """kohya's names: ddim, euler, euler_a, dpmsolver++, ... (the prompt's ``--ss`` overrides it)."""
+    sampler: str | None = None
+    """kohya's names: ddim, euler, euler_a, dpmsolver++, ... (the prompt's ``--ss`` overrides it); None: euler_a
+    for SD, the flow-match Euler sampler for FLUX.1/SD3."""
 
 
 SECTIONS = {"model": SDModelArgs, "data": DatasetArgs, "network": NetworkArgs, "train": SDTrainArgs,

@@ -57,15 +57,16 @@ FLUX1 = DitFamily("flux1", ("text_encoder",), "text_encoder_2", ("FluxTransforme
                   "flux1")
 SD3 = DitFamily("sd3", ("text_encoder", "text_encoder_2"), "text_encoder_3", ("JointTransformerBlock",), "sd3")
 DIT_FAMILIES = {"flux1": FLUX1, "sd3": SD3}
-PIPELINES = {"FluxPipeline": "flux1", "StableDiffusion3Pipeline": "sd3"}
 
 
 def dit_family_of_dir(directory: Path) -> str | None:
     """``flux1``/``sd3`` from a diffusers directory's model_index.json, None for other pipelines."""
+    from ...sd.pipeline import DIT_PIPELINES
+
     index = Path(directory) / "model_index.json"
     if not index.is_file():
         return None
-    return PIPELINES.get(json.loads(index.read_text()).get("_class_name", ""))
+    return DIT_PIPELINES.get(json.loads(index.read_text()).get("_class_name", ""))
 
 
 def t5_length(family: DitFamily, transformer_config, configured: int | None) -> int:

@@ -55,7 +55,7 @@ class DitNetwork(nn.Module):
         latents = batch["latents"] if "latents" in batch else self.encode_latents(batch["pixels"])
         cached = {k[3:]: v for k, v in batch.items() if k.startswith("te_")}
         cond = cached or self.encode_text(list(batch["captions"]))
-        return latents.to(self.device, torch.float32), cond
+        return latents.to(self.device, torch.promote_types(latents.dtype, torch.float32)), cond  # fp32 at least
 
     # -- 2. prediction -----------------------------------------------------------------------------
     def draw_sigmas(self, latents: torch.Tensor) -> torch.Tensor:
@@ -74,7 +74,7 @@ class DitNetwork(nn.Module):
         noisy = noisy_input(latents, noisy_in, sigma)
         pred = run_transformer(self.family, self.transformer, noisy, sigma, cond, self.args.guidance_scale,
                                self.args.apply_t5_attn_mask)
-        return prediction_and_target(pred.float(), latents, noise, noisy, sigma, self.prediction)
+        return prediction_and_target(pred.to(latents.dtype), latents, noise, noisy, sigma, self.prediction)
 
     # -- 3. weighting ------------------------------------------------------------------------------
     def weigh(self, pred: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor,

@@ -24,11 +24,13 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def load_dit_components(path: str, config: str | None, dtype: torch.dtype, drop_t5: bool = False) -> dict:
     """{transformer, vae, text encoders, tokenizers, scheduler_config, family, pipe} of a local FLUX.1/SD3
-    model through lorakit's pipeline loader (nothing is downloaded); the VAE runs in float32."""
+    model through lorakit's pipeline loader (nothing is downloaded); the VAE runs in float32. ``drop_t5``
+    removes SD3's T5 from the pipeline too, so samples run as training does (zero T5 states)."""
     from ...sd.pipeline import load_pipeline
 
-    extra = {"text_encoder_3": None, "tokenizer_3": None} if drop_t5 else {}
-    pipe, family = load_pipeline(path, config=config, dtype=dtype, **extra)
+    pipe, family = load_pipeline(path, config=config, dtype=dtype)
+    if drop_t5:
+        pipe.text_encoder_3 = pipe.tokenizer_3 = None
     names = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3",
              "tokenizer_3")
     parts = {k: getattr(pipe, k) for k in names if getattr(pipe, k, None) is not None}

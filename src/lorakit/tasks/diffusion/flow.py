@@ -110,7 +110,7 @@ def prediction_and_target(pred: torch.Tensor, x0: torch.Tensor, noise: torch.Ten
 
 def loss_weights(kind: str, sigma: torch.Tensor) -> torch.Tensor:
     """Per-sample loss weights [B] of ``weighting_scheme`` ``kind``."""
-    sigma = sigma.float()
+    sigma = sigma.to(torch.promote_types(sigma.dtype, torch.float32))
     if kind == "sigma_sqrt":
         return sigma ** -2.0
     if kind == "cosmap":

@@ -115,7 +115,8 @@ def draw_timesteps(n: int, args, num_steps: int, device, generator=None) -> torc
 
 def elementwise_loss(pred: torch.Tensor, target: torch.Tensor, kind: str, huber_c: float) -> torch.Tensor:
     """Per-sample loss [B]: the mean over every non-batch dimension of l2, l1, huber or smooth-l1."""
-    pred, target = pred.float(), target.float()
+    dtype = torch.promote_types(torch.promote_types(pred.dtype, target.dtype), torch.float32)  # fp32, or fp64
+    pred, target = pred.to(dtype), target.to(dtype)
     if kind == "l2":
         loss = (pred - target) ** 2
     elif kind == "l1":

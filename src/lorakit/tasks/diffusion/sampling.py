@@ -60,9 +60,8 @@ class SampleImages(Callback):
                 for i, p in enumerate(self.prompts):
                     seed = p.seed if p.seed is not None and p.seed >= 0 else t.seed + i
                     image = generate_images(self.parts.extra["components"]["pipe"], p.prompt, p.negative,
-                                            width=p.width, height=p.height, steps=p.steps, cfg_scale=p.cfg,
-                                            seed=seed, sampler=p.sampler or self.cfg.sample.sampler,
-                                            clip_skip=t.clip_skip)[0]
+                                            width=p.width, height=p.height, steps=p.steps, seed=seed,
+                                            sampler=p.sampler or self.cfg.sample.sampler, **self._family_options(p))[0]
                     path = self.dir / f"{name}_{label}_{i:02d}_{seed}.png"
                     image.save(path)
                     paths.append(path)
@@ -75,6 +74,13 @@ class SampleImages(Callback):
         self.columns.append((label, [str(p) for p in paths]))
         self._sheet(label)
         return paths
+
+    def _family_options(self, p) -> dict:
+        """kohya's per-family defaults: SD CFG 7.5 with clip_skip; FLUX.1 CFG 1 (off) and distilled guidance
+        ``--g`` (3.5); SD3 the generator's CFG. None lets ``generate_images`` fill the family's default."""
+        if not self.parts.extra.get("dit"):
+            return {"cfg_scale": 7.5 if p.cfg is None else p.cfg, "clip_skip": self.cfg.train.clip_skip}
+        return {"cfg_scale": p.cfg, "guidance": p.guidance}
 
     def _sheet(self, label: str) -> Path:
         """Prompts (rows) × samplings so far (columns), each cell at the first prompt's size."""

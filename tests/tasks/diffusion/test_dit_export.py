@@ -32,7 +32,9 @@ def _trained(family: str, **network):
     for part in ("transformer", "text_encoder", "text_encoder_2", "text_encoder_3"):
         for _, layer in lora_layers(comps.get(part, torch.nn.Module())):
             with torch.no_grad():
-                layer.adapters["default"].lora_B.normal_(0, 0.2, generator=g)
+                for name, p in layer.adapters["default"].named_parameters():
+                    if name != "magnitude":  # every factor (B starts at 0), shared ones too
+                        p.normal_(0, 0.2, generator=g)
     return comps, clean, cfg, fam
 
 
@@ -114,6 +116,38 @@ def test_a_run_continues_from_a_saved_file_and_refuses_separate_downs(tmp_path):
     path2 = save_dit_network(tmp_path / "b.safetensors", split[0], split[2], fam, "raw", {})  # block-diagonally)
     with pytest.raises(ValueError, match="different down factors.*split_qkv: true"):
         load_dit_weights(fresh, fam, str(path2))
+
+
+@pytest.mark.parametrize(("family", "module", "to"), [("flux1", "dora", "kohya"), ("sd3", "loha", "comfy"),
+                                                      ("sd3", "lokr", "kohya")])
+def test_lycoris_modules_share_their_input_factors_and_save_in_the_fused_layout(tmp_path, family, module, to):
+    """DoRA (shared down, per-row magnitude), LoHa (shared hada_w*_b), LoKr (shared W2): the parts of a fused
+    Linear stack into one original-layout module, exactly."""
+    from lorakit.sd import load_lora
+
+    comps, clean, cfg, fam = _trained(family, module=module)
+    cfg.train.save_format = to
+    path = save_dit_network(tmp_path / "x.safetensors", comps, cfg, fam, "raw", {})
+    want = _outputs(family, comps)
+    base = pipe(family)
+    for name, m in clean.items():
+        setattr(base, name, copy.deepcopy(m))
+    load_lora(base, str(path))
+    got = _outputs(family, {k: getattr(base, k) for k in want})
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("module", "to", "why"), [("loha", "peft", "not LoRA/DoRA"),
+                                                   ("lokr", "kohya", "do not share their column factors")])
+def test_networks_a_format_cannot_hold_are_refused_before_training(module, to, why):
+    from lorakit.tasks.diffusion.dit_export import check_savable
+
+    comps, _, cfg, fam = _trained("flux1", module=module)
+    cfg.train.save_format = to
+    with pytest.raises(ValueError, match=f"network.module='{module}' cannot be saved as train.save_format='{to}' "
+                                         f"for flux1: .*{why}"):
+        check_savable(comps, fam, cfg)
 
 
 def test_metadata_names_schnell_and_sd3_variants():

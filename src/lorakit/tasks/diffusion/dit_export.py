@@ -79,6 +79,22 @@ def save_dit_network(path: Path, parts: dict, cfg, family, prediction: str, data
     return path
 
 
+def check_savable(parts: dict, family, cfg) -> None:
+    """Convert the freshly built network to ``train.save_format`` once before training, so a network the
+    format cannot hold (LoHa/LoKr as diffusers keys; LoKr on FLUX.1's fused single-block layer, whose
+    parts have different widths) is refused at the start, not at the first save."""
+    from ...formats.dit_io import to_state_dict
+    from ...sd.dit_lora import lora_file_from_model
+
+    models = {k: parts[k] for k in PARTS if parts.get(k) is not None}
+    try:
+        to_state_dict(lora_file_from_model(models, ADAPTER, family=family.name), cfg.train.save_format, family.name)
+    except ValueError as exc:
+        raise ValueError(f"network.module={cfg.network.module!r} cannot be saved as train.save_format="
+                         f"{cfg.train.save_format!r} for {family.name}: {str(exc).splitlines()[0]} Choose another "
+                         "module or save_format (LoRA and DoRA fit every format).") from None
+
+
 def live_adapters(parts: dict, family) -> dict[str, torch.nn.Module]:
     """{``<pipeline attribute>.<module path>``: adapter} in the names ``dit_lora.on_model`` gives a file."""
     out = {}

@@ -11,6 +11,8 @@ The original checkpoints fuse q, k and v (and, in FLUX.1's single blocks, the ML
 Linear, so kohya's LoRA there is one down (r × in) and one up whose rows cover all the parts.
 diffusers keeps the parts apart; the same LoRA is the parts' adapters sharing one ``lora_A``
 (ΔW_part = s·B_part·A, the up's row slices): ``split_qkv: true`` gives each part its own A instead.
+DoRA shares the down the same way (its magnitude is per output row), LoHa its two input-side factors
+and LoKr its W2 where the parts' factorisations agree.
 Text encoders: every Linear in CLIP's attention and MLP; T5's attention and feed-forward with
 ``train_t5xxl``.
 """
@@ -82,13 +84,24 @@ def fused_groups(names: list[str]) -> list[list[str]]:
     return groups
 
 
+#: per adapter kind, the factors that act on a layer's input side (not indexed by output rows): the parts of
+#: a fused Linear that share them stack into one module of the original layout (``formats.dit_layout``)
+COLUMN_FACTORS = {"LoraAdapter": ("lora_A",), "KohyaDropoutLora": ("lora_A",), "DoraAdapter": ("lora_A",),
+                  "LohaAdapter": ("hada_w1_b", "hada_w2_b"), "LokrAdapter": ("lokr_w2", "lokr_w2_a", "lokr_w2_b")}
+
+
 def tie_fused(model: nn.Module, names: list[str]) -> int:
-    """Make the parts of each fused Linear share the first part's ``lora_A``; returns the groups tied."""
+    """Make the parts of each fused Linear share the first part's column factors (LoRA/DoRA's down, LoHa's
+    ``hada_w*_b``, LoKr's ``lokr_w2`` where the parts' shapes agree); returns the groups tied."""
     groups = fused_groups(names)
     for group in groups:
-        first = model.get_submodule(group[0]).adapters[ADAPTER]
-        for name in group[1:]:
-            model.get_submodule(name).adapters[ADAPTER].lora_A = first.lora_A
+        adapters = [model.get_submodule(n).adapters[ADAPTER] for n in group]
+        for pname in COLUMN_FACTORS.get(type(adapters[0]).__name__, ()):
+            first = getattr(adapters[0], pname, None)
+            if first is not None and all(getattr(a, pname, None) is not None and getattr(a, pname).shape == first.shape
+                                         for a in adapters):
+                for ad in adapters[1:]:
+                    setattr(ad, pname, first)
     return len(groups)
 
 
@@ -115,7 +128,7 @@ def add_dit_network(parts: dict, family, net_args, lrs: dict[str, float], comput
         config = LoraConfig(r=net_args.dim, alpha=net_args.alpha, dropout=net_args.dropout, target_modules=names,
                             variant=net_args.module, quantize=quant, compute_dtype=compute_dtype)
         inject(model, config, ADAPTER)
-        if part == "transformer" and net_args.module == "lora" and not net_args.split_qkv:
+        if part == "transformer" and not net_args.split_qkv:
             tie_fused(model, names)
         if net_args.rank_dropout or net_args.module_dropout:
             add_dropouts([layer.adapters[ADAPTER] for _, layer in lora_layers(model)], net_args.rank_dropout,

@@ -15,7 +15,7 @@ from ...train.task import Parts
 from .blockswap import swap_blocks
 from .dit import DIT_FAMILIES, DitFamily, bucket_step, t5_length
 from .dit_config import family_problems
-from .dit_export import save_dit_network
+from .dit_export import check_savable, save_dit_network
 from .dit_network import add_dit_network
 from .dit_step import NUM_STEPS, DitNetwork
 
@@ -91,6 +91,7 @@ def build(cfg, device: torch.device, comps: dict | None = None) -> Parts:
         raise ConfigError(problems, "diffusion training config")
     lrs = part_lrs(cfg, family, comps)
     adapted = add_dit_network(comps, family, cfg.network, lrs, compute_dtype=m.dtype)
+    check_savable(comps, family, cfg)
     if cfg.network.network_weights:
         from .dit_export import load_dit_weights
 

@@ -121,7 +121,7 @@ def train(parts: dict, steps: int, seed: int, n_images: int, batch: int = 48, lr
     model.eval()
 
 
-def pretrain(out: Path, *, seed: int = 0, steps: int = 6000, n_images: int = 8000, log=print) -> dict:
+def pretrain(out: Path, *, seed: int = 0, steps: int = 5000, n_images: int = 8000, log=print) -> dict:
     """Build, train and save the pipeline at ``out`` (replacing it); returns timings."""
     from diffusers import FluxPipeline
 
@@ -141,7 +141,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("assets/ditworld-flux"))
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=6000)
+    ap.add_argument("--steps", type=int, default=5000)
     ap.add_argument("--images", type=int, default=8000)
     ap.add_argument("--threads", type=int, default=1)  # 2 threads crawl when the 2 cores are shared
     args = ap.parse_args(argv)

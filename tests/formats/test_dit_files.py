@@ -189,3 +189,16 @@ def test_tables_are_consistent():
         for entry in table:
             assert len(entry.split) == len(entry.ratios) and entry.swap in ("", "always", "pre_only")
             assert family in families_of(entry.fused.replace("{i}", "0"), fused=True)
+
+
+def test_comfy_files_with_lora_a_b_names_read_as_their_lora_down_up_twins(tmp_path):
+    lf = random_dit_lora("flux1", fused=True, seed=9)
+    write_lora(lf, tmp_path / "updown.safetensors", to="comfy")
+    with safe_open(str(tmp_path / "updown.safetensors"), "pt") as f:
+        renamed = {k.replace("lora_down.weight", "lora_A.weight").replace("lora_up.weight", "lora_B.weight"):
+                   f.get_tensor(k) for k in f.keys()}
+    assert any(".lora_A.weight" in k for k in renamed)
+    save_file(renamed, tmp_path / "ab.safetensors")
+    ab = read_lora(tmp_path / "ab.safetensors")
+    assert ab.source == "comfy" and ab.family() == "flux1" and ab.naming.fused
+    assert all(torch.equal(ab.modules[k][s], t) for k, m in lf.modules.items() for s, t in m.items())

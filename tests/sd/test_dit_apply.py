@@ -135,6 +135,22 @@ def test_lorakit_applies_what_diffusers_drops(tmp_path):
     assert type(theirs.x_embedder).__name__ == "Linear" and type(theirs.proj_out).__name__ == "Linear"
 
 
+@pytest.mark.parametrize("style", ["kohya", "comfy"])
+def test_sd3_original_names_with_three_text_encoders_equal_the_formula(tmp_path, style):
+    """diffusers has no SD3 kohya reader: SD3.5 dual attention, the swapped 2-chunk context AdaLN, CLIP-L/G, T5."""
+    base, te1, te2, t5_model = sd3_transformer(), clip(16, True, 1), clip(16, True, 2), t5()
+    lf = random_dit_lora("sd3", fused=True, seed=14, te={"te1": te1, "te2": te2, "te3": t5_model})
+    write_lora(lf, tmp_path / "sd3.safetensors", to=style)
+    models = {"transformer": base, "text_encoder": te1, "text_encoder_2": te2, "text_encoder_3": t5_model}
+    ours = {k: copy.deepcopy(v) for k, v in models.items()}
+    load_lora(ours, tmp_path / "sd3.safetensors")
+    ref = reference(models, lf, "sd3")
+    x = sd3_inputs(base)
+    assert _rel(run(ours["transformer"], x), run(ref["transformer"], x)) <= 1e-5
+    for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+        assert _rel(_te_out(ours[name]), _te_out(ref[name])) <= 1e-5
+
+
 def test_dora_is_kept_where_diffusers_drops_it_and_matches_peft_dora(tmp_path):
     from diffusers import FluxPipeline
 
@@ -222,3 +238,58 @@ def test_wrong_family_is_refused_before_anything_changes(tmp_path):
     with pytest.raises(ValueError, match="LoRA for FLUX1 but the model is SD3"):
         load_lora({"transformer": model}, tmp_path / "flux.safetensors")
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_chroma_takes_flux_files_on_the_modules_it_has(tmp_path):
+    from diffusers import ChromaTransformer2DModel
+
+    torch.manual_seed(0)
+    base = ChromaTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
+                                    attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                    axes_dims_rope=[4, 4, 8], approximator_num_channels=8,
+                                    approximator_hidden_dim=32, approximator_layers=1).eval()
+    lf = random_dit_lora("flux1", fused=True, seed=13, model=base)
+    assert "transformer.distilled_guidance_layer.layers.0.in_layer" in lf.modules  # Chroma's own modules
+    write_lora(lf, tmp_path / "chroma.safetensors")
+    ours = {"transformer": copy.deepcopy(base)}
+    load_lora(ours, tmp_path / "chroma.safetensors")
+    x = {k: v for k, v in flux_inputs(flux_transformer(), batch=1).items() if k not in ("guidance", "pooled_projections")}
+    assert _rel(run(ours["transformer"], x), run(reference({"transformer": base}, lf, "flux1")["transformer"], x)) <= 1e-5
+
+
+@pytest.mark.parametrize("variant", ["lora", "dora"])
+def test_live_adapters_saved_in_every_format_load_back_to_the_same_model(tmp_path, variant):
+    """What a trainer saves: lorakit adapters on the transformer, CLIP and T5 -> files -> a fresh model."""
+    from diffusers import FluxPipeline
+
+    from lorakit.config import LoraConfig
+    from lorakit.inject import inject
+    from lorakit.sd import lora_file_from_model
+
+    base = {"transformer": flux_transformer(), "text_encoder": clip(), "text_encoder_2": t5()}
+    live = {k: copy.deepcopy(v) for k, v in base.items()}
+    targets = {"transformer": ["to_q", "to_k", "to_v", "proj_mlp", "to_out.0", "norm_out.linear", "x_embedder"],
+               "text_encoder": ["q_proj", "fc1"], "text_encoder_2": ["q", "wi_0"]}
+    torch.manual_seed(15)
+    for part, names in targets.items():
+        inject(live[part], LoraConfig(r=4, alpha=8, target_modules=names, variant=variant), "default")
+        with torch.no_grad():
+            for name, p in live[part].named_parameters():
+                if "lora_B" in name or "magnitude" in name:
+                    p.add_(torch.randn_like(p) * 0.1)
+    lf = lora_file_from_model(live, "default")
+    assert lf.family() == "flux1" and lf.parts() == {"transformer", "te1", "te3"}
+    x = flux_inputs(base["transformer"])
+    expected = run(live["transformer"], x)
+    for to in ("kohya", "peft", "comfy"):
+        notes = write_lora(lf, tmp_path / f"{to}.safetensors", to=to)
+        assert (notes != []) == (to != "peft")  # separate q/k/v factors fuse block-diagonally, and say so
+        ours = {k: copy.deepcopy(v) for k, v in base.items()}
+        load_lora(ours, tmp_path / f"{to}.safetensors")
+        assert _rel(run(ours["transformer"], x), expected) <= 1e-5, to
+        for name in ("text_encoder", "text_encoder_2"):
+            assert _rel(_te_out(ours[name]), _te_out(live[name])) <= 1e-5, (to, name)
+    theirs = copy.deepcopy(base["transformer"])  # diffusers needs the text encoder the file names
+    FluxPipeline(None, None, copy.deepcopy(base["text_encoder"]), None, None, None, theirs).load_lora_weights(
+        tmp_path / "peft.safetensors")
+    assert _rel(run(theirs, x), expected) <= 1e-5

@@ -84,15 +84,15 @@ def test_a_tag_equals_the_same_lora_merged_by_the_formula(dirs, flux):
 
 
 def test_guidance_true_cfg_and_shift(flux):
-    g = [generate_images(flux, "a cat", guidance=v, **KW)[0] for v in (1.0, 6.0)]
-    assert np.abs(_px(g[0]) - _px(g[1])).max() > 0
-    negs = [generate_images(flux, "a cat", n, **KW)[0] for n in ("red", "blue")]
-    assert (_px(negs[0]) == _px(negs[1])).all()  # CFG scale 1: the negative prompt is not used
-    cfg = [generate_images(flux, "a cat", n, cfg_scale=3, **KW)[0] for n in ("red", "blue")]
-    assert np.abs(_px(cfg[0]) - _px(cfg[1])).max() > 0
-    shifted = generate_images(flux, "a cat", shift=6.0, schedule="Karras", **KW)[0]
+    base = generate_images(flux, "a cat", **KW)[0]
+    assert np.abs(_px(generate_images(flux, "a cat", guidance=6.0, **KW)[0]) - _px(base)).max() > 0
+    neg = generate_images(flux, "a cat", "red", **KW)[0]
+    assert (_px(neg) == _px(base)).all()  # CFG scale 1 (Forge's default): the negative prompt is not used
+    cfg = generate_images(flux, "a cat", "red", cfg_scale=3, shift=6.0, schedule="Karras", **KW)[0]
+    assert np.abs(_px(cfg) - _px(base)).max() > 0
     assert flux.scheduler.config.shift == 6.0 and not flux.scheduler.config.use_dynamic_shifting
-    assert "Shift: 6.0" in shifted.info["parameters"] and "Schedule type: Karras" in shifted.info["parameters"]
+    info = parse_infotext(cfg.info["parameters"])
+    assert info["Shift"] == "6.0" and info["Schedule type"] == "Karras" and info["CFG scale"] == "3.0"
     with pytest.raises(ValueError, match="not a flow-matching sampler; FLUX.1/SD3 take Euler, Heun"):
         generate_images(flux, "a cat", sampler="DPM++ 2M", **KW)
 
@@ -152,3 +152,21 @@ def test_cli_generate_and_grid(dirs, tmp_path):
     res = runner.invoke(app, ["sd", "generate", str(dirs / "sd3"), "a cat", "--guidance", "2", "--size", "32x32",
                               "-o", str(tmp_path / "bad")])
     assert res.exit_code == 1 and "uses --cfg" in res.output
+
+
+@pytest.mark.parametrize("family", ["flux1", "sd3"])
+def test_plain_prompts_condition_as_diffusers_encodes_them(dirs, family, monkeypatch):
+    """Without emphasis or BREAK, lorakit's CLIP/T5 conditioning is diffusers' own encode_prompt (T5 at 256)."""
+    monkeypatch.setattr(dit, "T5_MIN_LENGTH", 256)
+    pipe = load_pipeline(dirs / ("flux" if family == "flux1" else "sd3"))[0]
+    cond, uncond = dit.encode_pair(pipe, family, "a photo of cat", "blue sky")
+    with torch.no_grad():
+        if family == "flux1":
+            embeds, pooled, _ = pipe.encode_prompt("a photo of cat", "a photo of cat", max_sequence_length=256)
+            neg = pipe.encode_prompt("blue sky", "blue sky", max_sequence_length=256)[:2]
+        else:
+            embeds, neg_e, pooled, neg_p = pipe.encode_prompt(*["a photo of cat"] * 3, negative_prompt="blue sky",
+                                                              negative_prompt_2="blue sky", negative_prompt_3="blue sky")
+            neg = (neg_e, neg_p)
+    for ours, theirs in ((cond.embeds, embeds), (cond.pooled, pooled), (uncond.embeds, neg[0]), (uncond.pooled, neg[1])):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)

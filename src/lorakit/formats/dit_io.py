@@ -29,6 +29,7 @@ from .dit_keys import (
     COMFY_PREFIX,
     DIT_FAMILIES,
     FAMILY_META,
+    FUSED_ROOTS,
     KOHYA_PREFIX,
     PIPE_PARTS,
     TRANSFORMER,
@@ -51,6 +52,7 @@ _SUFFIX_RE = re.compile(r"\.(" + "|".join(re.escape(s) for s in sorted(SUFFIX, k
 _KOHYA = (("lora_unet_", TRANSFORMER), ("lora_te1_", "te1"), ("lora_te2_", "te2"), ("lora_te3_", "te3"),
           ("lora_te_", "te1"))
 _FLAT_SPLIT = ("lycoris_", "lora_transformer_")
+_SD_TOO = ("lora_te_", "lora_te1_", "lora_te2_", "unet.", "text_encoder.", "text_encoder_2.", "base_model.")
 _PEFT_TE = {"text_encoder": "te1", "text_encoder_2": "te2", "text_encoder_3": "te3"}
 _COMFY_TE = {v: k for k, v in COMFY_PREFIX.items() if k != TRANSFORMER}
 
@@ -101,6 +103,8 @@ def parse_key(key: str) -> tuple[str, str, str, str]:
 def is_dit(keys) -> bool:
     """Whether a file's keys name FLUX.1/SD3 modules (a transformer or T5 module; SD U-Net files never do)."""
     for key in keys:
+        if key.startswith(_SD_TOO) or (key.startswith("lora_unet_") and not key[10:].startswith(FUSED_ROOTS)):
+            continue  # CLIP-only prefixes and SD U-Net names: skip the table lookups (SD files have thousands)
         try:
             part = parse_key(key)[0]
         except KeyError:

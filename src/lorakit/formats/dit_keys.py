@@ -55,19 +55,23 @@ def _e(fused: str, *split: str, ratios=None, swap: str = "") -> Entry:
     return Entry(fused, tuple(split), tuple(ratios or (1,) * len(split)), swap)
 
 
+def _stream(fused: str, names: tuple[str, ...], qkv: tuple[str, ...], out: str, ff: str, norm: str,
+            swap: str = "") -> tuple[Entry, ...]:
+    """One MMDiT stream of a block: attention qkv and output, the MLP's two layers, the AdaLN modulation."""
+    q, proj, fc1, fc2, mod = names
+    return (_e(fused + q, *qkv), _e(fused + proj, out), _e(fused + fc1, ff + ".net.0.proj"),
+            _e(fused + fc2, ff + ".net.2"), _e(fused + mod, norm, swap=swap))
+
+
 _D, _T, _S, _ST = "double_blocks.{i}.", "transformer_blocks.{i}.", "single_blocks.{i}.", "single_transformer_blocks.{i}."
+_IMG = (_T + "attn.to_q", _T + "attn.to_k", _T + "attn.to_v")
+_TXT = (_T + "attn.add_q_proj", _T + "attn.add_k_proj", _T + "attn.add_v_proj")
+_FLUX_NAMES = ("attn.qkv", "attn.proj", "mlp.0", "mlp.2", "mod.lin")
+_SD3_NAMES = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "adaLN_modulation.1")
 FLUX1 = (
-    _e(_D + "img_attn.qkv", _T + "attn.to_q", _T + "attn.to_k", _T + "attn.to_v"),
-    _e(_D + "img_attn.proj", _T + "attn.to_out.0"),
-    _e(_D + "img_mlp.0", _T + "ff.net.0.proj"),
-    _e(_D + "img_mlp.2", _T + "ff.net.2"),
-    _e(_D + "img_mod.lin", _T + "norm1.linear"),
-    _e(_D + "txt_attn.qkv", _T + "attn.add_q_proj", _T + "attn.add_k_proj", _T + "attn.add_v_proj"),
-    _e(_D + "txt_attn.proj", _T + "attn.to_add_out"),
-    _e(_D + "txt_mlp.0", _T + "ff_context.net.0.proj"),
-    _e(_D + "txt_mlp.2", _T + "ff_context.net.2"),
-    _e(_D + "txt_mod.lin", _T + "norm1_context.linear"),
-    _e(_S + "linear1", _ST + "attn.to_q", _ST + "attn.to_k", _ST + "attn.to_v", _ST + "proj_mlp", ratios=(1, 1, 1, 4)),
+    *_stream(_D + "img_", _FLUX_NAMES, _IMG, _T + "attn.to_out.0", _T + "ff", _T + "norm1.linear"),
+    *_stream(_D + "txt_", _FLUX_NAMES, _TXT, _T + "attn.to_add_out", _T + "ff_context", _T + "norm1_context.linear"),
+    _e(_S + "linear1", *(s.replace(_T, _ST) for s in _IMG), _ST + "proj_mlp", ratios=(1, 1, 1, 4)),
     _e(_S + "linear2", _ST + "proj_out"),
     _e(_S + "modulation.lin", _ST + "norm.linear"),
     _e("img_in", "x_embedder"),
@@ -85,20 +89,13 @@ FLUX1 = (
     _e("distilled_guidance_layer.layers.{i}.out_layer", "distilled_guidance_layer.layers.{i}.linear_2"),
     _e("distilled_guidance_layer.out_proj", "distilled_guidance_layer.out_proj"),
 )
-_J, _X, _C = "joint_blocks.{i}.", "joint_blocks.{i}.x_block.", "joint_blocks.{i}.context_block."
+_X, _C = "joint_blocks.{i}.x_block.", "joint_blocks.{i}.context_block."
 SD3 = (
-    _e(_X + "attn.qkv", _T + "attn.to_q", _T + "attn.to_k", _T + "attn.to_v"),
-    _e(_X + "attn.proj", _T + "attn.to_out.0"),
-    _e(_X + "attn2.qkv", _T + "attn2.to_q", _T + "attn2.to_k", _T + "attn2.to_v"),  # SD3.5 dual attention
+    *_stream(_X, _SD3_NAMES, _IMG, _T + "attn.to_out.0", _T + "ff", _T + "norm1.linear"),
+    *_stream(_C, _SD3_NAMES, _TXT, _T + "attn.to_add_out", _T + "ff_context", _T + "norm1_context.linear",
+             swap="pre_only"),  # the last block's context AdaLN has 2 chunks (shift, scale)
+    _e(_X + "attn2.qkv", *(s.replace("attn.", "attn2.") for s in _IMG)),  # SD3.5 dual attention
     _e(_X + "attn2.proj", _T + "attn2.to_out.0"),
-    _e(_X + "mlp.fc1", _T + "ff.net.0.proj"),
-    _e(_X + "mlp.fc2", _T + "ff.net.2"),
-    _e(_X + "adaLN_modulation.1", _T + "norm1.linear"),
-    _e(_C + "attn.qkv", _T + "attn.add_q_proj", _T + "attn.add_k_proj", _T + "attn.add_v_proj"),
-    _e(_C + "attn.proj", _T + "attn.to_add_out"),
-    _e(_C + "mlp.fc1", _T + "ff_context.net.0.proj"),
-    _e(_C + "mlp.fc2", _T + "ff_context.net.2"),
-    _e(_C + "adaLN_modulation.1", _T + "norm1_context.linear", swap="pre_only"),
     _e("x_embedder.proj", "pos_embed.proj"),
     _e("t_embedder.mlp.0", "time_text_embed.timestep_embedder.linear_1"),
     _e("t_embedder.mlp.2", "time_text_embed.timestep_embedder.linear_2"),
@@ -109,6 +106,8 @@ SD3 = (
     _e("final_layer.adaLN_modulation.1", "norm_out.linear", swap="always"),
 )
 TABLES = {"flux1": FLUX1, "sd3": SD3}
+#: first name component of every original-layout module (``double_blocks``, ``img_in``, ``joint_blocks``, ...)
+FUSED_ROOTS = tuple(sorted({e.fused.split(".")[0] for table in TABLES.values() for e in table}))
 
 #: text-encoder modules LoRAs target (kohya: CLIPAttention, CLIPMLP, T5Attention, T5DenseGatedActDense)
 CLIP_MODULES = tuple(f"text_model.encoder.layers.{{i}}.{m}" for m in

@@ -10,8 +10,9 @@ A fused module's update ΔW stacks the updates of its diffusers modules by rows
 
 Splitting is therefore exact and keeps the rank. Fusing the other way stacks the parts' rows when
 they share every column factor (``down``, ``alpha``: what a split of a fused file gives back, so
-fused -> split -> fused returns the same tensors); otherwise LoRA parts become one module with the
-``down`` factors stacked and ``up`` block-diagonal, exact but of rank Σr_i (reported in ``notes``):
+fused -> split -> fused returns the same tensors); otherwise LoRA parts (or DoRA parts, all present:
+the norm is per row, so their magnitudes stack) become one module with the ``down`` factors stacked and
+``up`` block-diagonal, exact but of rank Σr_i (reported in ``notes``):
 
     up = [[s_1·up_1, 0, 0], [0, s_2·up_2, 0], [0, 0, s_3·up_3]] / s,  down = [down_1; down_2; down_3]
 
@@ -35,6 +36,8 @@ ROW_TENSORS = {"lora_up.weight": 0, "hada_w1_a": 0, "hada_w2_a": 0, "diff": 0, "
 
 def delta_shape(m: dict[str, torch.Tensor]) -> tuple[int, ...]:
     """Shape of the module's ΔW (shapes only, on the meta device)."""
+    if "lora_up.weight" in m and "lora_down.weight" in m and "lora_mid.weight" not in m:  # the common case, direct
+        return (m["lora_up.weight"].shape[0], *m["lora_down.weight"].shape[1:])
     meta = {s: torch.empty(t.shape, device="meta") for s, t in m.items()}
     return tuple(ALGOS[module_algo("?", m)](meta).shape)
 
@@ -65,7 +68,18 @@ def select_rows(m: dict[str, torch.Tensor], rows: torch.Tensor, name: str) -> di
             raise ValueError(f"{name}: its LoKr factors cover rows in blocks of {block}, and the rows asked for do "
                              "not fall on those blocks, so no LoKr module expresses them.")
         rows = blocks[:, 0] // block
-    return {s: (t.index_select(dims[s], rows) if s in dims else t) for s, t in m.items()}
+    return {s: (_take(t, dims[s], rows) if s in dims else t) for s, t in m.items()}
+
+
+def _take(t: torch.Tensor, dim: int, rows: torch.Tensor) -> torch.Tensor:
+    """``t.index_select(dim, rows)``; runs of consecutive rows are views (``narrow``), not gathers: a split
+    copies nothing, and CPU gathers of bf16 tensors are slow."""
+    if rows.numel() == 0:
+        return t.index_select(dim, rows)
+    breaks = (torch.nonzero(rows[1:] - rows[:-1] != 1).flatten() + 1).tolist()
+    runs = [(int(rows[a]), b - a) for a, b in zip([0, *breaks], [*breaks, rows.numel()], strict=True)]
+    pieces = [t.narrow(dim, start, n) for start, n in runs]
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim)
 
 
 def swap_index(rows: int) -> torch.Tensor:
@@ -110,7 +124,9 @@ def split_module(entry: Entry, index, m: dict, name: str, dense: bool = False) -
 
 
 def _plain(m: dict) -> bool:
-    return module_algo("?", m) == "lora" and "lora_mid.weight" not in m
+    """LoRA factors (with a DoRA magnitude of one value per output row, or none), no Tucker core."""
+    rows = delta_shape(m)[0]
+    return module_algo("?", m) == "lora" and "lora_mid.weight" not in m and m.get("dora_scale", torch.empty(rows)).numel() == rows
 
 
 def _shared(parts: list[dict]) -> bool:
@@ -133,9 +149,11 @@ def fuse_modules(entry: Entry, index, parts: list[dict | None], name: str) -> tu
     if _shared(parts):
         dims = _row_dims(parts[0], sizes[0], name)[0]
         return {s: torch.cat([p[s] for p in parts], dims[s]) if s in dims else t for s, t in parts[0].items()}, ""
-    if not all(_plain(p) for p in present) or any("dora_scale" in p for p in present):
+    dora = {"dora_scale" in p for p in present}
+    if not all(_plain(p) for p in present) or dora == {True, False} or (True in dora and None in parts):
         raise ValueError(f"{name}: its parts {', '.join(split_names(entry, index))} do not share their column "
-                         "factors and are not all plain LoRA; only LoRA parts can be fused into one module "
+                         "factors and are not all LoRA, or not all DoRA with every part present (the rows of a "
+                         "missing part would need the base weight's norm); only those fuse into one module "
                          "(block-diagonal up). Keep the diffusers layout (--to peft) for this file.")
     ranks = [rank_of(p) for p in present]
     scales = {scale_of(p) for p in present}
@@ -152,7 +170,10 @@ def fuse_modules(entry: Entry, index, parts: list[dict | None], name: str) -> tu
         row += size
     alpha = torch.tensor(scale * total, dtype=present[0]["alpha"].dtype if "alpha" in present[0] else torch.float32)
     note = f"{name}: rank {'+'.join(map(str, ranks))} -> {total} (parts with different lora_down: stacked downs, block-diagonal up)"
-    return {"lora_down.weight": torch.cat(downs, 0), "lora_up.weight": up, "alpha": alpha}, note
+    fused = {"lora_down.weight": torch.cat(downs, 0), "lora_up.weight": up, "alpha": alpha}
+    if True in dora:  # DoRA's norm is per output row, so the parts' magnitudes stack with their rows
+        fused["dora_scale"] = torch.cat([p["dora_scale"].reshape(-1, 1) for p in present])
+    return fused, note
 
 
 def to_split(lf: LoraFile, dense: bool = False) -> LoraFile:

@@ -114,7 +114,7 @@ def encode_pair(pipe, family: str, text: str, negative: str, *, clip_skip=None, 
     t5_pair = (pipe.tokenizer_2, pipe.text_encoder_2) if family == "flux1" else (pipe.tokenizer_3, pipe.text_encoder_3)
     parsed = [parse(t, syntax) for t in (text, negative)]
     t5 = None
-    if t5_pair[1] is not None:  # SD3 runs without T5 (zeros in its place, as diffusers does)
+    if t5_pair[1] is not None:
         chunks = [t5_chunks(t5_pair[0], p) for p in parsed]
         length = max(T5_MIN_LENGTH, *(len(t) for c in chunks for t, _ in c))
         n = max(len(c) for c in chunks)
@@ -126,6 +126,9 @@ def encode_pair(pipe, family: str, text: str, negative: str, *, clip_skip=None, 
     if family == "flux1":
         pooled = [_pooled(pipe.tokenizer, pipe.text_encoder, p, projected=False) for p in parsed]
         return tuple(DitCond(e, p) for e, p in zip(t5, pooled, strict=True))
+    if t5 is None:  # SD3 without T5: zeros in its place, as diffusers does
+        width = pipe.transformer.config.joint_attention_dim
+        t5 = [torch.zeros(1, T5_MIN_LENGTH, width, device=pipe.text_encoder.device)] * 2
     clips = SimpleNamespace(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, tokenizer_2=pipe.tokenizer_2,
                             text_encoder_2=pipe.text_encoder_2)
     options = {"clip_skip": clip_skip, "emphasis": emphasis, "syntax": syntax, "embeddings": embeddings}
@@ -137,10 +140,9 @@ def encode_pair(pipe, family: str, text: str, negative: str, *, clip_skip=None, 
         if clip.shape[1] < length:  # A1111: the shorter prompt gets chunks of the empty prompt
             empty = encode_prompt(clips, "", **options).embeds
             clip = torch.cat([clip] + [empty] * ((length - clip.shape[1]) // empty.shape[1]), dim=1)
-        width = t5[i].shape[-1] if t5 is not None else pipe.transformer.config.joint_attention_dim
-        clip = torch.nn.functional.pad(clip, (0, width - clip.shape[-1]))
+        clip = torch.nn.functional.pad(clip, (0, t5[i].shape[-1] - clip.shape[-1]))
         pooled = torch.cat([_pooled(pipe.tokenizer, pipe.text_encoder, p, projected=True), cond.pooled], dim=-1)
-        out.append(DitCond(torch.cat([clip, t5[i]], dim=1) if t5 is not None else clip, pooled))
+        out.append(DitCond(torch.cat([clip, t5[i].to(clip.dtype)], dim=1), pooled))
     return tuple(out)
 
 

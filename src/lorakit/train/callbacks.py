@@ -52,6 +52,10 @@ class TrainState:
     stop_reason: str | None = None
     samples_seen: int = 0
     tokens_seen: int = 0
+    train_seconds: float = 0.0
+    """Seconds spent in the training loop, over every session of the run (resumes add theirs)."""
+    started_at: float | None = None
+    """When the run's training began (``time.time()``), kept across resumes (kohya's ``ss_training_started_at``)."""
     world_size: int = 1
     callbacks: list = field(default_factory=list)
     """Every callback of the run (the checkpoint callback saves their ``state_dict``s)."""

@@ -137,7 +137,7 @@ def callbacks(cfg, parts: Parts, device: torch.device) -> list:
     run_dir = Path(cfg.train.output_dir)
     cbs = [TimestepLoss(run_dir, NUM_STEPS),
            LoraSaver(run_dir, cfg.train.output_name, cfg.train.keep_last, lambda path, state: save(parts, cfg, path, state))]
-    sampler = sampler_callback(cfg, parts, device)
+    sampler = parts.extra["sampler"] = sampler_callback(cfg, parts, device)
     return cbs + ([sampler] if sampler is not None else [])
 
 

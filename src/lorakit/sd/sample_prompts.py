@@ -58,7 +58,8 @@ def parse_line(line: str, where: str = "line") -> SamplePrompt:
         m = re.match(r"(ss|[whdslgn])\s+(.+)", arg.strip(), re.IGNORECASE)
         if m is None:
             raise ValueError(f"{where}: unknown option '--{arg.strip()}'; kohya sample prompts take --n (negative), "
-                             "--w, --h (size), --s (steps), --l (CFG scale), --g (FLUX.1 guidance), --d (seed), --ss (sampler).")
+                             "--w, --h (size), --s (steps), --l (CFG scale), --g (FLUX.1 guidance), --d (seed), "
+                             "--ss (sampler).")
         field, typ = OPTIONS[m.group(1).lower()]
         try:
             values[field] = typ(m.group(2).strip())

@@ -4,6 +4,7 @@ without gradient checkpointing, and adapters never move. Not run on a GPU here."
 
 import pytest
 import torch
+
 from lorakit.config import LoraConfig
 from lorakit.inject import inject
 from lorakit.tasks.diffusion.blockswap import swap_blocks

@@ -14,8 +14,8 @@ from ...train.task import Parts
 from . import dit_task
 from .callbacks import LoraSaver, TimestepLoss, sampler_callback
 from .config import SDRunConfig, from_dict
-from .dit import DIT_FAMILIES, dit_family_of_dir
 from .dataset import build_dataset
+from .dit import DIT_FAMILIES, dit_family_of_dir
 from .export import save_network
 from .family import FAMILIES, Family, load_components, model_bucket_step
 from .network import add_network, load_network_weights, param_groups

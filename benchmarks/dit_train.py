@@ -15,13 +15,12 @@ recipe's step on the frozen transformer (gradients reach the noisy input only). 
 
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 from pathlib import Path
 
 import torch
-from _common import PeakRSS, header, paired, peak_in_subprocess, rotated, setup
+from _common import header, paired, peak_in_subprocess, peak_memory, step_benchmark_args, timed_rounds
 from train_step import make_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -107,42 +106,19 @@ def candidates(device):
 
 
 def peak_of(name: str, device) -> int:
-    steps, _ = candidates(device)
-    steps[name]()  # warm-up: optimizer state allocated
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        for _ in range(3):
-            steps[name]()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated()
-    with PeakRSS() as peak:
-        for _ in range(3):
-            steps[name]()
-    return peak.peak
+    return peak_memory(candidates(device)[0][name], device)
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--peak-of")
-    a = ap.parse_args()
-    setup(heap=a.peak_of is None and a.device == "cpu")
-    device = torch.device(a.device)
-    if a.peak_of:
-        print(peak_of(a.peak_of, device))
+    parsed = step_benchmark_args(peak_of)
+    if parsed is None:
         return
+    a, device = parsed
     print(header(a.rounds, a.steps, RANK, f", {a.device}, FLUX.1-shaped 2+4 blocks width {WIDTH}, 256 image + "
                                           f"{T5_TOKENS} text tokens, batch {BATCH}"))
     steps, models = candidates(device)
     n_params = {k: sum(p.numel() for p in m.parameters() if p.requires_grad) for k, m in models.items()}
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    timed = {k: (lambda f=f: (f(), sync())) for k, f in steps.items()}
-    for f in timed.values():
-        f()
-    med, per = rotated(timed, a.rounds, a.steps)
+    med, per = timed_rounds(steps, device, a.rounds, a.steps)
     print(f"\ntrainable parameters: lorakit {n_params['lorakit']:,}, PEFT {n_params['peft']:,}")
     print("\n| step | ms | vs floor (paired) |\n|---|---|---|")
     for name in ("floor", "lorakit", "peft", "lorakit fused qkv"):

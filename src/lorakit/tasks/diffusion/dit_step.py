@@ -19,7 +19,7 @@ from torch import nn
 
 from .dit import DitFamily, encode_prompts, image_tokens, run_transformer
 from .flow import draw_sigmas, loss_weights, noisy_input, prediction_and_target
-from .noise import draw_noise, elementwise_loss
+from .noise import draw_noise, sample_losses
 from .step import SDNetwork
 
 NUM_STEPS = 1000  # σ·1000 is logged as the timestep (the loss-by-timestep plot reads 0-999)
@@ -79,11 +79,8 @@ class DitNetwork(nn.Module):
     # -- 3. weighting ------------------------------------------------------------------------------
     def weigh(self, pred: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor,
               loss_weight: torch.Tensor | None) -> torch.Tensor:
-        a = self.args
-        loss = elementwise_loss(pred, target, a.loss_type, a.huber_c)
-        if loss_weight is not None:
-            loss = loss * loss_weight.to(loss.device, loss.dtype)
-        return loss * loss_weights(a.weighting_scheme, sigma).to(loss.device)
+        loss = sample_losses(pred, target, self.args, loss_weight)
+        return loss * loss_weights(self.args.weighting_scheme, sigma).to(loss.device)
 
     def forward(self, batch: dict) -> torch.Tensor:
         latents, cond = self.condition(batch)

@@ -111,24 +111,13 @@ def build(cfg, device: torch.device, comps: dict | None = None) -> Parts:
 
 
 def data(cfg, parts: Parts, rank: int, world: int):
-    from .dataset import build_dataset
-    from .task import _no_grad, weights_key
+    from .task import task_batches
 
-    net, comps, family = parts.model, parts.extra["components"], parts.extra["family"]
-    t = cfg.train
+    net, comps, family, t = parts.model, parts.extra["components"], parts.extra["family"], cfg.train
     te_frozen = all(lr == 0 for p, lr in parts.extra["lrs"].items() if p != "transformer")
     settings = (family.name, net.t5_tokens, t.apply_t5_attn_mask, t.apply_lg_attn_mask, sorted(net.text_encoders))
-    text_key = weights_key(net.text_encoders, *settings) if te_frozen else None
-    batches = build_dataset(cfg.data, batch_size=t.batch_size, seed=t.seed, world=world, rank=rank,
-                            encode_latents=net.encode_latents, vae_key=weights_key(comps["vae"], net.scaling, net.shift),
-                            encode_text=_no_grad(net.encode_text) if te_frozen else None, text_key=text_key,
-                            bucket_step=bucket_step(comps["transformer"].config, comps["vae"].config))
-    if batches.problems:
-        raise ValueError("the dataset has problems (run `lorakit validate` for the full report):\n  - "
-                         + "\n  - ".join(batches.problems[:30]))
-    batches.grad_accum = t.grad_accum
-    parts.extra["batches"] = batches
-    return batches
+    return task_batches(cfg, parts, rank, world, settings if te_frozen else None,
+                        bucket_step(comps["transformer"].config, comps["vae"].config))
 
 
 def callbacks(cfg, parts: Parts, device: torch.device) -> list:

@@ -130,6 +130,12 @@ def elementwise_loss(pred: torch.Tensor, target: torch.Tensor, kind: str, huber_
     return loss.mean(dim=tuple(range(1, loss.dim())))
 
 
+def sample_losses(pred: torch.Tensor, target: torch.Tensor, args, loss_weight: torch.Tensor | None) -> torch.Tensor:
+    """Per-sample loss [B] of ``args.loss_type`` times the samples' weights (regularization images)."""
+    loss = elementwise_loss(pred, target, args.loss_type, args.huber_c)
+    return loss if loss_weight is None else loss * loss_weight.to(loss.device, loss.dtype)
+
+
 def snr_weights(snr: torch.Tensor, prediction: str, min_snr_gamma: float | None, debiased: bool) -> torch.Tensor:
     """Per-sample loss weights [B] from the timesteps' SNR (1 when neither option is on)."""
     w = torch.ones_like(snr)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .family import Family, encode_prompts, unet_kwargs
-from .noise import Schedule, draw_noise, draw_timesteps, elementwise_loss, snr_weights
+from .noise import Schedule, draw_noise, draw_timesteps, sample_losses, snr_weights
 
 
 class SDNetwork(nn.Module):
@@ -78,9 +78,7 @@ class SDNetwork(nn.Module):
     def weigh(self, pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor,
               loss_weight: torch.Tensor | None) -> torch.Tensor:
         a = self.args
-        loss = elementwise_loss(pred, target, a.loss_type, a.huber_c)
-        if loss_weight is not None:
-            loss = loss * loss_weight.to(loss.device, loss.dtype)
+        loss = sample_losses(pred, target, a, loss_weight)
         if a.min_snr_gamma is not None or a.debiased_estimation_loss:
             loss = loss * snr_weights(self.schedule.snr(timesteps), self.prediction, a.min_snr_gamma,
                                       a.debiased_estimation_loss)

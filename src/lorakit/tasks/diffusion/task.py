@@ -108,20 +108,10 @@ class DiffusionTask:
     def data(self, cfg: SDRunConfig, parts: Parts, rank: int, world: int):
         if parts.extra.get("dit"):
             return dit_task.data(cfg, parts, rank, world)
-        net, comps, family = parts.model, parts.extra["components"], parts.extra["family"]
-        t = cfg.train
+        comps, family, t = parts.extra["components"], parts.extra["family"], cfg.train
         te_frozen = all(parts.extra["lrs"][p] == 0 for p in family.text_parts)
-        text_key = weights_key(net.text_encoders, family.name, t.clip_skip, t.max_token_length) if te_frozen else None
-        batches = build_dataset(cfg.data, batch_size=t.batch_size, seed=t.seed, world=world, rank=rank,
-                                encode_latents=net.encode_latents, vae_key=weights_key(comps["vae"], net.scaling, net.shift),
-                                encode_text=_no_grad(net.encode_text) if te_frozen else None, text_key=text_key,
-                                bucket_step=model_bucket_step(comps["unet"].config, comps["vae"].config))
-        if batches.problems:
-            raise ValueError("the dataset has problems (run `lorakit validate` for the full report):\n  - "
-                             + "\n  - ".join(batches.problems[:30]))
-        batches.grad_accum = t.grad_accum
-        parts.extra["batches"] = batches
-        return batches
+        return task_batches(cfg, parts, rank, world, (family.name, t.clip_skip, t.max_token_length) if te_frozen
+                            else None, model_bucket_step(comps["unet"].config, comps["vae"].config))
 
     def step_plan(self, cfg: SDRunConfig, data, world: int) -> tuple[int, int, str]:
         t = cfg.train
@@ -173,6 +163,25 @@ class DiffusionTask:
                 "network_module": cfg.network.module,
                 "adapted_modules": {k: len(v) for k, v in parts.extra["adapted"].items()},
                 **errors}
+
+
+def task_batches(cfg: SDRunConfig, parts: Parts, rank: int, world: int, text_settings: tuple | None,
+                 bucket_step: int):
+    """The run's batches, with the latent cache and (when the text encoders are frozen: ``text_settings``,
+    everything besides their weights that shapes their output) the text cache, keyed by content."""
+    net, comps, t = parts.model, parts.extra["components"], cfg.train
+    frozen = text_settings is not None
+    batches = build_dataset(cfg.data, batch_size=t.batch_size, seed=t.seed, world=world, rank=rank,
+                            encode_latents=net.encode_latents, vae_key=weights_key(comps["vae"], net.scaling, net.shift),
+                            encode_text=_no_grad(net.encode_text) if frozen else None,
+                            text_key=weights_key(net.text_encoders, *text_settings) if frozen else None,
+                            bucket_step=bucket_step)
+    if batches.problems:
+        raise ValueError("the dataset has problems (run `lorakit validate` for the full report):\n  - "
+                         + "\n  - ".join(batches.problems[:30]))
+    batches.grad_accum = t.grad_accum
+    parts.extra["batches"] = batches
+    return batches
 
 
 def _no_grad(fn):

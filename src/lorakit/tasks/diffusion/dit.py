@@ -42,10 +42,6 @@ class DitFamily:
     """kohya's ``ss_base_model_version``."""
 
     @property
-    def dit(self) -> bool:
-        return True
-
-    @property
     def lora_family(self) -> str:
         return self.name
 

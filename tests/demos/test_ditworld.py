@@ -39,8 +39,8 @@ def test_a_flux_lora_learns_the_held_out_concept(tmp_path):
     write_concept(data)  # 16 rings x 10 repeats, five aspect ratios
     write_regularization(data, n=32)  # the base world's shapes (prior preservation)
     cfg = {"task": "diffusion", "model": {"path": str(BASE), "device": "cpu"},
-           "data": {"train_data_dir": str(data), "resolution": 32, "min_bucket_reso": 16, "max_bucket_reso": 64,
-                    "bucket_reso_steps": 8, "caption_extension": ".txt", "cache_latents": True,
+           "data": {"train_data_dir": str(data), "resolution": 32, "enable_bucket": True, "min_bucket_reso": 16,
+                    "max_bucket_reso": 64, "bucket_reso_steps": 8, "caption_extension": ".txt", "cache_latents": True,
                     "cache_text_encoder_outputs": True,
                     "cache_dir": str(tmp_path / "cache")},
            "network": {"dim": 16, "alpha": 16, "train_unet_only": True},

@@ -75,7 +75,7 @@ def test_validate_knows_a_flux_directory(tmp_path):
     model = save_pipeline(tmp_path / "flux", "flux1")
     data = sd_tiny.save_dataset(tmp_path / "img", n=3, size=(32, 32))
     cfg = sd_tiny.sd_config(tmp_path, model, data, data={"resolution": 32, "min_bucket_reso": 16, "max_bucket_reso": 64,
-                                                         "bucket_reso_steps": 4})
+                                                         "bucket_reso_steps": 4, "enable_bucket": True})
     (tmp_path / "ok.yaml").write_text(yaml.safe_dump(cfg))
     result = CliRunner().invoke(app, ["validate", str(tmp_path / "ok.yaml")])
     assert result.exit_code == 0, result.output

@@ -25,7 +25,8 @@ def dirs(tmp_path_factory):
 
 def dit_config(tmp, model, images, **sections) -> dict:
     cfg = sd_tiny.sd_config(tmp, model, images, network={"dim": 4, "alpha": 4},
-                            data={"resolution": 32, "min_bucket_reso": 16, "max_bucket_reso": 64, "bucket_reso_steps": 4},
+                            data={"resolution": 32, "enable_bucket": True, "min_bucket_reso": 16, "max_bucket_reso": 64,
+                                  "bucket_reso_steps": 4},
                             train={"epochs": 2, "batch_size": 2, "lr": 1e-3, "t5xxl_max_token_length": 8,
                                    "timestep_sampling": "shift", "discrete_flow_shift": 3.1582})
     for name, extra in sections.items():

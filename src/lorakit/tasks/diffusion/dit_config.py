@@ -32,8 +32,11 @@ class FlowTrainArgs:
     discrete_flow_shift: float = 3.0
     """S of ``shift`` and of the sigma table (``sigma``/``logit_normal``/``mode``); kohya suggests 3.1582 for FLUX.1."""
     logit_mean: float = 0.0
+    """``logit_normal``: σ-table index from sigmoid(N(logit_mean, logit_std))."""
     logit_std: float = 1.0
+    """``logit_normal``: the normal's standard deviation."""
     mode_scale: float = 1.29
+    """``mode``: c of the SD3 paper's mode density u' = 1 − u − c·(cos²(πu/2) − 1 + u)."""
     weighting_scheme: str = "none"
     """Per-sample loss weight: ``none``, ``sigma_sqrt`` (σ⁻²) or ``cosmap`` (2/(π(1−2σ+2σ²)))."""
     model_prediction_type: Literal["auto", "raw", "sigma_scaled"] = "auto"

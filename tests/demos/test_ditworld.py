@@ -5,6 +5,7 @@ base draws, while plain prompts keep their shapes."""
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from lorakit.demos.ditworld import evaluate
@@ -28,7 +29,17 @@ def test_t5_tokenizer_keeps_world_words_whole_and_reloads(tmp_path):
     assert len(tok(caption).input_ids) <= T5_TOKENS
 
 
-def test_a_flux_lora_learns_the_held_out_concept(tmp_path):
+@pytest.fixture
+def one_thread():
+    """Hundreds of small ops: on two cores shared with other jobs a second thread mostly waits for the
+    first (15 s alone, minutes under load); one thread keeps it near its idle time either way."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_a_flux_lora_learns_the_held_out_concept(tmp_path, one_thread):
     from diffusers import FluxPipeline
 
     from lorakit.sd import load_lora

@@ -129,9 +129,9 @@ def rotated_loads(impls: dict[str, tuple], target, path, rounds: int) -> dict[st
     return times
 
 
-def step_benchmark_args(peak_of):
+def step_benchmark_args(candidates):
     """(args, device) of a training-step benchmark (--rounds, --steps, --device); in ``--peak-of NAME`` child
-    mode it prints ``peak_of(NAME, device)`` and returns None."""
+    mode it prints the peak memory of ``candidates(device)[0][NAME]`` (``peak_memory``) and returns None."""
     import argparse
 
     ap = argparse.ArgumentParser()
@@ -143,7 +143,7 @@ def step_benchmark_args(peak_of):
     setup(heap=a.peak_of is None and a.device == "cpu")
     device = torch.device(a.device)
     if a.peak_of:
-        print(peak_of(a.peak_of, device))
+        print(peak_memory(candidates(device)[0][a.peak_of], device))
         return None
     return a, device
 
@@ -172,6 +172,14 @@ def peak_memory(step, device) -> int:
         for _ in range(3):
             step()
     return peak.peak
+
+
+def candidate_peaks(script: str, candidates, device, names=("lorakit", "peft")) -> dict[str, int]:
+    """Peak memory per candidate: CUDA's allocator peak in this process, else peak RSS growth in a fresh
+    process each (``script --peak-of NAME``)."""
+    if torch.device(device).type == "cuda":
+        return {n: peak_memory(candidates(device)[0][n], device) for n in names}
+    return {n: peak_in_subprocess(script, n) for n in names}
 
 
 def header(rounds: int, steps: int, rank: int | None = None, extra: str = "") -> str:

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import torch
-from _common import header, paired, peak_in_subprocess, peak_memory, step_benchmark_args, timed_rounds
+from _common import candidate_peaks, header, paired, step_benchmark_args, timed_rounds
 from train_step import make_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -105,12 +105,8 @@ def candidates(device):
     return steps, {"lorakit": net, "peft": pf}
 
 
-def peak_of(name: str, device) -> int:
-    return peak_memory(candidates(device)[0][name], device)
-
-
 def main():
-    parsed = step_benchmark_args(peak_of)
+    parsed = step_benchmark_args(candidates)
     if parsed is None:
         return
     a, device = parsed
@@ -126,10 +122,7 @@ def main():
     lk, pf = med["lorakit"] / med["floor"] - 1, med["peft"] / med["floor"] - 1
     print(f"\noverhead over floor: lorakit {100 * lk:.1f} %, PEFT recipe {100 * pf:.1f} % "
           f"(goal: lorakit <= half of PEFT's: {'met' if lk <= pf / 2 else 'NOT met'})")
-    if device.type == "cuda":
-        peaks = {n: peak_of(n, device) for n in ("lorakit", "peft")}
-    else:
-        peaks = {n: peak_in_subprocess(__file__, n) for n in ("lorakit", "peft")}
+    peaks = candidate_peaks(__file__, candidates, device)
     print(f"\npeak memory of 3 steps: lorakit {peaks['lorakit'] / 2**20:.0f} MiB, PEFT recipe "
           f"{peaks['peft'] / 2**20:.0f} MiB")
 

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import adamw, header, paired, peak_in_subprocess, peak_memory, step_benchmark_args, timed_rounds
+from _common import adamw, candidate_peaks, header, paired, step_benchmark_args, timed_rounds
 from train_step import make_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -166,12 +166,8 @@ def epoch_times(device, root: Path) -> dict[str, float]:
     return out
 
 
-def peak_of(name: str, device) -> int:
-    return peak_memory(candidates(device)[0][name], device)
-
-
 def main():
-    parsed = step_benchmark_args(peak_of)
+    parsed = step_benchmark_args(candidates)
     if parsed is None:
         return
     a, device = parsed
@@ -190,10 +186,7 @@ def main():
     print(f"\n| epoch ({ep['steps']} steps) | s |\n|---|---|\n| lorakit (caches) | {ep['lorakit (caches)']:.2f} |\n"
           f"| diffusers way | {ep['diffusers way']:.2f} |\nratio {ratio:.2f} (goal <= 0.5: "
           f"{'met' if ratio <= 0.5 else 'NOT met'})")
-    if device.type == "cuda":
-        peaks = {n: peak_of(n, device) for n in ("lorakit", "peft")}
-    else:
-        peaks = {n: peak_in_subprocess(__file__, n) for n in ("lorakit", "peft")}
+    peaks = candidate_peaks(__file__, candidates, device)
     print(f"\npeak memory of 3 steps: lorakit {peaks['lorakit'] / 2**20:.0f} MiB, PEFT recipe "
           f"{peaks['peft'] / 2**20:.0f} MiB (goal lorakit <= recipe: "
           f"{'met' if peaks['lorakit'] <= peaks['peft'] else 'NOT met'})")

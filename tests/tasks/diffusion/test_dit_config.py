@@ -26,7 +26,7 @@ def test_sd_only_keys_are_refused_for_flow_models_with_the_reason():
                            network={"conv_dim": 4, "train_block_indices": "0"}, model={"prediction_type": "epsilon"}),
                       check_paths=False)
     text = "\n".join(errors)
-    for part in ("train.min_snr_gamma does not apply to flux1 (flow matching): min-SNR weighting is for DDPM",
+    for part in ("train.min_snr_gamma does not apply to flux1 (flow matching): min-SNR and debiased weights are for DDPM",
                  "train.clip_skip does not apply", "network.conv_dim does not apply",
                  "model.prediction_type does not apply", "network.train_block_indices is an SD3 key",
                  "weighting_scheme='logit_normal' is a σ density in kohya; in lorakit set train.timestep_sampling"):

@@ -11,8 +11,9 @@ import torch
 from dit_tiny import save_pipeline
 from safetensors import safe_open
 from safetensors.torch import load_file
+from test_train import StopAt  # the SD trainer tests' interrupting callback
 
-from lorakit.train import Callback, run
+from lorakit.train import run
 from lorakit.train.config import from_dict
 
 
@@ -32,14 +33,6 @@ def dit_config(tmp, model, images, **sections) -> dict:
     for name, extra in sections.items():
         cfg.setdefault(name, {}).update(extra)
     return cfg
-
-
-class StopAt(Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, state):
-        state.should_stop |= state.step == self.step
 
 
 def test_flux_run_writes_a_kohya_file_with_flow_metadata_and_samples(tmp_path, dirs):

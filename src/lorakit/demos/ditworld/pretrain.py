@@ -140,10 +140,8 @@ def pretrain(out: Path, *, seed: int = 0, steps: int = 5000, n_images: int = 800
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("assets/ditworld-flux"))
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=5000)
-    ap.add_argument("--images", type=int, default=8000)
-    ap.add_argument("--threads", type=int, default=1)  # 2 threads crawl when the 2 cores are shared
+    for flag, default in (("--seed", 0), ("--steps", 5000), ("--images", 8000), ("--threads", 1)):
+        ap.add_argument(flag, type=int, default=default)  # threads 1: 2 threads crawl on 2 shared cores
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(pretrain(args.out, seed=args.seed, steps=args.steps, n_images=args.images))

@@ -126,21 +126,20 @@ def flow_problems(cfg) -> list[str]:
     return e
 
 
-#: SD-only keys and the reason each does not apply to a flow-matching model
-SD_ONLY = {
-    ("train", "min_snr_gamma"): "min-SNR weighting is for DDPM timesteps; use train.weighting_scheme",
-    ("train", "debiased_estimation_loss"): "it weights DDPM timesteps; use train.weighting_scheme",
-    ("train", "zero_terminal_snr"): "it rescales a DDPM schedule; flow matching reaches pure noise at σ = 1",
-    ("train", "min_timestep"): "σ comes from train.timestep_sampling",
-    ("train", "max_timestep"): "σ comes from train.timestep_sampling",
-    ("train", "clip_skip"): "the text encoders' layers are fixed by the model",
-    ("train", "max_token_length"): "CLIP reads 77 tokens; set train.t5xxl_max_token_length for T5",
-    ("model", "prediction_type"): "these models predict the velocity; see train.model_prediction_type",
-    ("network", "conv_dim"): "the transformer blocks have no convolutions",
-    ("network", "down_lr_weight"): "it names U-Net blocks; choose transformer blocks with network.train_blocks",
-    ("network", "mid_lr_weight"): "it names U-Net blocks; choose transformer blocks with network.train_blocks",
-    ("network", "up_lr_weight"): "it names U-Net blocks; choose transformer blocks with network.train_blocks",
+#: reason -> the SD-only keys it refuses for a flow-matching model
+_SD_ONLY = {
+    "min-SNR and debiased weights are for DDPM timesteps; use train.weighting_scheme":
+        ("train.min_snr_gamma", "train.debiased_estimation_loss"),
+    "it rescales a DDPM schedule; flow matching reaches pure noise at σ = 1": ("train.zero_terminal_snr",),
+    "σ comes from train.timestep_sampling": ("train.min_timestep", "train.max_timestep"),
+    "the text encoders' layers are fixed by the model": ("train.clip_skip",),
+    "CLIP reads 77 tokens; set train.t5xxl_max_token_length for T5": ("train.max_token_length",),
+    "these models predict the velocity; see train.model_prediction_type": ("model.prediction_type",),
+    "the transformer blocks have no convolutions": ("network.conv_dim",),
+    "it names U-Net blocks; choose transformer blocks with network.train_blocks":
+        ("network.down_lr_weight", "network.mid_lr_weight", "network.up_lr_weight"),
 }
+SD_ONLY = {tuple(key.split(".")): why for why, keys in _SD_ONLY.items() for key in keys}
 FLUX_ONLY = {("network", "train_blocks"), ("network", "train_double_block_indices"),
              ("network", "train_single_block_indices")}
 SD3_ONLY = {("network", "train_block_indices"), ("train", "apply_lg_attn_mask"), ("model", "drop_t5")}

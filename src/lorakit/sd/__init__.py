@@ -4,7 +4,9 @@
 - :mod:`lorakit.sd.dit_lora` — FLUX.1/SD3 files on diffusers pipelines; live adapters -> ``LoraFile``.
 - :mod:`lorakit.sd.pipeline` — load a local diffusers dir or single-file checkpoint; detect the family.
 - :mod:`lorakit.sd.prompt` — A1111 emphasis, BREAK, 75-token chunks, per-token weights (and ComfyUI's).
-- :mod:`lorakit.sd.generate` — ``generate_images``: prompt text + ``<lora:...>`` tags -> PIL images.
+- :mod:`lorakit.sd.schedule` — A1111 prompt editing ``[a:b:when]``, alternation ``[a|b]`` and ``AND``.
+- :mod:`lorakit.sd.generate` — ``generate_images``: prompt text + ``<lora:...>`` tags -> PIL images,
+  sampled by :mod:`lorakit.sd.denoise` (composable guidance, NaN/Inf checks).
 - :mod:`lorakit.sd.samplers`, :mod:`~lorakit.sd.infotext`, :mod:`~lorakit.sd.grid`,
   :mod:`~lorakit.sd.sample_prompts`, :mod:`~lorakit.sd.embeddings`.
 

@@ -32,6 +32,7 @@ from ..formats.lorafile import LoraFile, alpha_of, model_family
 from ..formats.lycoris import delta_weight
 from ..formats.sd_io import read_lora
 from ..formats.sd_keys import SDXL, layout_from_config, te_alternatives
+from ..formats.validate import require_finite
 from ..inject import _set_module
 from ..layer import LoraLayer
 from ..model import active_adapters, adapter_names, delete_adapter, set_active_adapters
@@ -87,8 +88,12 @@ def _module(parts, key: str):
     return module.base_layer if isinstance(module, LoraLayer) else module
 
 
-def _plan(lf: LoraFile, parts, strengths: dict[str, float], label: str) -> list[tuple[str, nn.Module]]:
-    """(key, base module) for every file module, or one error listing every module that cannot be placed."""
+def _plan(lf: LoraFile, parts, strengths: dict[str, float], label: str,
+          keep: bool = True) -> list[tuple[str, nn.Module, object]]:
+    """(key, base module, prepared update) for every file module, or one error naming the file and listing
+    every module that cannot be placed (a missing module, or factors of another shape: the file is for
+    another base model). The update is ``(down, up)`` for plain LoRA/LoCon (and row DoRA), else the dense
+    ΔW (checked, then dropped unless ``keep``: merging computes one at a time)."""
     plan, problems = [], []
     for key in lf.modules:
         part = key.split(".", 1)[0]
@@ -101,14 +106,19 @@ def _plan(lf: LoraFile, parts, strengths: dict[str, float], label: str) -> list[
         if module is None or not hasattr(module, "weight"):
             problems.append(f"{key}: no such module in the {part}")
             continue
-        plan.append((key, module))
+        try:
+            prepared = _prepare(lf.modules[key], module, key)
+            plan.append((key, module, prepared if keep or not isinstance(prepared, torch.Tensor) else None))
+        except ValueError as e:
+            problems.append(str(e))
     if problems:
+        more = f"\n  ... and {len(problems) - 40} more" if len(problems) > 40 else ""
         raise ValueError(f"{label}: {len(problems)} module(s) do not fit this model; nothing was changed:\n  - "
-                         + "\n  - ".join(problems[:40]))
+                         + "\n  - ".join(problems[:40]) + more)
     return plan
 
 
-def _factors(module: dict, base: nn.Module):
+def _factors(module: dict, base: nn.Module, key: str):
     """(down, up) reshaped to the base layer (a 1x1-conv file on a Linear layer and back), or None."""
     if set(module) - {"lora_down.weight", "lora_up.weight", "alpha"}:
         return None
@@ -119,20 +129,31 @@ def _factors(module: dict, base: nn.Module):
     elif w.dim() == 4 and down.dim() == 2 and w.shape[2:] == (1, 1):
         down, up = down[:, :, None, None], up[:, :, None, None]
     if down.dim() != w.dim() or up.shape[0] != w.shape[0] or down.shape[1:] != w.shape[1:]:
-        raise ValueError(f"factor shapes down {tuple(down.shape)} / up {tuple(up.shape)} do not fit the model "
-                         f"weight {tuple(w.shape)}. Is the file for another base model?")
+        raise ValueError(f"{key}: factors down {tuple(down.shape)} / up {tuple(up.shape)} do not fit the model "
+                         f"weight {tuple(w.shape)} (is the file for another base model?)")
     return down, up
 
 
-def _adapter(module: dict, base: nn.Module, key: str):
+def _row_dora(module: dict, base: nn.Module) -> bool:
+    """A Linear DoRA module with one magnitude per output row (LyCORIS' wd_on_output layout)."""
+    dora = module.get("dora_scale")
+    return dora is not None and spec_for(base).kind == "linear" and dora.numel() == base.weight.shape[0]
+
+
+def _prepare(module: dict, base: nn.Module, key: str):
+    row = _row_dora(module, base)
+    factors = _factors({s: t for s, t in module.items() if s != "dora_scale"} if row else module, base, key)
+    return factors if factors is not None else delta_weight(module, base.weight, key)
+
+
+def _adapter(prepared, base: nn.Module, module: dict):
     w = base.weight
     spec = spec_for(base)
+    if isinstance(prepared, torch.Tensor):
+        return DeltaAdapter(spec, prepared.to(w.dtype))
+    down, up = prepared
+    row_dora = _row_dora(module, base)
     dora = module.get("dora_scale")
-    row_dora = dora is not None and spec.kind == "linear" and dora.numel() == w.shape[0]
-    factors = _factors({s: t for s, t in module.items() if s != "dora_scale"} if row_dora else module, base)
-    if factors is None:
-        return DeltaAdapter(spec, delta_weight(module, w, key).to(w.dtype))
-    down, up = factors
     r = down.shape[0]
     alpha = alpha_of(module)
     cls = DoraAdapter if row_dora else LoraAdapter
@@ -167,7 +188,7 @@ def load_lora(target, files, *, names: list[str] | None = None, unet_strength=1.
     if layout is None:
         layout = layout_from_config(parts["unet"].config) if hasattr(parts.get("unet"), "config") else SDXL
     loaded = [f if isinstance(f, LoraFile) else read_lora(f, layout) for f in files]
-    labels = [str(f) if not isinstance(f, LoraFile) else f"file {i}" for i, f in enumerate(files)]
+    labels = [str(f) if not isinstance(f, LoraFile) else f.path or f"file {i}" for i, f in enumerate(files)]
     if names is None:  # file stems, made safe as module names ("half.safetensors" must not shadow .half())
         names = [Path(f).stem.replace(".", "_") if not isinstance(f, LoraFile) else f"lora_{i}"
                  for i, f in enumerate(files)]
@@ -180,9 +201,10 @@ def load_lora(target, files, *, names: list[str] | None = None, unet_strength=1.
     plans, placed = [], []
     for lf, label, u, t in zip(loaded, labels, us, ts, strict=True):  # check everything before changing anything
         check_family(lf, parts, label)
+        require_finite(lf, f"applying {label}")
         lf = on_model(lf, parts, label) if lf.naming.dit else lf
         strengths = {p: u if p in MODEL_PARTS else t for p in PARTS}
-        plans.append(_plan(lf, parts, strengths, label))
+        plans.append(_plan(lf, parts, strengths, label, mode != "merge"))
         placed.append((lf, strengths))
     for (lf, strengths), plan, name in zip(placed, plans, names, strict=True):
         if mode == "merge":
@@ -199,7 +221,7 @@ def file_parts(lf: LoraFile, parts: dict[str, nn.Module]) -> set[str]:
 
 @torch.no_grad()
 def _merge_file(lf: LoraFile, plan, parts, strengths) -> None:
-    for key, base in plan:
+    for key, base, _ in plan:
         if getattr(base, "is_quantized", False):  # a 4-bit weight cannot hold W + ΔW: write a dense layer
             base = _replace_base(parts, key, base.dequantized_linear())
         w = base.weight
@@ -221,18 +243,18 @@ def _add_adapters(lf: LoraFile, plan, parts, name: str, strengths) -> None:
     existing = {n for m in parts.values() for mod in m.modules() if isinstance(mod, LoraLayer) for n in mod.adapters}
     if name in existing:
         raise ValueError(f"adapter {name!r} is already loaded; pass another name or delete it first.")
-    for key, base in plan:
+    for key, base, prepared in plan:
         part = key.split(".", 1)[0]
         model = parts[part]
         path, current = _resolve(parts, key)
         layer = current if isinstance(current, LoraLayer) else LoraLayer(current)
-        adapter = _adapter(lf.modules[key], base, key)
+        adapter = _adapter(prepared, base, lf.modules[key])
         adapter.train(base.training)
         layer.adapters[name] = adapter
         if layer is not current:
             layer.train(base.training)
             _set_module(model, path, layer)
-    used = {key.split(".", 1)[0] for key, _ in plan}
+    used = {key.split(".", 1)[0] for key, _, _ in plan}
     for part in used:
         set_active_adapters(parts[part], {**active_adapters(parts[part]), name: strengths[part]})
 

@@ -76,6 +76,21 @@ def _pipeline_class(family: str):
     return diffusers.StableDiffusionPipeline, {"safety_checker": None, "requires_safety_checker": False}
 
 
+def is_lora_file(path) -> bool:
+    """Whether a ``.safetensors`` file holds LoRA keys (kohya ``lora_unet_...``, diffusers ``...lora...``)."""
+    from safetensors import safe_open
+
+    from ..formats.kohya import is_kohya
+    from ..formats.peft_sd import is_diffusers
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            keys = list(f.keys())
+    except Exception:  # noqa: BLE001  (not a safetensors file: the loader reports it)
+        return False
+    return is_kohya(keys) or (is_diffusers(keys) and any("lora" in k for k in keys))
+
+
 def load_pipeline(path, *, config=None, family: str = "auto", dtype=torch.float32, device="cpu"):
     """(pipeline, family) for a local diffusers dir or single-file checkpoint; see the module docstring.
 
@@ -97,6 +112,10 @@ def load_pipeline(path, *, config=None, family: str = "auto", dtype=torch.float3
         if path.suffix != ".safetensors":
             raise ValueError(f"{path}: only .safetensors checkpoints are read (a {path.suffix} file is a pickle "
                              f"that can run code). {pickle_hint(path)}")
+        if is_lora_file(path):
+            raise ValueError(f"{path} is a LoRA file, not a model: give the base model (a diffusers directory or a "
+                             f"checkpoint) as the model, and the LoRA in the prompt as <lora:{path.stem}:1> with "
+                             f"--lora-dir {path.parent}.")
         if config is None:
             raise ValueError(f"{path} is a single-file checkpoint: pass config= (--config), a local diffusers "
                              "directory with the matching model_index.json and component configs; nothing is "

@@ -13,6 +13,7 @@ e.g. one file per epoch). Every LoRA file is loaded once; cells only switch live
 from __future__ import annotations
 
 import csv
+import math
 import re
 from dataclasses import dataclass, field
 from io import StringIO
@@ -68,6 +69,8 @@ def expand(values: list[str], typ: type) -> list:
             except ValueError:
                 raise ValueError(f"axis value {val!r} is not a valid {typ.__name__} nor a range "
                                  "(1-5, 1-5 (+2), 1-10 [5]).") from None
+            if typ is float and not math.isfinite(out[-1]):
+                raise ValueError(f"axis value {val!r} is not a finite number.")
     return out
 
 
@@ -90,9 +93,23 @@ class Axis:
             raise ValueError(f"axis {spec!r} has no values.")
         return cls(match, rest.strip(), values)
 
-    def label(self, value) -> str:
+    def label(self, value, index: LoraIndex | None = None) -> str:
+        """"Type: value"; a LoRA file also shows the epoch its metadata records (``ss_epoch``)."""
         shown = f"{value:g}" if isinstance(value, float) else value
+        if self.type == "LoRA file" and index is not None and (epoch := _epoch(index, value)) is not None:
+            shown = f"{shown} (epoch {epoch})"
         return f"{self.type}: {shown}"
+
+
+def _epoch(index: LoraIndex, name: str) -> str | None:
+    from safetensors import safe_open
+
+    try:
+        path = index.resolve(name)
+        with safe_open(str(path), "pt") as f:
+            return (f.metadata() or {}).get("ss_epoch")
+    except Exception:  # noqa: BLE001  (a label only: the cell itself reports a bad file)
+        return None
 
 
 def _first_tag(prompt: str):
@@ -171,10 +188,11 @@ def xyz_grid(pipe, prompt: str, negative_prompt: str = "", *, x: Axis | None = N
             rows.append(row)
         cells.append(rows)
     layouts: list[Layout] = []
-    col_labels = [x.label(v) for v in xs] if x else None
-    row_labels = [y.label(v) for v in ys] if y else None
+    index = kwargs["lora_dir"]
+    col_labels = [x.label(v, index) for v in xs] if x else None
+    row_labels = [y.label(v, index) for v in ys] if y else None
     sheets = [contact_sheet(rows, row_labels, col_labels, layout_out=layouts) for rows in cells]
-    image = side_by_side(sheets, [z.label(v) for v in zs] if z else None)
+    image = side_by_side(sheets, [z.label(v, index) for v in zs] if z else None)
     first = parse_infotext(cells[0][0][0].info["parameters"])
     params = cells[0][0][0].info["parameters"].strip().split("\n")[-1]
     for name, axis in (("X", x), ("Y", y), ("Z", z)):

@@ -45,9 +45,12 @@ def _weights(files, weights):
 
 
 def _check_families(files: list[LoraFile]) -> None:
-    fams = {f.family() for f in files} - {None}
-    if len(fams) > 1:
-        raise ValueError(f"the LoRAs are for different model families ({sorted(fams)}); they cannot be merged.")
+    fams = [f.family() for f in files]
+    if len(set(fams) - {None}) > 1:
+        which = ", ".join(f"{f.path or f'LoRA {i + 1}'} is {fam.upper() if fam else 'of unknown family'}"
+                          for i, (f, fam) in enumerate(zip(files, fams, strict=True)))
+        raise ValueError(f"the LoRAs are for different model families ({which}); only LoRAs of one family can be "
+                         "merged.")
 
 
 def merge_loras(files: list[LoraFile], weights: list[float] | None = None, method: str = "cat",

@@ -3,7 +3,7 @@ flow keys on a U-Net model, kohya spellings that mean something else here), and 
 on a tiny FLUX.1 directory (its family, the transformer's bucket step, the bucket table)."""
 
 import pytest
-import sd_tiny
+import sd_pipes
 import yaml
 from dit_tiny import save_pipeline
 from typer.testing import CliRunner
@@ -73,8 +73,8 @@ def test_block_selection_syntax():
 
 def test_validate_knows_a_flux_directory(tmp_path):
     model = save_pipeline(tmp_path / "flux", "flux1")
-    data = sd_tiny.save_dataset(tmp_path / "img", n=3, size=(32, 32))
-    cfg = sd_tiny.sd_config(tmp_path, model, data, data={"resolution": 32, "min_bucket_reso": 16, "max_bucket_reso": 64,
+    data = sd_pipes.save_dataset(tmp_path / "img", n=3, size=(32, 32))
+    cfg = sd_pipes.sd_config(tmp_path, model, data, data={"resolution": 32, "min_bucket_reso": 16, "max_bucket_reso": 64,
                                                          "bucket_reso_steps": 4, "enable_bucket": True})
     (tmp_path / "ok.yaml").write_text(yaml.safe_dump(cfg))
     result = CliRunner().invoke(app, ["validate", str(tmp_path / "ok.yaml")])

@@ -6,7 +6,7 @@ states and diffusers-key output."""
 import json
 
 import pytest
-import sd_tiny
+import sd_pipes
 import torch
 from dit_tiny import save_pipeline
 from safetensors import safe_open
@@ -21,11 +21,11 @@ from lorakit.train.config import from_dict
 def dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("dit")
     return (save_pipeline(root / "flux", "flux1"), save_pipeline(root / "sd3", "sd3"),
-            sd_tiny.save_dataset(root / "img", n=4, size=(32, 32)))
+            sd_pipes.save_dataset(root / "img", n=4, size=(32, 32)))
 
 
 def dit_config(tmp, model, images, **sections) -> dict:
-    cfg = sd_tiny.sd_config(tmp, model, images, network={"dim": 4, "alpha": 4},
+    cfg = sd_pipes.sd_config(tmp, model, images, network={"dim": 4, "alpha": 4},
                             data={"resolution": 32, "enable_bucket": True, "min_bucket_reso": 16, "max_bucket_reso": 64,
                                   "bucket_reso_steps": 4},
                             train={"epochs": 2, "batch_size": 2, "lr": 1e-3, "t5xxl_max_token_length": 8,

@@ -7,24 +7,26 @@ Run directory::
     <the task's export>  e.g. adapter/ (text, PEFT) or <name>.safetensors (diffusion, kohya)
     summary.json         params, size, speed, best eval
 
-Under ``torchrun`` (``WORLD_SIZE`` > 1) it trains data-parallel with DDP (gloo on CPU, nccl on
-CUDA); every rank reads its own shard of each global batch and only rank 0 writes files.
+Under ``torchrun`` (``WORLD_SIZE`` > 1) it trains data-parallel (gloo on CPU, nccl on CUDA) with DDP, or
+with FSDP2 when ``train.distributed: fsdp`` (:mod:`lorakit.train.fsdp`); every rank reads its own shard of
+each global batch and only rank 0 writes files (FSDP checkpoints: every rank its shard). The process
+group's life is :mod:`lorakit.train.distributed`'s.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import yaml
 
 from ..formats._io import atomic_write, write_json
 from .callbacks import Callback
 from .checkpoint import list_checkpoints, load_checkpoint
+from .distributed import device_for, setup
+from .fsdp import full_trainable
 from .heap import keep_heap
 from .hooks import (
     Checkpointer,
@@ -51,28 +53,6 @@ class RunResult:
     labels: list | None = None
 
 
-def _distributed(device_kind: str) -> tuple[int, int, bool]:
-    """(rank, world size, whether this call started the process group)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1 or not dist.is_available():
-        return 0, 1, False
-    started = not dist.is_initialized()
-    if started:
-        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size(), started
-
-
-def _device(spec: str, rank: int) -> torch.device:
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("model.device='cuda' but no CUDA device is available; use 'auto' or 'cpu'.")
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device(spec)
-
-
 def _say(main: bool, text: str) -> None:
     if main:
         from rich.console import Console
@@ -86,17 +66,18 @@ def run(cfg, callbacks: list[Callback] | None = None, resume: bool = False, quie
 
     ``callbacks`` (e.g. AdaLoRA's or PeriodicLoRA's) run after the NaN guard and before the task's own
     (evaluation, samples), logging and checkpointing. Raises ``NonFiniteLossError`` when the loss
-    diverges (the last good checkpoint is kept).
+    diverges (the last good checkpoint is kept), and ``DistributedRunError`` when another process of a
+    multi-process run stopped. Under FSDP the returned model is sharded (usable while the process group lives).
     """
     task = get_task(getattr(cfg, "task", None))
     t = cfg.train
     kind = "cuda" if cfg.model.device == "cuda" or (cfg.model.device == "auto" and torch.cuda.is_available()) else "cpu"
-    rank, world, started = _distributed(kind)
+    d = setup(kind, t.distributed)
+    rank, world, main = d.rank, d.world, d.main
     share_cpu_threads(kind)  # under torchrun on CPU: cores / local processes (train/threads.py)
-    main = rank == 0
+    run_dir, live, ok = Path(t.output_dir), {}, False
     try:
-        device = _device(cfg.model.device, rank)
-        run_dir = Path(t.output_dir)
+        device = device_for(cfg.model.device, d)
         existing = list_checkpoints(run_dir)
         if existing and not resume:
             raise FileExistsError(f"{run_dir} already has checkpoints ({existing[-1].name}); pass --resume to "
@@ -109,17 +90,15 @@ def run(cfg, callbacks: list[Callback] | None = None, resume: bool = False, quie
         data = task.data(cfg, parts, rank, world)
         per_epoch, total, plan = task.step_plan(cfg, data, world)
         model = parts.model
+        report = _params(model)
+        # before the optimizer: FSDP2 swaps in sharded parameters
+        live["model"] = d.wrap(model, cfg, device, parts.extra.get("fsdp_policy"))
         optimizer = task.make_optimizer(task.param_groups(parts, cfg), cfg, device)
         scheduler = make_scheduler(optimizer, t, total)
-        report = _params(model)
         if not quiet:
             _say(main, f"[bold]{run_dir}[/]: {report[0]:,} trainable of {report[1]:,} params "
                        f"({100 * report[0] / report[1]:.3f}%), method {t.method}")
             _say(main, step_summary(plan, t, per_epoch, total, warmup_steps(t, total)))
-        wrapped = model
-        if world > 1:
-            wrapped = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None)
         cbs: list[Callback] = [NanGuard(check_grads=t.mixed_precision != "fp16"), *(callbacks or []),
                                *task.callbacks(cfg, parts, data, device)]
         cbs.append(MetricsLogger(run_dir / "metrics.jsonl", t.log_every))
@@ -128,8 +107,9 @@ def run(cfg, callbacks: list[Callback] | None = None, resume: bool = False, quie
         config_dict = cfg.to_dict()
         keep = t.keep_last if t.keep_last is not None else 1 << 30  # None keeps every checkpoint
         cbs.append(Checkpointer(run_dir, t.save_every, t.save_every_epochs, keep, config_dict))
-        trainer = Trainer(wrapped, data, t, optimizer, scheduler, total_steps=total, device=device,
-                          callbacks=cbs, run_dir=run_dir, loss_fn=task.loss, train_modules=parts.train_modules or None)
+        trainer = live["trainer"] = Trainer(live["model"], data, t, optimizer, scheduler, total_steps=total,
+                                            device=device, callbacks=cbs, run_dir=run_dir, loss_fn=task.loss,
+                                            train_modules=parts.train_modules or None)
         if main:
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write(run_dir / "config.yaml",
@@ -146,7 +126,8 @@ def run(cfg, callbacks: list[Callback] | None = None, resume: bool = False, quie
             last = list_checkpoints(run_dir)
             keep = f"The last good checkpoint is {last[-1]}." if last else "No checkpoint was written before it."
             raise NonFiniteLossError(f"training stopped: {state.stop_reason} {keep}")
-        saved = task.export(parts, cfg, run_dir, state) if main else run_dir
+        with full_trainable(model):  # FSDP: rank 0 sees the whole adapter, gathered from every shard
+            saved = task.export(parts, cfg, run_dir, state) if main else run_dir
         evaluator = next((c for c in cbs if isinstance(c, Evaluator)), None)
         summary = {"task": task.name, "method": t.method, "trainable_params": report[0], "total_params": report[1],
                    "trainable_percent": 100 * report[0] / report[1], "saved_path": str(saved),
@@ -164,10 +145,16 @@ def run(cfg, callbacks: list[Callback] | None = None, resume: bool = False, quie
                 plot_metrics(run_dir / "metrics.jsonl", run_dir / "loss.png", f"{t.method}: loss")
             if not quiet:
                 _say(main, format_summary(summary))
+        ok = True
         return RunResult(run_dir, summary, model, parts.extra.get("tokenizer"), parts.extra.get("labels"))
+    except Exception as exc:
+        lost = d.lost_peer(exc, run_dir)
+        if lost is not None:
+            raise lost from exc
+        raise
     finally:
-        if started:
-            dist.destroy_process_group()
+        trainer = None  # noqa: F841  (with ``live``, the last references to the DDP wrapper go before the group)
+        d.close(live, ok)
 
 
 def _params(model) -> tuple[int, int]:

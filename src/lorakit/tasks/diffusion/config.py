@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from ...config import ConfigError
-from ...train.checks import device_kind, device_problems
+from ...train.checks import device_kind, device_problems, distributed_problems
 from ...train.config import TrainArgs, parse_section, train_problems, unknown_sections
 from .dataset import DatasetArgs
 from .dataset import problems as data_problems
@@ -172,7 +172,7 @@ def _block_weights(name: str, value, e: list[str]) -> None:
 def problems(cfg: SDRunConfig, check_paths: bool = True) -> list[str]:
     """Every value problem of the config (the dataset folders and the model are checked by ``validate``)."""
     m, n, t, s = cfg.model, cfg.network, cfg.train, cfg.sample
-    e = data_problems(cfg.data) + train_problems(t) + device_problems(m.device)
+    e = data_problems(cfg.data) + train_problems(t) + device_problems(m.device) + distributed_problems(t, m.device)
     if not m.path:
         e.append("model.path: missing; set it to a local diffusers directory (with model_index.json) or a "
                  "single-file .safetensors checkpoint plus model.config.")
@@ -227,6 +227,9 @@ def problems(cfg: SDRunConfig, check_paths: bool = True) -> list[str]:
         e.append("network.network_weights: only plain LoRA files can be continued (network.module: lora).")
     if s.prompts and check_paths and not Path(s.prompts).is_file():
         e.append(f"sample.prompts={s.prompts!r}: file not found.")
+    if s.prompts and t.distributed == "fsdp":
+        e.append("sample.prompts with train.distributed='fsdp': samples are drawn by rank 0 alone, which cannot run a "
+                 "sharded U-Net; sample the saved LoRA files with `lorakit sd generate`, or use distributed: ddp.")
     for key in ("every_n_epochs", "every_n_steps"):
         if getattr(s, key) is not None and getattr(s, key) < 1:
             e.append(f"sample.{key}={getattr(s, key)}: expected a positive integer or null.")

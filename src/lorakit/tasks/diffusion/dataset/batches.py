@@ -53,6 +53,11 @@ class DiffusionBatches:
         """Micro-batches per epoch for this rank."""
         return math.ceil(self.total_batches / self.world)
 
+    def step_layout(self, accum: int) -> dict:
+        """Step s reads the epoch's global batches [s·n, (s+1)·n), n = processes x accumulation; the batches
+        themselves depend on each dataset's batch size."""
+        return {"batch_sizes": [d.spec.batch_size for d in self.datasets], "batches_per_step": self.world * accum}
+
     def plan(self, epoch: int) -> list[tuple[int, list[int]]]:
         """The epoch's global batches: (dataset index, item indices)."""
         rng = random.Random(f"{self.seed}:{epoch}:order")

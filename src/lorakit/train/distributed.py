@@ -118,12 +118,28 @@ def setup(device_kind: str, strategy: str = "ddp") -> Distributed:
     world = int(env.get("WORLD_SIZE", "1"))
     if world <= 1 or not dist.is_available():
         return Distributed()
-    os.environ.update(env)  # init_process_group's env:// reads RANK and WORLD_SIZE
+    os.environ.update(env)  # the env:// rendezvous reads RANK and WORLD_SIZE
     started = not dist.is_initialized()
     if started:
-        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
+        rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
+        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo", store=_run_store(rank, world),
+                                rank=rank, world_size=world)
     return Distributed(dist.get_rank(), dist.get_world_size(), int(env.get("LOCAL_RANK", dist.get_rank())),
                        strategy, started)
+
+
+_STORE: list = []  # [store, groups made]: one rendezvous store per process, whatever the number of runs
+
+
+def _run_store(rank: int, world: int):
+    """The process's rendezvous store (created once: torchrun's agent store, or MASTER_ADDR:MASTER_PORT) under
+    a prefix new for each group. A second run in the same process must not bind the port again nor read the
+    first group's addresses: its FSDP model may keep that group (and its store) alive, and the new group
+    then connected to the old one's stale addresses and hung (seen here)."""
+    if not _STORE:
+        _STORE[:] = [next(dist.rendezvous("env://", rank=rank, world_size=world))[0], 0]
+    _STORE[1] += 1
+    return dist.PrefixStore(f"lorakit/run{_STORE[1]}", _STORE[0])
 
 
 def device_for(spec: str, d: Distributed) -> torch.device:

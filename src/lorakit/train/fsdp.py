@@ -143,7 +143,7 @@ def load_sharded(model: nn.Module, optimizer, directory: Path, meta: dict) -> No
 
     tensors, _ = _state(model, optimizer)  # also creates the optimizer state that the files fill in
     try:
-        dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(directory)))
+        dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(directory)), no_dist=not dist.is_initialized())
     except Exception as exc:  # DCP wraps every rank's failure in CheckpointException
         missing = str(exc).split("Missing key in checkpoint state_dict:")[-1].strip().split("\n")[0][:200]
         raise ValueError(f"{directory.parent} does not match this model's trainable parameters or optimizer "

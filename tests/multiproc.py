@@ -22,7 +22,8 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 PRELOAD = ["torch", "transformers", "transformers.models.llama.modeling_llama", "transformers.models.bert.modeling_bert",
-           "lorakit.train", "lorakit.train.run", "lorakit.train.fsdp", "lorakit.tasks.text.task"]
+           "diffusers", "lorakit.train", "lorakit.train.run", "lorakit.train.fsdp", "lorakit.tasks.text.task",
+           "lorakit.tasks.diffusion.task"]
 _CTX = None
 
 

@@ -85,11 +85,12 @@ def run(cfg, callbacks: list[Callback] | None = None, resume: bool = False, quie
         if resume and not existing:
             raise FileNotFoundError(f"--resume: no checkpoint in {run_dir} (checkpoints need train.save_every or "
                                     "train.save_every_epochs).")
-        torch.manual_seed(t.seed)  # every rank builds the same adapter (FSDP2, unlike DDP, broadcasts nothing)
+        # every rank builds the same adapter (FSDP2, unlike DDP, broadcasts nothing) and caches the same latents
+        torch.manual_seed(t.seed)
         parts = task.build(cfg, device)
+        data = task.data(cfg, parts, rank, world)
         if rank:
             torch.manual_seed(t.seed + rank)  # then each rank its own dropout; rank 0 goes on as one process does
-        data = task.data(cfg, parts, rank, world)
         per_epoch, total, plan = task.step_plan(cfg, data, world)
         model = parts.model
         report = _params(model)

@@ -1,18 +1,21 @@
 """FSDP2 on two processes (gloo, CPU) trains exactly as one process on the same global batch: the loss of every
 step and the final adapter agree within 1e-5 for LoRA, DoRA and QLoRA (NF4 base) on a causal LM and for a
 classifier; each rank holds half of the frozen base (the packed 4-bit codes too); the sharded checkpoint of
-two ranks resumes in one process to the uninterrupted run's adapter."""
+two ranks resumes in one process, and after a SIGKILL of one rank on two, to the uninterrupted run's adapter."""
 
 import json
+import os
 import shutil
+import time
+from pathlib import Path
 
 import pytest
 import tiny_hf as tiny
 import torch
-from multiproc import run_ranks
+from multiproc import Ranks, run_ranks
 from safetensors.torch import load_file
 
-from lorakit.train import run
+from lorakit.train import Callback, run
 from lorakit.train.checkpoint import list_checkpoints
 from lorakit.train.config import from_dict
 
@@ -109,3 +112,52 @@ def test_two_rank_sharded_checkpoint_resumes_in_one_process(fsdp_runs, case, tmp
     assert result.summary["steps"] == 4 and result.summary["world_size"] == 1
     assert_same_adapter(tmp / f"fsdp-{case}" / "adapter", resumed / "adapter")
     assert losses(resumed) == pytest.approx(losses(tmp / f"fsdp-{case}"), abs=1e-5)
+
+
+class PauseAt(Callback):
+    """Rank 1 stops answering after step ``step`` (it sleeps, as a wedged or preempted process would), so the
+    test can SIGKILL it while rank 0 waits in a collective; every rank records the step it started from."""
+
+    def __init__(self, step, mark):
+        self.step, self.mark = step, Path(mark)
+
+    def on_train_begin(self, state):
+        with open(self.mark.with_suffix(f".start{state.world_size}"), "a") as f:
+            f.write(f"{state.step}\n")
+
+    def on_step_end(self, state):
+        if state.step == self.step and os.environ.get("RANK") == "1":
+            self.mark.write_text(str(state.step))
+            time.sleep(120)
+
+
+def _killed_worker(rank, tmp, llama_path, bert_path, resume):
+    cfg = config("lora", tmp / "killed", tmp, llama_path, bert_path, batch=2, max_steps=8)
+    run(cfg, [PauseAt(3 if not resume else -1, tmp / "paused")], resume=resume, quiet=True)
+    return rank
+
+
+def test_sigkill_one_rank_the_other_stops_with_a_message_and_resume_matches(tmp_path, llama_path, bert_path):
+    write_data(tmp_path)
+    group = Ranks(_killed_worker, 2, (tmp_path, llama_path, bert_path, False), tmp_path).start()
+    deadline = time.monotonic() + 240
+    while not (tmp_path / "paused").exists() and time.monotonic() < deadline and all(p.is_alive() for p in group.procs):
+        time.sleep(0.05)
+    assert (tmp_path / "paused").exists(), group.output()
+    assert [c.name for c in list_checkpoints(tmp_path / "killed")] == ["checkpoint-000002"]
+    group.kill(1)
+    killed = time.monotonic()
+    group.wait(timeout=60, grace=30, expect_ok=False)  # a rank 0 that hangs fails the test here
+    assert time.monotonic() - killed < 30
+    assert group.procs[1].exitcode == -9 and group.procs[0].exitcode == 1, group.output()
+    log = " ".join(group.log(0).read_text().split())
+    assert "DistributedRunError: rank 0 of 2: another process of this run stopped" in log, log[-2000:]
+    assert "checkpoint-000002; restart every process with `--resume`" in log
+    # resumed on two ranks from the newest complete checkpoint: the uninterrupted run's adapter
+    run_ranks(_killed_worker, 2, (tmp_path, llama_path, bert_path, True), timeout=240, log_dir=tmp_path)
+    starts = (tmp_path / "paused.start2").read_text().split()
+    assert starts == ["0", "0", "2", "2"]  # each rank: the first session, then the resumed one
+    whole = run(config("lora", tmp_path / "whole", tmp_path, llama_path, bert_path, batch=4, max_steps=8), quiet=True)
+    assert whole.summary["steps"] == 8
+    assert_same_adapter(tmp_path / "whole" / "adapter", tmp_path / "killed" / "adapter")
+    assert losses(tmp_path / "killed") == pytest.approx(losses(tmp_path / "whole"), abs=1e-5)

@@ -105,8 +105,8 @@ class Distributed:
         from .checkpoint import list_checkpoints
 
         found = list_checkpoints(run_dir)
-        resume = (f"the newest complete checkpoint is {found[-1]}; restart every process with `--resume` to continue "
-                  "from it" if found else "no checkpoint was written yet (set train.save_every to make runs resumable)")
+        resume = (f"The newest complete checkpoint is {found[-1]}; restart every process with `--resume` to continue "
+                  "from it" if found else "No checkpoint was written yet (set train.save_every to make runs resumable)")
         first = text.splitlines()[0][:240]
         return DistributedRunError(f"rank {self.rank} of {self.world}: another process of this run stopped or the "
                                    f"connection failed ({first}); this process stops too. {resume}.")

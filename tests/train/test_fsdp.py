@@ -1,6 +1,6 @@
 """FSDP2 on two processes (gloo, CPU) trains exactly as one process on the same global batch: the loss of every
-step and the final adapter agree within 1e-5 for LoRA, DoRA and QLoRA (NF4 base) on a causal LM and for a
-classifier; each rank holds half of the frozen base (the packed 4-bit codes too); the sharded checkpoint of
+step and the final adapter agree within 1e-5 for LoRA, DoRA and QLoRA (NF4 base) on a causal LM, for a
+classifier and with gradient accumulation; each rank holds half of the frozen base (the packed 4-bit codes too); the sharded checkpoint of
 two ranks resumes in one process, and after a SIGKILL of one rank on two, to the uninterrupted run's adapter."""
 
 import json
@@ -19,7 +19,9 @@ from lorakit.train import Callback, run
 from lorakit.train.checkpoint import list_checkpoints
 from lorakit.train.config import from_dict
 
-CASES = {"lora": {"variant": "lora"}, "dora": {"variant": "dora"}, "qlora": {"quantize": "nf4"}, "cls": {}}
+CASES = {"lora": {"variant": "lora"}, "dora": {"variant": "dora"}, "qlora": {"quantize": "nf4"}, "cls": {},
+         # 2 micro-batches of 1 per step (the first without a reduce-scatter), no reshard, recomputed activations
+         "accum": {"train": {"grad_accum": 2, "fsdp_reshard_after_forward": False, "gradient_checkpointing": True}}}
 
 
 def config(case: str, out, tmp, llama_path, bert_path, batch: int, **train):
@@ -33,9 +35,12 @@ def config(case: str, out, tmp, llama_path, bert_path, batch: int, **train):
                           "lora": {"r": 4, "alpha": 8, "target_modules": ["query", "value"],
                                    "modules_to_save": ["classifier"]},
                           "train": {**t, "batch_size": 2 * batch}})
+    lora = {k: v for k, v in CASES[case].items() if k != "train"}
+    if "train" in CASES[case] and batch == 2:  # the two-rank run: same global batch, half the micro-batch
+        t.update(CASES[case]["train"], batch_size=1)
     return from_dict({"model": {"path": str(llama_path), "device": "cpu"},
                       "data": {"train": str(tmp / "train.txt"), "max_length": 8, "packing": True},
-                      "lora": {"r": 4, "alpha": 8, "target_modules": "all-linear", **CASES[case]}, "train": t})
+                      "lora": {"r": 4, "alpha": 8, "target_modules": "all-linear", **lora}, "train": t})
 
 
 def write_data(tmp):

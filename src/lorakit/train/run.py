@@ -87,7 +87,10 @@ def run(cfg, callbacks: list[Callback] | None = None, resume: bool = False, quie
                                     "train.save_every_epochs).")
         # every rank builds the same adapter (FSDP2, unlike DDP, broadcasts nothing) and caches the same latents
         torch.manual_seed(t.seed)
-        parts = task.build(cfg, device)
+        sharding = d.strategy == "fsdp" and world > 1  # built in CPU memory: only each rank's shards reach a GPU
+        parts = task.build(cfg, torch.device("cpu") if sharding else device)
+        for helper in parts.extra.get("helpers", []) if sharding else []:
+            helper.to(device)  # frozen modules outside the sharded model (a VAE for the latent cache)
         data = task.data(cfg, parts, rank, world)
         if rank:
             torch.manual_seed(t.seed + rank)  # then each rank its own dropout; rank 0 goes on as one process does

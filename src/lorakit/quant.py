@@ -109,6 +109,13 @@ def unpack_nibbles(packed: torch.Tensor, numel: int) -> torch.Tensor:
     return torch.stack([packed >> 4, packed & 0xF], dim=1).reshape(-1)[:numel]
 
 
+def packed_bytes(numel: int, double_quant: bool = True) -> int:
+    """Bytes a ``Linear4bit`` stores for ``numel`` weights: the codes (two per byte) and the block scales."""
+    blocks = -(-numel // BLOCK)
+    scales = blocks + 4 * -(-blocks // DQ_BLOCK) + 4 if double_quant else 4 * blocks
+    return -(-numel // 2) + scales
+
+
 class Linear4bit(nn.Linear):
     """A frozen linear layer whose weight is stored as 4-bit codes (see module docstring).
 

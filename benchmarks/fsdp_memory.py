@@ -1,0 +1,145 @@
+"""Per-process memory of LoRA training on two processes (CPU, gloo): FSDP2 vs DDP for a model whose frozen base
+dominates, QLoRA (NF4 base) under FSDP vs fp32 DDP, and ``lorakit validate``'s estimates against the peaks.
+
+Model: LlamaConfig(8 layers, hidden 1536, intermediate 4096, 12 heads, 4 key/value heads, vocab 4096), 214 M
+parameters (856 MB in fp32), LoRA r=16 on every linear layer, batch 1 x 64 tokens per process, AdamW, 3 steps.
+Each candidate runs ``lorakit.train.run`` in two fresh processes (torchrun's environment, one thread each,
+big allocations through mmap so freed memory leaves RSS at once). Per process it reports, above the RSS after
+imports: the peak while loading and sharding the model, and the peak while training (VmHWM reset when training
+begins).
+
+    flock -x /tmp/cpu.lock .venv/bin/python benchmarks/fsdp_memory.py [--steps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from _common import EXACT_RSS_ENV, _status, env_without_heap_policy
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))  # benchmark the tree this file is in
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' tiny tokenizer
+CANDIDATES = {"ddp": ("ddp", "none"), "fsdp": ("fsdp", "none"), "fsdp-qlora": ("fsdp", "nf4"),
+              "ddp-qlora": ("ddp", "nf4")}
+CACHE = Path(tempfile.gettempdir()) / "lorakit-bench-fsdp"
+
+
+def model_dir() -> Path:
+    """The benchmark model (random weights, built once) and a text file of packed 64-token samples."""
+    import tiny_hf
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path = CACHE / "llama-214m"
+    if not (path / "config.json").is_file():
+        tok = tiny_hf.tokenizer()
+        torch.manual_seed(0)
+        cfg = LlamaConfig(num_hidden_layers=8, hidden_size=1536, intermediate_size=4096, num_attention_heads=12,
+                          num_key_value_heads=4, vocab_size=4096, max_position_embeddings=256,
+                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        LlamaForCausalLM(cfg).save_pretrained(path)
+        tok.save_pretrained(path)
+        (CACHE / "train.txt").write_text("\n\n".join(tiny_hf.CORPUS * 20))
+    return path
+
+
+def config(name: str, steps: int, out: Path):
+    from lorakit.train.config import from_dict
+
+    strategy, quant = CANDIDATES[name]
+    return from_dict({"model": {"path": str(model_dir()), "device": "cpu"},
+                      "data": {"train": str(CACHE / "train.txt"), "max_length": 64, "packing": True},
+                      "lora": {"r": 16, "alpha": 32, "target_modules": "all-linear", "quantize": quant},
+                      "train": {"output_dir": str(out), "max_steps": steps, "batch_size": 1, "lr": 1e-4,
+                                "distributed": strategy, "progress": False, "plot": False, "keep_heap": False,
+                                "save_every": 0, "log_every": 1}})
+
+
+def rank_main(name: str, steps: int, out: str) -> None:
+    """One process of a candidate: prints {"load": bytes, "train": bytes} above the RSS after imports."""
+    import lorakit.train.run  # noqa: F401  (imports first: the baseline is the runtime)
+    from lorakit.train import Callback, run
+
+    libc = ctypes.CDLL("libc.so.6")
+    base = _status("VmRSS")
+    marks = {}
+
+    class Probe(Callback):
+        def on_train_begin(self, state):
+            marks["load"] = _status("VmHWM") - base
+            libc.malloc_trim(0)
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # VmHWM := VmRSS: the training peak starts here
+
+        def on_train_end(self, state):
+            marks["train"] = _status("VmHWM") - base
+
+    run(config(name, steps, Path(out)), [Probe()], quiet=True)
+    print(json.dumps(marks), flush=True)
+
+
+def measure(name: str, steps: int) -> list[dict]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tempfile.mkdtemp(prefix=f"fsdp-{name}-")
+    procs = []
+    for rank in range(2):
+        env = env_without_heap_policy() | EXACT_RSS_ENV | {
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": "2",
+            "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2", "LORAKIT_NUM_THREADS": "1"}
+        procs.append(subprocess.Popen([sys.executable, __file__, "--rank-of", name, "--steps", str(steps), "--out", out],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=1800)
+        if p.returncode:
+            raise SystemExit(f"{name}: a process failed:\n{stderr[-3000:]}")
+        results.append(json.loads(stdout.strip().splitlines()[-1]))
+    return results
+
+
+def estimate(name: str, steps: int) -> int:
+    from lorakit.train.estimate import text_estimate
+
+    cfg = config(name, steps, CACHE / "unused")
+    return sum(text_estimate(cfg, 64).per_process(cfg.train.distributed, 2).values())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--rank-of")
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    if args.rank_of:
+        rank_main(args.rank_of, args.steps, args.out)
+        return
+    import torch
+
+    model_dir()
+    print(f"torch {torch.__version__}, 2 processes x 1 thread, gloo, {args.steps} steps, batch 1 x 64 tokens each")
+    mb = 2 ** 20
+    rows = {name: measure(name, args.steps) for name in CANDIDATES}
+    print(f"{'candidate':<12}{'load peak MB':>14}{'train peak MB':>15}{'estimate MB':>13}{'est/measured':>14}")
+    peaks = {}
+    for name, ranks in rows.items():
+        load, train = max(r["load"] for r in ranks), max(r["train"] for r in ranks)
+        est = estimate(name, args.steps)
+        peaks[name] = train
+        print(f"{name:<12}{load / mb:>14.0f}{train / mb:>15.0f}{est / mb:>13.0f}{est / train:>14.2f}")
+    print(f"training peak per process: FSDP / DDP = {peaks['fsdp'] / peaks['ddp']:.2f} (goal <= 0.60), "
+          f"QLoRA FSDP / fp32 DDP = {peaks['fsdp-qlora'] / peaks['ddp']:.2f} (goal <= 0.35)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,12 +1,12 @@
 """Per-process memory of LoRA training on two processes (CPU, gloo): FSDP2 vs DDP for a model whose frozen base
 dominates, QLoRA (NF4 base) under FSDP vs fp32 DDP, and ``lorakit validate``'s estimates against the peaks.
 
-Model: LlamaConfig(8 layers, hidden 1536, intermediate 4096, 12 heads, 4 key/value heads, vocab 4096), 214 M
-parameters (856 MB in fp32), LoRA r=16 on every linear layer, batch 1 x 64 tokens per process, AdamW, 3 steps.
-Each candidate runs ``lorakit.train.run`` in two fresh processes (torchrun's environment, one thread each,
-big allocations through mmap so freed memory leaves RSS at once). Per process it reports, above the RSS after
-imports: the peak while loading and sharding the model, and the peak while training (VmHWM reset when training
-begins).
+Model: LlamaConfig(32 layers, hidden 1024, intermediate 2816, 16 heads, vocab 4096), 420 M parameters (1.68 GB
+in fp32), LoRA r=16 on every linear layer, batch 1 x 64 tokens per process, AdamW, 3 steps. Each candidate
+runs ``lorakit.train.run`` in two fresh processes (torchrun's environment, one thread each, big allocations
+through mmap so freed memory leaves RSS at once). Per process it reports, above the RSS once the modules are
+imported and the process group is up: the peak while loading and sharding the model, and the peak while
+training (VmHWM reset when training begins).
 
     flock -x /tmp/cpu.lock .venv/bin/python benchmarks/fsdp_memory.py [--steps 3]
 """
@@ -38,12 +38,12 @@ def model_dir() -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    path = CACHE / "llama-214m"
+    path = CACHE / "llama-420m"
     if not (path / "config.json").is_file():
         tok = tiny_hf.tokenizer()
         torch.manual_seed(0)
-        cfg = LlamaConfig(num_hidden_layers=8, hidden_size=1536, intermediate_size=4096, num_attention_heads=12,
-                          num_key_value_heads=4, vocab_size=4096, max_position_embeddings=256,
+        cfg = LlamaConfig(num_hidden_layers=32, hidden_size=1024, intermediate_size=2816, num_attention_heads=16,
+                          vocab_size=4096, max_position_embeddings=256,
                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
         LlamaForCausalLM(cfg).save_pretrained(path)
         tok.save_pretrained(path)
@@ -65,8 +65,13 @@ def config(name: str, steps: int, out: Path):
 
 def rank_main(name: str, steps: int, out: str) -> None:
     """One process of a candidate: prints {"load": bytes, "train": bytes} above the RSS after imports."""
-    import lorakit.train.run  # noqa: F401  (imports first: the baseline is the runtime)
+    import torch.distributed as dist
+    import transformers.models.llama.modeling_llama  # noqa: F401  (the baseline is the runtime: imports, group)
+
+    import lorakit.tasks.text.task  # noqa: F401
     from lorakit.train import Callback, run
+
+    dist.init_process_group("gloo")  # run() uses it and leaves it to us
 
     libc = ctypes.CDLL("libc.so.6")
     base = _status("VmRSS")
@@ -76,6 +81,8 @@ def rank_main(name: str, steps: int, out: str) -> None:
         def on_train_begin(self, state):
             marks["load"] = _status("VmHWM") - base
             libc.malloc_trim(0)
+            marks["begin"] = _status("VmRSS") - base
+            marks["file"] = _status("RssFile")
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")  # VmHWM := VmRSS: the training peak starts here
 
@@ -83,6 +90,7 @@ def rank_main(name: str, steps: int, out: str) -> None:
             marks["train"] = _status("VmHWM") - base
 
     run(config(name, steps, Path(out)), [Probe()], quiet=True)
+    dist.destroy_process_group()
     print(json.dumps(marks), flush=True)
 
 
@@ -90,8 +98,8 @@ def measure(name: str, steps: int) -> list[dict]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    out = tempfile.mkdtemp(prefix=f"fsdp-{name}-")
-    procs = []
+    tmp = tempfile.TemporaryDirectory(prefix=f"fsdp-{name}-")
+    out, procs = tmp.name, []
     for rank in range(2):
         env = env_without_heap_policy() | EXACT_RSS_ENV | {
             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": "2",
@@ -104,6 +112,7 @@ def measure(name: str, steps: int) -> list[dict]:
         if p.returncode:
             raise SystemExit(f"{name}: a process failed:\n{stderr[-3000:]}")
         results.append(json.loads(stdout.strip().splitlines()[-1]))
+    tmp.cleanup()
     return results
 
 
@@ -119,6 +128,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--rank-of")
     parser.add_argument("--out")
+    parser.add_argument("--only", nargs="*", default=list(CANDIDATES))
     args = parser.parse_args()
     if args.rank_of:
         rank_main(args.rank_of, args.steps, args.out)
@@ -128,7 +138,7 @@ def main() -> None:
     model_dir()
     print(f"torch {torch.__version__}, 2 processes x 1 thread, gloo, {args.steps} steps, batch 1 x 64 tokens each")
     mb = 2 ** 20
-    rows = {name: measure(name, args.steps) for name in CANDIDATES}
+    rows = {name: measure(name, args.steps) for name in args.only}
     print(f"{'candidate':<12}{'load peak MB':>14}{'train peak MB':>15}{'estimate MB':>13}{'est/measured':>14}")
     peaks = {}
     for name, ranks in rows.items():

@@ -58,6 +58,12 @@ def _fsdp_worker(rank, tmp, llama_path, bert_path):
         whole = sum(p.numel() * p.element_size() for p in frozen)
         packed = [p for n, p in result.model.named_parameters() if n.endswith("qweight")]
         out[case] = {"local": local, "whole": whole, "packed": [p.to_local().numel() / p.numel() for p in packed]}
+    from lorakit.train.adalora import AdaLoraCallback
+
+    try:  # a callback that rewrites whole parameters between steps is refused before anything is built
+        run(config("lora", tmp / "refused", tmp, llama_path, bert_path, batch=2), [AdaLoraCallback()], quiet=True)
+    except ValueError as exc:
+        out["refused"] = str(exc)
     return out
 
 
@@ -98,6 +104,8 @@ def test_fsdp_two_ranks_equal_one_process(fsdp_runs, case, llama_path, bert_path
         s = rank_stats[case]
         assert 0.45 < s["local"] / s["whole"] < 0.55, s
         assert all(0.45 < f <= 0.55 for f in s["packed"]) and bool(s["packed"]) == (case == "qlora"), s
+    assert all(s["refused"].startswith("AdaLoraCallback changes whole parameters between steps, which FSDP keeps "
+                                       "sharded") for s in stats)
     ckpt = list_checkpoints(sharded)[-1]
     assert sorted(p.name for p in (ckpt / "sharded").iterdir()) == [
         "shard-00001-model-00001-of-00001.safetensors", "shard-00002-model-00001-of-00001.safetensors"]

@@ -85,9 +85,13 @@ def run(cfg, callbacks: list[Callback] | None = None, resume: bool = False, quie
         if resume and not existing:
             raise FileNotFoundError(f"--resume: no checkpoint in {run_dir} (checkpoints need train.save_every or "
                                     "train.save_every_epochs).")
+        sharding = d.strategy == "fsdp" and world > 1  # built in CPU memory: only each rank's shards reach a GPU
+        whole = [type(cb).__name__ for cb in callbacks or [] if sharding and getattr(cb, "whole_parameters", False)]
+        if whole:
+            raise ValueError(f"{whole[0]} changes whole parameters between steps, which FSDP keeps sharded; train with "
+                             "train.distributed: ddp (or one process).")
         # every rank builds the same adapter (FSDP2, unlike DDP, broadcasts nothing) and caches the same latents
         torch.manual_seed(t.seed)
-        sharding = d.strategy == "fsdp" and world > 1  # built in CPU memory: only each rank's shards reach a GPU
         parts = task.build(cfg, torch.device("cpu") if sharding else device)
         for helper in parts.extra.get("helpers", []) if sharding else []:
             helper.to(device)  # frozen modules outside the sharded model (a VAE for the latent cache)

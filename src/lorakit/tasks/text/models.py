@@ -93,7 +93,7 @@ def _release_checkpoint(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, Linear4bit):
             continue
-        for name, p in module._parameters.items():
+        for p in module._parameters.values():
             if p is not None and not p.requires_grad:
                 p.data = p.data.clone()
 

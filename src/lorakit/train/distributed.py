@@ -12,7 +12,8 @@ GIL, reached from the DDP reducer's destructor, while a worker waited for the GI
 its last all-reduce. ``close`` makes the last collective a barrier on every rank, frees the DDP reducer while
 the group is alive, gives the workers the GIL (a sleep) to finish their work, then destroys the group at a
 known point. When another process has died, the next collective fails at once (gloo: "Connection closed by
-peer"; on GPUs nccl's watchdog, after its timeout); :func:`lost_peer` turns that into a
+peer"; on GPUs nccl's watchdog, after its timeout), or torchrun sends SIGTERM to every other process (which
+raises :class:`Terminated` while training); :meth:`Distributed.lost_peer` turns either into a
 :class:`DistributedRunError` that names the newest complete checkpoint to ``--resume`` from.
 """
 
@@ -22,6 +23,8 @@ import contextlib
 import gc
 import os
 import re
+import signal
+import threading
 import time
 from dataclasses import dataclass
 
@@ -38,6 +41,14 @@ _LOST = re.compile(r"closed by peer|reset by peer|broken pipe|connection refused
 
 class DistributedRunError(RuntimeError):
     """Another process of a multi-process run stopped (or the network failed), so this one stopped too."""
+
+
+class Terminated(RuntimeError):
+    """SIGTERM: torchrun stops every process when one fails, and a scheduler when the job ends or is cancelled."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated("SIGTERM: the launcher stops every process when one fails, or the job was cancelled")
 
 
 def launch_env(env: dict) -> dict:
@@ -64,6 +75,8 @@ class Distributed:
     strategy: str = "none"
     started: bool = False
     """This process created the group (so ``close`` destroys it); False when the caller had made one."""
+    sigterm: object = None
+    """The SIGTERM handler to restore in ``close`` (while training, SIGTERM raises :class:`Terminated`)."""
 
     @property
     def main(self) -> bool:
@@ -85,6 +98,8 @@ class Distributed:
 
         ``ok``: every rank got here normally, so a barrier is safe; after a failure (a peer lost, an
         exception on this rank) the group is destroyed at once, since the other ranks may never reach one."""
+        if self.sigterm is not None:  # after a failure the launcher's SIGTERM must not cut the error message short
+            signal.signal(signal.SIGTERM, self.sigterm if ok else signal.SIG_IGN)
         holder.clear()  # the trainer and the wrapper: their references go first
         gc.collect()  # the DDP reducer (and its reference to the group) goes now, while the group is alive
         if self.world > 1 and dist.is_initialized():
@@ -100,14 +115,15 @@ class Distributed:
         if self.world <= 1 or isinstance(exc, DistributedRunError):
             return None
         text = f"{type(exc).__name__}: {exc}"
-        if not (isinstance(exc, getattr(dist, "DistError", ())) or _LOST.search(text)):
+        if not (isinstance(exc, (Terminated, getattr(dist, "DistError", ()))) or _LOST.search(text)):
             return None
         from .checkpoint import list_checkpoints
 
         found = list_checkpoints(run_dir)
         resume = (f"The newest complete checkpoint is {found[-1]}; restart every process with `--resume` to continue "
                   "from it" if found else "No checkpoint was written yet (set train.save_every to make runs resumable)")
-        first = text.splitlines()[0][:240]
+        first = re.sub(r"\[[^\]]*\.(cc|cpp|h):\d+\] ", "", text.splitlines()[0])  # gloo's source location
+        first = first.split(". ")[0][:200]
         return DistributedRunError(f"rank {self.rank} of {self.world}: another process of this run stopped or the "
                                    f"connection failed ({first}); this process stops too. {resume}.")
 
@@ -124,8 +140,11 @@ def setup(device_kind: str, strategy: str = "ddp") -> Distributed:
         rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
         dist.init_process_group("nccl" if device_kind == "cuda" else "gloo", store=_run_store(rank, world),
                                 rank=rank, world_size=world)
-    return Distributed(dist.get_rank(), dist.get_world_size(), int(env.get("LOCAL_RANK", dist.get_rank())),
-                       strategy, started)
+    d = Distributed(dist.get_rank(), dist.get_world_size(), int(env.get("LOCAL_RANK", dist.get_rank())), strategy,
+                    started)
+    if threading.current_thread() is threading.main_thread():  # a message and a clean end instead of a silent kill
+        d.sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
+    return d
 
 
 _STORE: list = []  # [store, groups made]: one rendezvous store per process, whatever the number of runs

@@ -31,10 +31,10 @@ def config(case: str, out, tmp, llama_path, bert_path, batch: int, **train):
          "distributed": "fsdp", **train}
     if case == "cls":
         return from_dict({"model": {"path": str(bert_path), "task": "classification", "device": "cpu"},
-                          "data": {"train": str(tmp / "train.jsonl")},
+                          "data": {"train": str(tmp / "train.jsonl"), "eval": str(tmp / "train.jsonl")},
                           "lora": {"r": 4, "alpha": 8, "target_modules": ["query", "value"],
                                    "modules_to_save": ["classifier"]},
-                          "train": {**t, "batch_size": 2 * batch}})
+                          "train": {**t, "batch_size": 2 * batch, "eval_every": 2}})  # evaluated on every rank
     lora = {k: v for k, v in CASES[case].items() if k != "train"}
     if "train" in CASES[case] and batch == 2:  # the two-rank run: same global batch, half the micro-batch
         t.update(CASES[case]["train"], batch_size=1)
@@ -68,7 +68,8 @@ def _fsdp_worker(rank, tmp, llama_path, bert_path):
 
 
 def losses(run_dir) -> list[float]:
-    return [json.loads(r)["loss"] for r in (run_dir / "metrics.jsonl").read_text().splitlines() if "loss" in r]
+    rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if "loss" in r]
 
 
 def assert_same_adapter(a_dir, b_dir, atol=1e-5):
@@ -96,6 +97,9 @@ def test_fsdp_two_ranks_equal_one_process(fsdp_runs, case, llama_path, bert_path
     sharded = tmp / f"fsdp-{case}"
     assert losses(sharded) == pytest.approx(losses(single), abs=1e-5) and len(losses(single)) == 4
     assert_same_adapter(single / "adapter", sharded / "adapter")
+    evals = [[json.loads(r)["eval_loss"] for r in (d / "metrics.jsonl").read_text().splitlines() if "eval_loss" in r]
+             for d in (single, sharded)]
+    assert evals[1] == pytest.approx(evals[0], abs=1e-5) and len(evals[0]) == (2 if case == "cls" else 0)
     moved = max(float(v.abs().max()) for k, v in load_file(single / "adapter" / "adapter_model.safetensors").items()
                 if "lora_B" in k)
     assert moved > 1e-3  # the adapter trained (B starts at zero)

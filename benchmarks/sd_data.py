@@ -67,8 +67,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="lorakit-sd-data-"))
     try:
         make_images(work / "img", a.images, a.size)
-        common = {"train_data_dir": str(work / "img"), "resolution": a.size, "min_bucket_reso": a.size // 2,
-                  "max_bucket_reso": a.size * 2, "cache_dir": str(work / "cache")}
+        common = {"train_data_dir": str(work / "img"), "resolution": a.size, "enable_bucket": True,
+                  "min_bucket_reso": a.size // 2, "max_bucket_reso": a.size * 2, "cache_dir": str(work / "cache")}
         _, t_scan = timed(lambda: build_dataset(DatasetArgs(**common), batch_size=a.batch, seed=0, scan_only=True))
         cached = DatasetArgs(**common, cache_latents_to_disk=True, vae_batch_size=a.vae_batch)
         b, t_first = timed(lambda: build_dataset(cached, batch_size=a.batch, seed=0, encode_latents=encode,

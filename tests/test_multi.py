@@ -131,6 +131,76 @@ def test_modules_to_save_head_per_adapter():
     assert (mixed[0] - base[0]).abs().max() > 1e-2  # the heads really differ from the original
 
 
+def _head_adapter():
+    """The MLP with LoRA on lin0/lin1 and a trained copy of ``head`` (modules_to_save), random factors."""
+    model = build("mlp")
+    lorakit.inject(model, lorakit.LoraConfig(r=4, alpha=8, target_modules=["lin0", "lin1"], modules_to_save=["head"]),
+                   "a", activate=False)
+    _randomise(model)
+    with torch.no_grad():
+        for p in model.head.modules_to_save["a"].parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(7)))
+    return model.eval()
+
+
+def _by_formula(model, sigma: float) -> torch.Tensor:
+    """What strength σ means, written out on a plain copy of the base: W + σ·s·B·A for the LoRA layers and
+    W + σ·(W' − W) for the head's copy (its output is affine in W, so this is the blend of outputs)."""
+    plain = build("mlp").eval()
+    with torch.no_grad():
+        for name in ("lin0", "lin1"):
+            layer = getattr(model, name)
+            ad = layer.adapters["a"]
+            getattr(plain, name).weight.copy_(layer.base_layer.weight + sigma * ad.scale * ad.lora_B @ ad.lora_A)
+        for pname in ("weight", "bias"):
+            w0 = getattr(model.head.original_module, pname)
+            getattr(plain.head, pname).copy_(w0 + sigma * (getattr(model.head.modules_to_save["a"], pname) - w0))
+    return plain
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.5, 1.0, 1.7])
+def test_modules_to_save_strength_rule(sigma, tmp_path):
+    """A copy at strength σ is base + σ·(copy − base): the same in set_active_adapters and per_row (strength 0 is
+    the base head in both), merge_and_unload writes it, and σ = 1 is PEFT's model."""
+    model = _head_adapter()
+    x = example_input("mlp")
+    with torch.no_grad():
+        expected = _by_formula(model, sigma)(x)
+        got = _alone(model, "mlp", x, "a", sigma)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        with lorakit.per_row(model, ["a"] * len(x), [sigma] * len(x)):
+            torch.testing.assert_close(model(x), got, atol=1e-5, rtol=1e-5)
+        if sigma == 0:
+            with lorakit.disable_adapters(model):
+                torch.testing.assert_close(got, model(x), atol=0, rtol=0)
+        lorakit.set_active_adapters(model, {"a": sigma})
+        merged = lorakit.merge_and_unload(copy.deepcopy(model))
+        torch.testing.assert_close(merged(x), got, atol=1e-5, rtol=1e-5)
+    if sigma == 1:
+        import peft
+
+        lorakit.save_adapter(model, tmp_path, "a")
+        theirs = peft.PeftModel.from_pretrained(build("mlp").eval(), tmp_path)
+        with torch.no_grad():
+            torch.testing.assert_close(theirs(x), got, atol=1e-5, rtol=1e-5)
+
+
+def test_modules_to_save_strengths_mixed_in_one_batch():
+    model = _head_adapter()
+    x = example_input("mlp")
+    _check_rows(model, "mlp", x, ["a", "a", None, "a"], [0.0, 0.5, 1.0, 1.0])
+    _check_rows(model, "mlp", x, ["a", "a", "a", "a"], [1.0, 0.25, 1.0, 0.0])
+
+
+def test_modules_to_save_blend_of_a_non_affine_module_is_not_merged():
+    model = build("mlp")
+    model.block = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Tanh())
+    lorakit.inject(model, lorakit.LoraConfig(r=2, target_modules=["lin0"], modules_to_save=["block"]), "a")
+    lorakit.set_active_adapters(model, {"a": 0.5})
+    with pytest.raises(ValueError, match="cannot fold the modules_to_save copy of a Sequential at strength 0.5"):
+        lorakit.merge_and_unload(model)
+
+
 def test_equals_peft_adapter_names(tmp_path):
     import peft
 

@@ -107,14 +107,26 @@ class LoraLayer(nn.Module):
         return f"adapters={list(self.adapters)}, active={self.active}, merged={list(self.merged)}"
 
 
+#: modules whose output is affine in their parameters: for them the blend of outputs below equals the
+#: copy with interpolated weights W + σ·(W' − W), which is what ``merge_and_unload`` writes
+AFFINE = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.LayerNorm, nn.GroupNorm)
+AFFINE_NAMES = ("Conv1D", "RMSNorm")  # transformers' Conv1D and every *RMSNorm (y = w ⊙ x/rms(x))
+
+
 class SavedModule(nn.Module):
-    """PEFT's ``modules_to_save``: the frozen ``original_module`` and one trainable copy per adapter."""
+    """PEFT's ``modules_to_save``: the frozen ``original_module`` and one trainable copy per adapter.
+
+    Strength σ means for a copy what it means for every adapter, its change scaled by σ:
+    y = base(x) + σ·(copy(x) − base(x)). σ = 1 is the copy (all PEFT knows: it has no strengths),
+    σ = 0 the base module. ``set_active_adapters`` and ``per_row`` both follow this rule.
+    """
 
     def __init__(self, original: nn.Module):
         super().__init__()
         self.original_module = original
         self.modules_to_save = nn.ModuleDict()
         self.active: str | None = None
+        self.strength = 1.0
         self.disabled = False
         self.rows = None  # see LoraLayer.rows
 
@@ -130,9 +142,39 @@ class SavedModule(nn.Module):
             return self.original_module(*args, **kwargs)
         if self.rows is not None:
             return self.rows.saved_forward(self, *args, **kwargs)
-        if self.active is None:
+        if self.active is None or self.strength == 0:
             return self.original_module(*args, **kwargs)
-        return self.modules_to_save[self.active](*args, **kwargs)
+        out = self.modules_to_save[self.active](*args, **kwargs)
+        return out if self.strength == 1 else blend(self.original_module(*args, **kwargs), out, self.strength)
+
+    def merged_module(self) -> nn.Module:
+        """One plain module computing what this wrapper computes (for ``merge_and_unload``): the base
+        module, the copy, or for 0 < σ < 1 (or σ > 1) the copy with weights W + σ·(W' − W)."""
+        if self.active is None or self.strength == 0:
+            return self.original_module
+        chosen = self.modules_to_save[self.active]
+        if self.strength == 1:
+            return chosen
+        kind = type(self.original_module)
+        if kind not in AFFINE and not kind.__name__.endswith(AFFINE_NAMES):
+            raise ValueError(f"cannot fold the modules_to_save copy of a {kind.__name__} at strength {self.strength} "
+                             "into one module (its output is not affine in its weights); merge at strength 0 or 1, "
+                             "or keep the adapter unmerged.")
+        out = copy.deepcopy(chosen)
+        with torch.no_grad():
+            for p, p0 in zip(out.parameters(), self.original_module.parameters(), strict=True):
+                p.copy_(p0 + self.strength * (p - p0))
+        return out
 
     def extra_repr(self) -> str:
-        return f"copies={list(self.modules_to_save)}, active={self.active}"
+        return f"copies={list(self.modules_to_save)}, active={self.active}, strength={self.strength}"
+
+
+def blend(base, copied, strength):
+    """base + σ·(copy − base) for a module's outputs (σ a number, or one per row broadcast over the rest)."""
+    if not isinstance(base, torch.Tensor) or not isinstance(copied, torch.Tensor):
+        raise TypeError(f"a modules_to_save copy at a strength other than 0 or 1 needs a module returning one tensor; "
+                        f"it returned {type(base).__name__}.")
+    if isinstance(strength, torch.Tensor):
+        strength = strength.to(base.dtype).view(-1, *[1] * (base.dim() - 1))
+    return base + strength * (copied.to(base.dtype) - base)

@@ -67,8 +67,9 @@ def set_active_adapters(model: nn.Module, adapters: str | list[str] | dict[str, 
     strengths = {n: float(s) for n, s in adapters.items()}
     for _, layer in lora_layers(model):
         layer.active = {n: s for n, s in strengths.items() if n in layer.adapters}
-    for _, saved in _saved_modules(model):
+    for _, saved in _saved_modules(model):  # a copy runs at its adapter's strength (see SavedModule)
         saved.active = next((n for n in strengths if n in saved.modules_to_save), None)
+        saved.strength = strengths.get(saved.active, 1.0)
     model.lorakit_active = strengths
 
 
@@ -159,7 +160,8 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
 def merge_and_unload(model: nn.Module, safe: bool = False) -> nn.Module:
     """Merge the active adapters and return ``model`` with every wrapper replaced by a plain module.
 
-    Saved copies (``modules_to_save``) of the active adapter replace their originals. 4-bit layers
+    Saved copies (``modules_to_save``) of the active adapter replace their originals, at its strength
+    (:meth:`SavedModule.merged_module`). 4-bit layers
     (QLoRA) come back as dense ``nn.Linear`` holding dequant(W) + ΔW, unadapted ones as dequant(W).
     """
     from .quant import dequantize_model
@@ -175,8 +177,7 @@ def unload(model: nn.Module, keep_merged: bool = False) -> nn.Module:
     for name, layer in list(lora_layers(model)):
         _replace(model, name, layer.base_layer)
     for name, saved in list(_saved_modules(model)):
-        chosen = saved.modules_to_save[saved.active] if keep_merged and saved.active else saved.original_module
-        _replace(model, name, chosen)
+        _replace(model, name, saved.merged_module() if keep_merged else saved.original_module)
     for attr in ("lorakit_configs", "lorakit_active", "lorakit_trainable"):
         if hasattr(model, attr):
             delattr(model, attr)

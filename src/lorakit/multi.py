@@ -30,7 +30,7 @@ on σ: it is computed once per adapter when the stack is built (cached until a w
 into B_all, and (c − 1) is gathered per row. Every other adapter (LoHa, LoKr, AdaLoRA, Embedding and
 Conv layers, DoRA on a quantised base) takes the segment path through its own ``forward``: its
 output at strength 1 minus the base output, times σ_i (every variant is linear in σ).
-``modules_to_save`` copies run on their adapter's rows.
+``modules_to_save`` copies run on their adapter's rows at the row's strength (``SavedModule``'s rule).
 
 HF ``generate`` repeats rows for beam search / ``num_return_sequences`` with ``repeat_interleave``; a
 batch k times the map's length uses each row's adapter for its k copies.
@@ -47,7 +47,7 @@ from torch import nn
 
 from .adapters.dora import DoraAdapter
 from .adapters.lora import LoraAdapter
-from .layer import LoraLayer, SavedModule
+from .layer import LoraLayer, SavedModule, blend
 
 #: Cost model that picks the stacked kernel (constants measured on a 2-core AVX2 CPU with
 #: benchmarks/mixed_batch.py --kernels): segments pay a fixed cost per adapter in the batch (gather,
@@ -382,15 +382,16 @@ def lora_forward(layer: LoraLayer, rows: RowMap, x: torch.Tensor, *args, **kwarg
 
 
 def saved_forward(saved: SavedModule, rows: RowMap, *args, **kwargs):
-    """``SavedModule.forward`` under a row map: each adapter's copy runs on its rows."""
+    """``SavedModule.forward`` under a row map: each adapter's copy runs on its rows, blended with the
+    base output at each row's strength (``SavedModule``'s rule; strength-0 rows have no adapter)."""
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
     if not tensors:
         raise TypeError("per_row needs the batch as a tensor argument of modules_to_save modules.")
     batch = tensors[0].shape[0]
     rows = rows.for_batch(batch)
     used = [(i, idx) for i, idx in rows.segments() if rows.names[i] in saved.modules_to_save]
-    if len(used) == 1 and used[0][1].numel() == batch:  # every row uses one copy
-        return saved.modules_to_save[rows.names[used[0][0]]](*args, **kwargs)
+    if len(used) == 1 and used[0][1].numel() == batch and bool((rows.strength == 1).all()):
+        return saved.modules_to_save[rows.names[used[0][0]]](*args, **kwargs)  # every row: one copy, in full
     result = saved.original_module(*args, **kwargs)
     if not used:
         return result
@@ -401,7 +402,9 @@ def saved_forward(saved: SavedModule, rows: RowMap, *args, **kwargs):
     for i, idx in used:
         sub = [a.index_select(0, idx) if isinstance(a, torch.Tensor) and a.dim() and a.shape[0] == batch else a
                for a in args]
-        result.index_copy_(0, idx, saved.modules_to_save[rows.names[i]](*sub, **kwargs).to(result.dtype))
+        out = saved.modules_to_save[rows.names[i]](*sub, **kwargs).to(result.dtype)
+        sigma = rows.strength.index_select(0, idx)
+        result.index_copy_(0, idx, out if bool((sigma == 1).all()) else blend(result.index_select(0, idx), out, sigma))
     return result
 
 

@@ -147,3 +147,39 @@ def test_demo_table_sizes_split_by_kohyas_bucket_list(tmp_path):
     assert set(untrained) == {(32, 24), (24, 32)} and set(trained) | set(untrained) == set(world.SIZES)
     cfg["data"]["resolution"] = 40  # a larger area holds other buckets: the split follows the config
     assert trained_sizes(cfg)[0] != trained
+
+
+def test_demo_shows_the_commands_output_while_they_run(tmp_path, monkeypatch):
+    """``make demo-sd`` streams the trainer's progress (issue 19.18): each line reaches the log while the command
+    still runs. The stand-in command prints a line, then waits for the log to have seen it."""
+    import stat
+    import sys
+
+    from lorakit.demos.sdworld import demo
+
+    sentinel = tmp_path / "seen"
+    fake = tmp_path / "python"
+    fake.write_text(f"#!/bin/sh\necho 'train: step 10/1600'\ni=0\nwhile [ ! -e '{sentinel}' ] && [ $i -lt 100 ]; do "
+                    f"sleep 0.1; i=$((i+1)); done\n[ -e '{sentinel}' ] && echo 'the log saw it live' || echo late\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setattr(sys, "executable", str(fake))
+    lines = []
+
+    def log(text):
+        lines.append(text)
+        if "step 10/1600" in text:
+            sentinel.touch()
+
+    demo.lorakit("train", "sd.yaml", log=log)
+    assert lines[0] == "$ lorakit train sd.yaml" and "the log saw it live" in "\n".join(lines), lines
+
+
+def test_demo_help_still_works():
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run([sys.executable, "-m", "lorakit.demos.sdworld.demo", "--help"], capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert done.returncode == 0 and "--out" in done.stdout, done.stderr

@@ -48,3 +48,34 @@ def test_errors_name_the_option(tmp_path):
     f.write_text(json.dumps([{"prompt": "a", "steps": 3}]))
     with pytest.raises(ValueError, match="unknown key"):
         read_prompt_file(f)
+
+
+def test_prompt_problems_name_file_and_line_for_every_bad_option(tmp_path):
+    from lorakit.sd.sample_prompts import prompt_problems
+
+    f = tmp_path / "p.txt"
+    f.write_text("# ok\na cat --ss euler_a\na dog --ss not_a_sampler\n\na cow --w 100 --l nan\na hen --ss DDIM Karras\n")
+    problems = prompt_problems(f)
+    assert len(problems) == 4, problems
+    assert problems[0].startswith(f"{f}:3: --ss 'not_a_sampler': unknown sampler")
+    assert problems[1].startswith(f"{f}:5: size 100x512") and problems[2].startswith(f"{f}:5: --l nan")
+    assert problems[3].startswith(f"{f}:6: --ss 'DDIM Karras'") and "does not support schedule type" in problems[3]
+    f.write_text("a cat --w abc\n")
+    assert prompt_problems(f) == [f"{f}:1: --w 'abc' is not a valid int."]
+    f.write_text("# only a comment\n")
+    assert "no prompts" in prompt_problems(f)[0]
+
+
+def test_prompt_problems_of_broken_toml_and_json_files(tmp_path):
+    from lorakit.sd.sample_prompts import prompt_problems
+
+    f = tmp_path / "p.toml"
+    f.write_text('[prompt]\nwidth = 512\n\n[[prompt.subset]]\nprompt = "a cat\n')
+    (problem,) = prompt_problems(f)
+    assert problem.startswith(f"{f}: not valid TOML") and "line 5" in problem
+    f.write_text('[prompt]\nwidth = "big"\n[[prompt.subset]]\nprompt = "a"\n')
+    assert prompt_problems(f) == [f"{f} [[prompt.subset]] 1: width='big'; expected an integer."]
+    j = tmp_path / "p.json"
+    j.write_text('["a cat",\n  "a dog" "x"]')
+    (problem,) = prompt_problems(j)
+    assert problem.startswith(f"{j}:2: not valid JSON")

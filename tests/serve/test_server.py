@@ -10,44 +10,11 @@ import time
 import httpx
 import openai
 import pytest
-import torch
 from tiny_serve import API_KEY, live, make_adapters
 
 import lorakit
 
 PROMPTS = ["the cat sat on", "turn on the kitchen", "what time is it", "my lamp is on the table"]
-
-
-@pytest.fixture(scope="module")
-def reference(serve_dirs):
-    """(adapter, strength, prompt ids, max_tokens) -> text, from HF generate with the adapter active."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    base, adapters = serve_dirs
-    tok = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base).eval()
-    for name in ("alpha", "beta", "gamma"):
-        lorakit.load_adapter(model, adapters / name, name, activate=False)
-
-    def generate(adapter, prompt_ids, max_tokens, strength=1.0):
-        ids = torch.tensor([prompt_ids])
-        with torch.no_grad():
-            kw = dict(max_new_tokens=max_tokens, do_sample=False, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)
-            if adapter is None:
-                with lorakit.disable_adapters(model):
-                    out = model.generate(ids, **kw)
-            else:
-                lorakit.set_active_adapters(model, {adapter: strength})
-                out = model.generate(ids, **kw)
-        new = [t for t in out[0, ids.shape[1]:].tolist() if t != tok.eos_token_id]
-        return tok.decode(new, skip_special_tokens=True)
-
-    def text(adapter, prompt, max_tokens, strength=1.0):
-        return generate(adapter, tok(prompt)["input_ids"], max_tokens, strength)
-
-    text.tok, text.generate, text.model = tok, generate, model
-    return text
 
 
 def test_models_lists_base_and_adapters_with_parent(client, serve_dirs):
@@ -155,7 +122,8 @@ def test_lru_eviction_pinning_and_runtime_loading(serve_dirs, tmp_path, referenc
     base, adapters = serve_dirs
     root = tmp_path / "adapters"
     shutil.copytree(adapters, root)
-    config = ServeConfig(base=str(base), adapters=str(root), max_loaded=2, pinned=["alpha"], max_tokens=16)
+    config = ServeConfig(base=str(base), adapters=str(root), max_loaded=2, pinned=["alpha"], max_tokens=16,
+                         allow_runtime_loading=True)
     with live(config) as (server, url, _):
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
         loaded = lambda: {m.id for m in client.models.list().data if getattr(m, "loaded", False)}  # noqa: E731

@@ -38,3 +38,32 @@ def test_exponent_floats_are_numbers_in_files_and_overrides(tmp_path):
                                        "train: {lr: 2e-4, lr_groups: {classifier: 1e-2}}\n")
     cfg = load_config(tmp_path / "run.yaml", ["train.weight_decay=1e-2"], check_paths=False)
     assert (cfg.train.lr, cfg.train.lr_groups, cfg.train.weight_decay) == (2e-4, {"classifier": 1e-2}, 1e-2)
+
+
+def test_text_task_refuses_an_adapter_as_the_model_and_absurd_repeats(tmp_path):
+    """Issue 19.24 for the text task: a PEFT adapter directory (or LoRA file) given as model.path, repeats that
+    would not fit in memory; one line each, from the config alone."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from lorakit.tasks.text.data import step_plan
+    from lorakit.train.config import from_dict
+
+    adapter = tmp_path / "runs" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "base_model_name_or_path": "llama"}))
+    save_file({"base_model.model.q.lora_A.weight": torch.zeros(2, 4)}, tmp_path / "lora.safetensors")
+    (tmp_path / "t.txt").write_text("hello")
+    for model, expected in ((adapter, "is a PEFT adapter directory (adapter_config.json) for the base model 'llama', "
+                                      "not a model"),
+                            (tmp_path / "lora.safetensors", "is a LoRA file (it holds 'base_model.model.q.lora_A.weight')")):
+        with pytest.raises(ConfigError) as err:
+            from_dict({"model": {"path": str(model)}, "data": {"train": str(tmp_path / "t.txt")}, "lora": {"r": 4}})
+        assert expected in str(err.value)
+    with pytest.raises(ConfigError, match=r"data.repeats=1000000000000: at most 100,000"):
+        from_dict({"model": {"path": "m"}, "data": {"train": "t", "repeats": 10**12}, "lora": {"r": 4}},
+                  check_paths=False)
+    with pytest.raises(ValueError, match="20,000,000 samples per epoch"):
+        step_plan(20_000_000, 8, 1, 1, 1.0, None)

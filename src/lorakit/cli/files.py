@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..formats._io import check_output
@@ -61,7 +62,7 @@ def inspect_cmd(file: Path, modules: bool = typer.Option(False, "--modules", hel
     """Format, model family, modules (rank/alpha/norm), metadata and health warnings of a LoRA file."""
     rep = inspect_lora(file)
     if as_json:
-        data = {**rep.summary(), "metadata": rep.metadata, "warnings": rep.warnings,
+        data = {**rep.summary(), "metadata": rep.metadata, "warnings": rep.warnings, "notes": rep.notes,
                 "module_list": [vars(m) for m in rep.modules] if modules else None}
         typer.echo(json.dumps(_finite(data), indent=2, default=str))  # NaN/Inf norms as null: valid JSON
         return
@@ -78,8 +79,10 @@ def inspect_cmd(file: Path, modules: bool = typer.Option(False, "--modules", hel
             table.add_row(m.key, m.algo + ("+dora" if m.dora else ""), str(m.rank), f"{m.alpha}",
                           f"{m.scale:.4g}", f"{m.norm:.4g}", m.dtype)
         console.print(table)
+    for note in rep.notes:
+        console.print(f"[bold]note:[/bold] {escape(note)}")
     for w in rep.warnings:
-        console.print(f"[yellow]warning:[/yellow] {w}")
+        console.print(f"[yellow]warning:[/yellow] {escape(w)}")
 
 
 @app.command("merge-loras")

@@ -9,6 +9,7 @@ gives the same keys. Readers for each format live beside this file (kohya, peft_
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -25,6 +26,8 @@ SUFFIXES = {
     "diff": "full", "diff_b": "full", "dora_scale": "",
 }
 FAMILIES = ("sd1", "sd2", "sdxl")
+#: tensor names only an adapter file holds: kohya/LyCORIS factors, PEFT's lora_A/lora_B, DoRA magnitudes
+ADAPTER_KEY = re.compile(r"[._](lora_(down|up|A|B)\.weight|hada_w1_a|lokr_w1(_a)?|dora_scale|lora_magnitude_vector.*)$")
 
 
 @dataclass
@@ -106,6 +109,11 @@ def guess_family(lf: LoraFile) -> str | None:
                 if suffix in t:
                     return {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(t[suffix].shape[1])
     return None
+
+
+def adapter_key(keys) -> str | None:
+    """The first of ``keys`` that only a LoRA/LyCORIS/PEFT adapter file holds; None for a model's keys."""
+    return next((k for k in keys if ADAPTER_KEY.search(k)), None)
 
 
 def model_family(unet) -> str:

@@ -2,11 +2,15 @@
 
 Tensor keys are ``base_model.model.<module path>.<suffix>``; the suffix comes from ``PARAM_KEYS``
 (layer kind, lorakit parameter) -> PEFT name. Config fields map through ``CONFIG_KEYS``.
-Loading checks every key and shape before anything in the model changes.
+Loading checks every key and shape before anything in the model changes. A file PEFT saved with
+``save_embedding_layers`` (its default when ``embed_tokens``/``lm_head`` is targeted) also holds the
+base embedding (``...embed_tokens.base_layer.weight``); it is loaded into the model's embedding as
+PEFT does (the base model changes for every adapter: a warning says so when the values differ).
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -293,6 +297,8 @@ def load_adapter(model: nn.Module, path: str | Path, adapter_name: str = "defaul
     inject(model, config, adapter_name, activate=False, trainable=trainable, init=False)
     _resize_by_rank_pattern(model, config, adapter_name)
     entries = {key: (t, spec, pname) for key, t, spec, pname in _entries(model, adapter_name)}
+    copies = embedding_copies(model, tensors)
+    entries.update({key: (t, None, None) for key, t in copies.items()})
     problems = [f"missing key {k} (expected shape {tuple(t.shape)})" for k, (t, _, _) in entries.items()
                 if k not in tensors]
     problems += [f"unexpected key {k} (shape {tuple(v.shape)}) matches nothing in the model"
@@ -315,6 +321,11 @@ def load_adapter(model: nn.Module, path: str | Path, adapter_name: str = "defaul
         shown = problems[:8] + ([f"... and {len(problems) - 8} more"] if len(problems) > 8 else [])
         raise LoraFileError(path, [f"does not fit this model ({len(problems)} problems); the model was left unchanged",
                                    *shown], "Is it an adapter for another base model (or another task)?")
+    changed = [k for k, t in copies.items() if not torch.equal(t, converted[k].to(t.dtype))]
+    if changed:
+        warnings.warn(f"{path}: the file's copy of the base embedding differs from this model's ({changed}); it "
+                      "was loaded into the model as PEFT does, so the base model and every other adapter use it too.",
+                      stacklevel=2)
     with torch.no_grad():
         for key, (target, _, _) in entries.items():
             target.copy_(converted[key].to(target.dtype))
@@ -323,6 +334,18 @@ def load_adapter(model: nn.Module, path: str | Path, adapter_name: str = "defaul
 
         set_active_adapters(model, adapter_name)
     return model
+
+
+def embedding_copies(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """PEFT's copies of the base embeddings in ``tensors`` (``save_embedding_layers``): key -> the model's
+    weight it replaces (the input/output embedding wrapped by an adapter layer)."""
+    embeddings = [getattr(model, f, lambda: None)() for f in ("get_input_embeddings", "get_output_embeddings")]
+    found = {}
+    for path, layer in lora_layers(model):
+        key = f"{PREFIX}{path}.base_layer.weight"
+        if key in tensors and any(e is not None and (e is layer or e is layer.base_layer) for e in embeddings):
+            found[key] = layer.base_layer.weight
+    return found
 
 
 def _check_tensors(tensors: dict[str, torch.Tensor], path) -> None:

@@ -3,7 +3,7 @@
 Files: A1111 ``.pt``/``.bin`` (``string_to_param: {'*': [n, dim]}``), kohya ``.safetensors``
 (``emb_params``) and SDXL ``.safetensors`` (``clip_l`` / ``clip_g``, one per text encoder). ``.pt``
 files are pickles: they are read only with ``torch.load(weights_only=True)``, which runs no code;
-anything else is refused with the command that converts the file once you trust it.
+a pickle that needs code is refused, with safe ways out only (a .safetensors release of it).
 """
 
 from __future__ import annotations
@@ -40,26 +40,20 @@ def file_sha256(path) -> str:
     return h.hexdigest()
 
 
-def _convert_hint(path: Path) -> str:
-    out = path.with_suffix(".safetensors")
-    return (f"If you trust the file, convert it once with:\n  python -c \"import torch, safetensors.torch as st; "
-            f"d = torch.load('{path}', weights_only=False); "
-            f"st.save_file({{'emb_params': d['string_to_param']['*'].contiguous()}}, '{out}')\"")
-
-
 def load_embedding(path) -> Embedding:
     """Read one embedding file (see the module docstring for the formats)."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from ..formats._io import read_safetensors
 
-        data = load_file(str(path))
+        data = read_safetensors(path)[0]  # a file that is not safetensors is named as such, its bytes not echoed
     elif path.suffix in (".pt", ".bin"):
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001  (any refusal by the safe unpickler)
-            raise ValueError(f"{path}: refused to load: it needs code execution to unpickle ({type(e).__name__}). "
-                             + _convert_hint(path)) from None
+            raise ValueError(f"{path}: refused to load: it needs code execution to unpickle ({type(e).__name__}), "
+                             "which lorakit will not run. Use a .safetensors release of this embedding instead (most "
+                             "are published as .safetensors), or train it again.") from None
     else:
         raise ValueError(f"{path}: expected an embedding file ending in {SUFFIXES}.")
     if not isinstance(data, dict):

@@ -13,7 +13,7 @@ import json
 import re
 from pathlib import Path
 
-from ..formats._io import atomic_write
+from ..formats._io import atomic_write, safetensors_header_length
 from .embeddings import file_sha256
 
 re_param = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
@@ -105,9 +105,9 @@ def lora_hash(path) -> str:
 def _autov3(path: Path) -> str:
     if path.suffix != ".safetensors":
         return file_sha256(path)[:12]
+    n = safetensors_header_length(path)  # a file that is not safetensors is refused, not hashed from a bogus offset
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
         f.seek(8 + n)
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from ..formats._io import pickle_hint
+
 FAMILIES = ("sd1", "sd2", "sd2-v", "sdxl")
 
 
@@ -80,9 +82,7 @@ def load_pipeline(path, *, config=None, family: str = "auto", dtype=torch.float3
     else:
         if path.suffix != ".safetensors":
             raise ValueError(f"{path}: only .safetensors checkpoints are read (a {path.suffix} file is a pickle "
-                             "that can run code). Convert it once, if you trust it, with diffusers' "
-                             "scripts/convert_original_stable_diffusion_to_diffusers.py --from_safetensors "
-                             "--to_safetensors, or save its state_dict with safetensors.")
+                             f"that can run code). {pickle_hint(path)}")
         if config is None:
             raise ValueError(f"{path} is a single-file checkpoint: pass config= (--config), a local diffusers "
                              "directory with the matching model_index.json and component configs; nothing is "

@@ -65,24 +65,39 @@ def split_name(sampler: str, schedule: str | None = None) -> tuple[str, str]:
     return sampler, match
 
 
+def check_sampler(sampler: str, schedule: str | None = None) -> tuple[str, str]:
+    """(A1111 sampler, schedule type) once both names are known and the sampler's scheduler supports the
+    schedule type; a ValueError naming the problem otherwise (``validate`` checks prompt files with it)."""
+    sampler, schedule = split_name(sampler, schedule)
+    options = SCHEDULES[schedule]
+    if options:  # only then is diffusers imported (seconds): the names alone decide the rest
+        cls_name = SAMPLERS[sampler][0]
+        missing = [k for k in options if k not in _accepted(cls_name)]
+        if missing:
+            raise ValueError(f"sampler {sampler!r} does not support schedule type {schedule!r} "
+                             f"({cls_name} has no {missing[0]}).")
+    return sampler, schedule
+
+
+def _accepted(cls_name: str) -> set[str]:
+    import diffusers
+
+    return set(inspect.signature(getattr(diffusers, cls_name).__init__).parameters)
+
+
 def make_scheduler(base_config, sampler: str = "Euler a", schedule: str | None = None):
     """A diffusers scheduler for an A1111 sampler + schedule type, from ``base_config`` (the pipeline's)."""
     import diffusers
 
-    sampler, schedule = split_name(sampler, schedule)
+    sampler, schedule = check_sampler(sampler, schedule)
     cls_name, extra = SAMPLERS[sampler]
     cls = getattr(diffusers, cls_name)
     config = {k: v for k, v in dict(base_config).items() if not k.startswith("_")}
     for key in SIGMA_KEYS:
         config.pop(key, None)
     config.update(extra)
-    options = SCHEDULES[schedule]
-    accepted = set(inspect.signature(cls.__init__).parameters)
-    missing = [k for k in options if k not in accepted]
-    if missing:
-        raise ValueError(f"sampler {sampler!r} does not support schedule type {schedule!r} "
-                         f"({cls_name} has no {missing[0]}).")
-    config.update(options)
+    config.update(SCHEDULES[schedule])
+    accepted = _accepted(cls_name)
     if "clip_sample" in accepted:  # SD latents are not in [-1, 1]: clipping x0 there ruins DDIM's images
         config.setdefault("clip_sample", False)
     return cls.from_config(config)

@@ -5,7 +5,9 @@
 The ``model`` field names the adapter (``base``, ``""`` or the base model's name: none), as vLLM,
 LoRAX and TGI do; ``lora_scale`` (extension) is the per-request strength; ``ignore_eos`` (extension, as in vLLM)
 generates exactly ``max_tokens``. Errors use OpenAI's shape
-``{"error": {"message", "type", "param", "code"}}``.
+``{"error": {"message", "type", "param", "code"}}``. Request fields: :mod:`.protocol`; Host, Origin
+and body-size checks in front of everything: :mod:`.guard`; with an API key, every path but
+``/health`` needs it (``/docs`` and ``/openapi.json`` included).
 """
 
 from __future__ import annotations
@@ -15,18 +17,19 @@ import json
 import time
 import uuid
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi import Request as HTTPRequest
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from . import protocol
 from .config import ServeConfig
 from .engine import Engine, Request
+from .guard import Guard, GuardConfig
 from .registry import BASE_NAMES, AdapterError, Registry
 
-MAX_STOP = 4
+PARSE_IN_THREAD = 1 << 16  # bodies larger than this are parsed off the event loop
 
 
 def _error(status: int, message: str, code: str = "invalid_request_error", param: str | None = None):
@@ -40,17 +43,21 @@ class Server:
     """Model + tokenizer + adapter registry + engine; ``app`` is the ASGI application."""
 
     def __init__(self, config: ServeConfig, model=None, tokenizer=None):
-        from ..tasks.text.config import ModelArgs
+        from ..tasks.text.config import ModelArgs, resolve_path
         from ..tasks.text.models import load_model, load_tokenizer
 
         self.config = config.validate()
+        self.base_dir = resolve_path(config.base).resolve()
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.base)
         model = model if model is not None else load_model(ModelArgs(path=config.base, dtype=config.dtype))
         self.model = model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
-        self.base_name = Path(config.base).resolve().name
-        self.registry = Registry(self.model, config.adapters, config.max_loaded, config.pinned)
+        self.base_name = self.base_dir.name
+        # a token covers at most this many characters: longer prompts are refused before tokenising
+        self.token_chars = max(map(len, self.tokenizer.get_vocab()), default=1) or 1
+        self.registry = Registry(self.model, config.adapters, config.max_loaded, config.pinned,
+                                 reserved=(*BASE_NAMES, self.base_name))
         eos = self.tokenizer.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
         self.engine = Engine(self.model, self.registry, eos_ids, config.max_batch, config.max_queue, config.batching)
@@ -66,64 +73,50 @@ class Server:
         self.registry.path_of(name)  # 400 for a bad name, 404 listing the available ones
         return name
 
-    def _params(self, body: dict, chat: bool) -> dict:
-        cap = self.config.max_tokens
-        max_tokens = body.get("max_completion_tokens", body.get("max_tokens")) if chat else body.get("max_tokens")
-        max_tokens = (cap if chat else min(16, cap)) if max_tokens is None else max_tokens
-        checks = [
-            (isinstance(max_tokens, int) and 1 <= max_tokens <= cap, "max_tokens", f"an integer in 1..{cap}"),
-            (_number(body.get("temperature", 1.0), 0, 2), "temperature", "a number in 0..2"),
-            (_number(body.get("top_p", 1.0), 0, 1) and body.get("top_p", 1.0) > 0, "top_p", "a number in (0, 1]"),
-            (_number(body.get("lora_scale", 1.0), -100, 100), "lora_scale", "a number (the adapter strength)"),
-            (body.get("n", 1) == 1, "n", "1 (one choice per request)"),
-            (not body.get("logprobs") and not body.get("echo") and body.get("best_of", 1) == 1, "logprobs",
-             "unset: logprobs, echo and best_of are not supported"),
-            (body.get("seed") is None or isinstance(body.get("seed"), int), "seed", "an integer"),
-            (isinstance(body.get("stream", False), bool), "stream", "true or false"),
-            (isinstance(body.get("ignore_eos", False), bool), "ignore_eos", "true or false"),
-        ]
-        for ok, param, expected in checks:
-            if not ok:
-                raise AdapterError(f"'{param}' must be {expected}; got {body.get(param, max_tokens)!r}.")
-        stop = body.get("stop") or []
-        stop = [stop] if isinstance(stop, str) else stop
-        if not isinstance(stop, list) or len(stop) > MAX_STOP or not all(isinstance(s, str) and s for s in stop):
-            raise AdapterError(f"'stop' must be a string or a list of at most {MAX_STOP} non-empty strings.")
-        return dict(max_tokens=max_tokens, temperature=float(body.get("temperature", 1.0)),
-                    top_p=float(body.get("top_p", 1.0)), strength=float(body.get("lora_scale", 1.0)),
-                    seed=body.get("seed"), stop=stop, stream=body.get("stream", False),
-                    ignore_eos=body.get("ignore_eos", False))
-
-    def _prompt(self, body: dict, chat: bool) -> list[int]:
-        tok = self.tokenizer
+    async def _prompt(self, body: dict, chat: bool) -> list[int]:
+        """Token ids of the prompt. Too long is refused from its length alone (more than max_prompt_tokens ×
+        the longest vocabulary entry's characters: no token covers more text, except an [UNK] standing for a
+        whole unknown word in WordPiece/WordLevel vocabularies); tokenising runs off the event loop."""
+        cap = self.config.max_prompt_tokens
         if chat:
-            messages = body.get("messages")
-            if not isinstance(messages, list) or not messages or not all(
-                    isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                    for m in messages):
-                raise AdapterError("'messages' must be a non-empty list of {'role': str, 'content': str}.")
-            if not getattr(tok, "chat_template", None):
+            messages = protocol.messages(body)
+            if not getattr(self.tokenizer, "chat_template", None):
                 raise AdapterError("the base model's tokenizer has no chat template; use /v1/completions.")
-            text = tok.apply_chat_template([{"role": m["role"], "content": m["content"]} for m in messages],
-                                           tokenize=False, add_generation_prompt=True)
-            ids = tok(text, add_special_tokens=False)["input_ids"]
+            chars = sum(len(m["content"]) for m in messages)
         else:
             prompt = body.get("prompt")
             if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
                 prompt = prompt[0]
-            if isinstance(prompt, str):
-                ids = tok(prompt)["input_ids"]
-            elif isinstance(prompt, list) and prompt and all(isinstance(t, int) and 0 <= t < len(tok) for t in prompt):
-                ids = list(prompt)
+            if isinstance(prompt, list) and prompt and all(type(t) is int for t in prompt):
+                chars = 0
+                if len(prompt) > cap:
+                    raise AdapterError(f"the prompt has {len(prompt)} tokens; this server accepts at most {cap}.",
+                                       400, "context_length_exceeded")
+                if not all(0 <= t < len(self.tokenizer) for t in prompt):
+                    raise AdapterError(f"'prompt' token ids must be in 0..{len(self.tokenizer) - 1}.")
+            elif isinstance(prompt, str):
+                chars = len(prompt)
             else:
                 raise AdapterError("'prompt' must be a string, a list of one string, or a list of token ids "
                                    "(one prompt per request).")
+        if chars > cap * self.token_chars:
+            raise AdapterError(f"the prompt has {chars} characters, more than {cap} tokens can hold with this "
+                               f"tokenizer (at most {self.token_chars} characters per token); this server accepts "
+                               f"at most {cap} tokens.", 400, "context_length_exceeded")
+        ids = await asyncio.to_thread(self._tokenize, messages if chat else prompt, chat)
         if not ids:
             raise AdapterError("the prompt is empty after tokenisation.")
-        if len(ids) > self.config.max_prompt_tokens:
-            raise AdapterError(f"the prompt has {len(ids)} tokens; this server accepts at most "
-                               f"{self.config.max_prompt_tokens}.", 400, "context_length_exceeded")
+        if len(ids) > cap:
+            raise AdapterError(f"the prompt has {len(ids)} tokens; this server accepts at most {cap}.", 400,
+                               "context_length_exceeded")
         return ids
+
+    def _tokenize(self, prompt, chat: bool) -> list[int]:
+        tok = self.tokenizer
+        if chat:
+            text = tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+            return tok(text, add_special_tokens=False)["input_ids"]
+        return tok(prompt)["input_ids"] if isinstance(prompt, str) else list(prompt)
 
     # -- generation --------------------------------------------------------------------------------
     def _start(self, prompt: list[int], adapter: str | None, params: dict):
@@ -148,14 +141,15 @@ class Server:
             loop.call_soon_threadsafe(queue.put_nowait, ("done", reason, error, len(tokens)))
 
         req = Request(prompt, adapter, params["strength"], params["max_tokens"], on_token, on_done,
-                      params["temperature"], params["top_p"], params["seed"], params["ignore_eos"])
+                      params["temperature"], params["top_p"], params["seed"], params["ignore_eos"],
+                      frequency_penalty=params["frequency_penalty"], presence_penalty=params["presence_penalty"])
         self.engine.submit(req)
         return req, queue
 
     async def _generate(self, body: dict, chat: bool):
         adapter = self._adapter(body)
-        params = self._params(body, chat)
-        prompt = self._prompt(body, chat)
+        params = protocol.params(body, chat, self.config.max_tokens)
+        prompt = await self._prompt(body, chat)
         context = getattr(self.model.config, "max_position_embeddings", None) or getattr(
             self.model.config, "n_positions", None)
         if context is not None and len(prompt) + params["max_tokens"] > context:
@@ -167,7 +161,8 @@ class Server:
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         meta = dict(id=rid, created=int(time.time()), model=body["model"])
         if params["stream"]:
-            return StreamingResponse(self._stream(req, queue, meta, chat), media_type="text/event-stream")
+            usage = len(prompt) if params["include_usage"] else None
+            return StreamingResponse(self._stream(req, queue, meta, chat, usage), media_type="text/event-stream")
         parts = []
         try:
             while True:
@@ -184,12 +179,14 @@ class Server:
         text = "".join(parts)
         choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason}
                   if chat else {"index": 0, "text": text, "finish_reason": reason, "logprobs": None})
-        usage = {"prompt_tokens": len(prompt), "completion_tokens": n, "total_tokens": len(prompt) + n}
         return JSONResponse({**meta, "object": "chat.completion" if chat else "text_completion",
-                             "choices": [choice], "usage": usage})
+                             "choices": [choice], "usage": _usage(len(prompt), n)})
 
-    async def _stream(self, req: Request, queue: asyncio.Queue, meta: dict, chat: bool):
+    async def _stream(self, req: Request, queue: asyncio.Queue, meta: dict, chat: bool, prompt_tokens: int | None):
+        """Server-sent events; with ``stream_options.include_usage`` (``prompt_tokens`` given) every chunk
+        carries ``"usage": null`` and a last chunk with no choices carries the usage, as OpenAI sends it."""
         kind = "chat.completion.chunk" if chat else "text_completion"
+        extra = {} if prompt_tokens is None else {"usage": None}
 
         def chunk(text: str | None, reason: str | None, first: bool = False) -> str:
             if chat:
@@ -197,7 +194,7 @@ class Server:
                 choice = {"index": 0, "delta": delta, "finish_reason": reason}
             else:
                 choice = {"index": 0, "text": text or "", "finish_reason": reason, "logprobs": None}
-            return f"data: {json.dumps({**meta, 'object': kind, 'choices': [choice]})}\n\n"
+            return f"data: {json.dumps({**meta, 'object': kind, 'choices': [choice], **extra})}\n\n"
 
         try:
             if chat:
@@ -207,7 +204,7 @@ class Server:
                 if item[0] == "text":
                     yield chunk(item[1], None)
                     continue
-                _, reason, error, _ = item
+                _, reason, error, n = item
                 if error is not None:
                     status, message = getattr(error, "status", 500), str(error)
                     code = getattr(error, "code", "server_error")
@@ -216,6 +213,9 @@ class Server:
                     yield f"data: {json.dumps(body)}\n\n"
                 else:
                     yield chunk(None, reason)
+                    if prompt_tokens is not None:
+                        last = {**meta, "object": kind, "choices": [], "usage": _usage(prompt_tokens, n)}
+                        yield f"data: {json.dumps(last)}\n\n"
                 yield "data: [DONE]\n\n"
                 return
         finally:
@@ -225,7 +225,7 @@ class Server:
     def models(self) -> dict:
         created = int(time.time())
         data = [{"id": self.base_name, "object": "model", "created": created, "owned_by": "lorakit",
-                 "root": str(Path(self.config.base).resolve()), "parent": None}]
+                 "root": str(self.base_dir), "parent": None}]
         for name, path in sorted(self.registry.available().items()):
             data.append({"id": name, "object": "model", "created": created, "owned_by": "lorakit",
                          "root": str(path), "parent": self.base_name, "loaded": name in self.registry.loaded,
@@ -242,8 +242,8 @@ class Server:
         key = self.config.api_key
 
         @app.middleware("http")
-        async def guard(request: HTTPRequest, call_next):
-            if key is not None and request.url.path.startswith("/v1"):
+        async def api_key(request: HTTPRequest, call_next):
+            if key is not None and request.url.path != "/health":
                 given = request.headers.get("authorization", "")
                 if given != f"Bearer {key}":
                     return _error(401, "missing or wrong API key: send 'Authorization: Bearer <key>'.",
@@ -267,8 +267,9 @@ class Server:
                           "server_error")
 
         async def body_of(request: HTTPRequest) -> dict:
+            raw = await request.body()
             try:
-                body = await request.json()
+                body = await asyncio.to_thread(json.loads, raw) if len(raw) > PARSE_IN_THREAD else json.loads(raw)
             except Exception:
                 raise AdapterError("the request body is not valid JSON.") from None
             if not isinstance(body, dict):
@@ -304,11 +305,14 @@ class Server:
         async def health():
             return {"status": "ok", **self.engine.load()}
 
-        return app
+        c = self.config
+        return Guard(app, GuardConfig(bind=c.host, allowed_hosts=list(c.allowed_hosts),
+                                      allowed_origins=list(c.allowed_origins), max_body=c.max_body_bytes))
 
     async def _runtime_body(self, request, body_of) -> dict:
         if not self.config.allow_runtime_loading:
-            raise AdapterError("runtime adapter loading is disabled on this server.", 404, "not_found")
+            raise AdapterError("runtime adapter loading is off on this server; start it with "
+                               "--allow-runtime-loading to enable /v1/load_lora_adapter.", 404, "not_found")
         body = await body_of(request)
         if not isinstance(body.get("lora_name"), str):
             raise AdapterError("'lora_name' (string) is required.")
@@ -317,5 +321,5 @@ class Server:
         return body
 
 
-def _number(value, low: float, high: float) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
+def _usage(prompt: int, completion: int) -> dict:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}

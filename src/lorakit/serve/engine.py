@@ -39,9 +39,12 @@ class Request:
     top_p: float = 1.0
     seed: int | None = None
     ignore_eos: bool = False
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
     cancelled: bool = False
     generated: int = 0
     generator: torch.Generator | None = field(default=None, repr=False)
+    counts: torch.Tensor | None = field(default=None, repr=False)  # generated tokens per vocabulary id
 
 
 class Engine:
@@ -243,7 +246,16 @@ class Engine:
         self.mask = self.positions = self.tokens = None
 
     def _sample(self, logits: torch.Tensor, reqs: list[Request]) -> list[int]:
-        """Greedy at temperature 0, else nucleus sampling (top_p) at the request's temperature."""
+        """Greedy at temperature 0, else nucleus sampling (top_p) at the request's temperature, after
+        OpenAI's penalties over the tokens generated so far (c_j: how often token j was generated):
+        logit_j −= c_j · frequency_penalty + [c_j > 0] · presence_penalty."""
+        penalised = [i for i, r in enumerate(reqs) if r.frequency_penalty or r.presence_penalty]
+        if penalised:
+            logits = logits.clone()
+            for i in penalised:
+                c = reqs[i].counts
+                if c is not None:
+                    logits[i] -= c * reqs[i].frequency_penalty + (c > 0).float() * reqs[i].presence_penalty
         out = logits.argmax(-1).tolist()
         for i, req in enumerate(reqs):
             if req.temperature <= 0:
@@ -254,6 +266,11 @@ class Engine:
                 drop = sorted_p.cumsum(0) - sorted_p > req.top_p
                 probs = probs.index_fill(0, order[drop], 0.0)
             out[i] = int(torch.multinomial(probs, 1, generator=req.generator))
+        for i in penalised:
+            req = reqs[i]
+            if req.counts is None:
+                req.counts = torch.zeros(logits.shape[-1])
+            req.counts[out[i]] += 1
         return out
 
     def _emit(self, req: Request, token: int) -> bool:

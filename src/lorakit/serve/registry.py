@@ -1,6 +1,10 @@
 """The adapters a server knows (subdirectories of its adapter directory, plus runtime registrations)
 and the bounded set resident in the model: LRU eviction of idle, unpinned adapters (vLLM's
-``LRUCacheLoRAModelManager``, LoRAX's ``--max-active-adapters``)."""
+``LRUCacheLoRAModelManager``, LoRAX's ``--max-active-adapters``).
+
+An adapter directory's entries are ``NAME/adapter_config.json`` (a PEFT adapter) or
+``NAME/adapter/adapter_config.json`` (a ``lorakit train`` run folder, so ``--adapters runs/`` works).
+The names of the base model (``base``, ``""`` and the base model's own name) are reserved."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from pathlib import Path
 import lorakit
 
 BASE_NAMES = ("", "base")
+CONFIG = "adapter_config.json"
 
 
 class AdapterError(Exception):
@@ -20,20 +25,48 @@ class AdapterError(Exception):
         self.status, self.code = status, code
 
 
-def check_name(name: str) -> str:
-    """Adapter names are plain directory names: no separators, no '..', nothing absolute."""
+def check_name(name: str, reserved=BASE_NAMES) -> str:
+    """Adapter names are plain directory names: no separators, no '..', nothing absolute; not a base name."""
     if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name \
             or name.startswith("~") or "\0" in name or "." in name or Path(name).is_absolute():
         raise AdapterError(f"invalid adapter name {name!r}: use a plain directory name inside the adapter "
                            "directory (no '/', '\\', '.', '..' or absolute paths).")
+    if name in reserved:
+        raise AdapterError(f"adapter name {name!r} is reserved for the base model ({sorted(set(reserved) - {''})}); "
+                           "rename the adapter.")
     return name
+
+
+def adapter_dir(path: Path) -> Path | None:
+    """``path`` itself when it holds adapter_config.json, else ``path/adapter`` (a train run), else None."""
+    for candidate in (path, path / "adapter"):
+        if (candidate / CONFIG).is_file():
+            return candidate
+    return None
+
+
+def scan(root: Path, reserved=BASE_NAMES) -> tuple[dict[str, Path], list[str]]:
+    """The adapters in ``root`` by name, and why each other entry is not one (for start-up messages)."""
+    root, found, skipped = Path(root).resolve(), {}, []
+    for p in sorted(root.iterdir()):
+        where = adapter_dir(p) if p.is_dir() else None
+        if where is None:
+            skipped.append(f"{p.name}: {'not a directory' if not p.is_dir() else f'no {CONFIG} (nor adapter/{CONFIG})'}")
+        elif root not in where.resolve().parents:  # a symlink leading out of DIR
+            skipped.append(f"{p.name}: leads outside {root}")
+        elif "." in p.name or p.name in reserved:
+            skipped.append(f"{p.name}: {'reserved for the base model' if p.name in reserved else 'has a dot'}; "
+                           "rename the directory")
+        else:
+            found[p.name] = where
+    return found, skipped
 
 
 class Registry:
     """Known adapters -> paths; resident ones in LRU order. Not thread-safe: the engine serialises calls."""
 
-    def __init__(self, model, root: str | None, max_loaded: int, pinned: list[str] = ()):
-        self.model, self.max_loaded = model, max_loaded
+    def __init__(self, model, root: str | None, max_loaded: int, pinned: list[str] = (), reserved=BASE_NAMES):
+        self.model, self.max_loaded, self.reserved = model, max_loaded, tuple(reserved)
         self.root = Path(root).resolve() if root is not None else None
         self.paths: dict[str, Path] = {}  # runtime registrations
         self.loaded: OrderedDict[str, None] = OrderedDict()  # least recently used first
@@ -52,22 +85,18 @@ class Registry:
         if resolved != self.root and self.root not in resolved.parents:
             raise AdapterError(f"adapter path {str(path)!r} is outside the adapter directory; only adapters "
                                f"inside {self.root} can be loaded.", 400)
-        if not (resolved / "adapter_config.json").is_file():
-            raise AdapterError(f"{str(path)!r} is not an adapter directory (no adapter_config.json) inside "
-                               "the adapter directory.", 404, "model_not_found")
-        return resolved
+        found = adapter_dir(resolved)
+        if found is None:
+            raise AdapterError(f"{str(path)!r} is not an adapter directory (no {CONFIG}, nor adapter/{CONFIG}) "
+                               "inside the adapter directory.", 404, "model_not_found")
+        return found
 
     def available(self) -> dict[str, Path]:
-        """Every adapter a request may name: subdirectories of the root with adapter_config.json, and runtime ones."""
-        found = {}
-        if self.root is not None:
-            found = {p.name: p for p in sorted(self.root.iterdir())  # a symlink leading out of DIR is ignored
-                     if p.is_dir() and (p / "adapter_config.json").is_file() and "." not in p.name
-                     and self.root in p.resolve().parents}
-        return found | self.paths
+        """Every adapter a request may name: entries of the root (see the module docstring), and runtime ones."""
+        return (scan(self.root, self.reserved)[0] if self.root is not None else {}) | self.paths
 
     def path_of(self, name: str) -> Path:
-        check_name(name)
+        check_name(name, self.reserved)
         known = self.available()
         if name not in known:
             raise AdapterError(f"unknown model {name!r}; available: {['base', *sorted(known)]}.", 404,
@@ -76,7 +105,10 @@ class Registry:
 
     # -- runtime registration (POST /v1/load_lora_adapter, /v1/unload_lora_adapter) ----------------------
     def register(self, name: str, path: str | None, pin: bool = False) -> None:
-        check_name(name)
+        check_name(name, self.reserved)
+        if pin and name not in self.pinned and len(self.pinned) + 1 >= self.max_loaded:
+            raise AdapterError(f"pinning {name!r} would leave no free slot of the {self.max_loaded} for the other "
+                               "adapters; load it unpinned, or start the server with a larger --max-loaded.")
         if name in self.available() and path is not None and self._inside(Path(path)) != self.available()[name]:
             raise AdapterError(f"an adapter named {name!r} already exists; unload it first or pick another name.",
                                400)
@@ -87,7 +119,7 @@ class Registry:
             self.pinned.add(name)
 
     def unregister(self, name: str) -> None:
-        check_name(name)
+        check_name(name, self.reserved)
         if name not in self.loaded and name not in self.paths:
             raise AdapterError(f"adapter {name!r} is not loaded; loaded: {sorted(self.loaded)}.", 404,
                                "model_not_found")

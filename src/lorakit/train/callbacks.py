@@ -52,6 +52,10 @@ class TrainState:
     stop_reason: str | None = None
     samples_seen: int = 0
     tokens_seen: int = 0
+    train_seconds: float = 0.0
+    """Seconds spent in the training loop, over every session of the run (resumes add theirs)."""
+    started_at: float | None = None
+    """When the run's training began (``time.time()``), kept across resumes (kohya's ``ss_training_started_at``)."""
     world_size: int = 1
     sharded: bool = False
     """The model is sharded (FSDP2): a forward pass needs every rank, so evaluation runs on all of them."""

@@ -139,6 +139,7 @@ def save_checkpoint(state: TrainState, directory: str | Path, config: dict | Non
         "step": state.step, "epoch": state.epoch, "total_steps": state.total_steps,
         "samples_seen": state.samples_seen, "tokens_seen": state.tokens_seen, "world_size": state.world_size,
         "step_layout": state.step_layout, "sharded": state.sharded,
+        "train_seconds": state.train_seconds, "started_at": state.started_at, "loss": state.loss,
         "scheduler": state.scheduler.state_dict(), "callbacks": callbacks,
         "callback_types": [type(cb).__name__ for cb in state.callbacks], "config": config})
     _pause()
@@ -203,6 +204,9 @@ def load_checkpoint(state: TrainState, directory: str | Path, rank: int = 0, see
             cb.load_state_dict(join_tensors(saved, extra))
     state.step, state.epoch = info["step"], info["epoch"]
     state.samples_seen, state.tokens_seen = info["samples_seen"], info["tokens_seen"]
+    # run totals (absent from checkpoints of older lorakit versions)
+    state.train_seconds, state.started_at = info.get("train_seconds", 0.0), info.get("started_at")
+    state.loss = info.get("loss")
     state.lr = state.optimizer.param_groups[0]["lr"]
 
 

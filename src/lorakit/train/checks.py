@@ -18,6 +18,11 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from .config import TrainArgs
 
+MAX_REPEATS = 100_000
+"""Most repeats per image (kohya's folders use 1-100); more is a typo that would not fit in memory."""
+MAX_EPOCH_SAMPLES = 10_000_000
+"""Most samples (images x repeats) in one epoch: each is an index held for the epoch's shuffle."""
+
 #: YAML 1.1 reads these unquoted words as booleans; in an enum field the user meant the word
 _YAML_BOOLS = {False: ("no", "off", "false", "n"), True: ("yes", "on", "true", "y")}
 
@@ -54,11 +59,47 @@ def device_problems(device: str, key: str = "model.device") -> list[str]:
     return []
 
 
+def blocking_file(path: str) -> Path | None:
+    """The file that stops ``path`` from being (or becoming) a directory: itself or a parent; else None."""
+    path = Path(path)
+    return next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+
+
+def nested(a: str, b: str) -> str | None:
+    """How two directories overlap: ``"equal"``, ``"inside"`` (a inside b), ``"contains"`` (b inside a), or None."""
+    ra, rb = Path(a).resolve(), Path(b).resolve()
+    if ra == rb:
+        return "equal"
+    return "inside" if rb in ra.parents else "contains" if ra in rb.parents else None
+
+
+def adapter_not_model(path: str) -> str | None:
+    """What ``path`` is when it is an adapter given where a model belongs: ``"a LoRA file (it holds 'k')"``,
+    ``"a PEFT adapter directory (...)"``; None for anything else (other checks judge it)."""
+    from ..formats._io import read_json, safetensors_keys
+    from ..formats.errors import LoraFileError
+    from ..formats.lorafile import adapter_key
+
+    p = Path(path)
+    if p.is_dir() and (p / "adapter_config.json").is_file() and not (p / "config.json").is_file():
+        try:
+            base = read_json(p / "adapter_config.json").get("base_model_name_or_path")
+        except (LoraFileError, OSError, AttributeError):
+            base = None
+        return "a PEFT adapter directory (adapter_config.json)" + (f" for the base model {base!r}" if base else "")
+    if p.is_file() and p.suffix == ".safetensors":
+        try:
+            key = adapter_key(safetensors_keys(p))
+        except (LoraFileError, OSError):
+            return None
+        return f"a LoRA file (it holds {key!r})" if key else None
+    return None
+
+
 def train_args_problems(t: TrainArgs) -> list[str]:
     """The shared ``train`` section's paths and numbers beyond the range checks of ``train_problems``."""
     e: list[str] = []
-    out = Path(t.output_dir)
-    blocking = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None) if t.output_dir else None
+    blocking = blocking_file(t.output_dir) if t.output_dir else None
     if not t.output_dir:
         e.append("train.output_dir: empty; set it to a directory for the run, e.g. runs/my-run.")
     elif blocking is not None:

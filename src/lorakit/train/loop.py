@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 
 import torch
 import torch.distributed as dist
@@ -107,10 +108,12 @@ class Trainer:
         st.scheduler.step()
         st.step += 1
         st.lr = st.optimizer.param_groups[0]["lr"]
+        st.train_seconds = self._clock[0] + time.perf_counter() - self._clock[1]  # before on_step_end's checkpoint
 
     def fit(self) -> TrainState:
         """Train from ``state.step`` (0, or where a restored checkpoint stopped) to ``total_steps``."""
         st, opt = self.state, self.state.optimizer
+        self._clock = (st.train_seconds, time.perf_counter())  # earlier sessions' seconds, this session's start
         self.model.train()  # the DDP wrapper too
         if self.train_modules is not None:
             self.state.model.eval()
@@ -133,4 +136,5 @@ class Trainer:
                 if st.should_stop or st.step >= st.total_steps:
                     break
         run_callbacks(self.callbacks, "on_train_end", st)
+        st.train_seconds = self._clock[0] + time.perf_counter() - self._clock[1]
         return st

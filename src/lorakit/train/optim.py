@@ -64,6 +64,33 @@ def optimizer_class(name: str):
     return found
 
 
+def optimizer_problems(args: TrainArgs) -> list[str]:
+    """What ``make_optimizer`` would fail on, before any model is loaded: an optimizer that cannot be
+    imported, and ``optimizer_args`` keys its class does not take (checked against its signature, unless
+    it accepts ``**kwargs``), with the nearest name."""
+    import difflib
+    import inspect
+
+    from .adam8bit import AdamW8bit
+
+    name = args.optimizer.lower()
+    try:
+        cls = {"adamw": torch.optim.AdamW, "adamw8bit": AdamW8bit}.get(name) or optimizer_class(args.optimizer)
+    except (ImportError, ValueError) as exc:
+        return [str(exc)]
+    params = list(inspect.signature(cls.__init__).parameters.values())[2:]  # after self, params
+    if any(p.kind == p.VAR_KEYWORD for p in params):
+        return []
+    known = [p.name for p in params if p.kind != p.VAR_POSITIONAL]
+    problems = []
+    for key in getattr(args, "optimizer_args", None) or {}:
+        if key not in known:
+            near = difflib.get_close_matches(str(key), known, n=1)
+            problems.append(f"train.optimizer_args.{key}: {cls.__module__}.{cls.__name__} has no argument {key!r}"
+                            + (f"; did you mean {near[0]!r}?" if near else f"; it takes {', '.join(known)}."))
+    return problems
+
+
 def make_optimizer(model: nn.Module | list[dict], args: TrainArgs, device: torch.device) -> torch.optim.Optimizer:
     """The optimizer ``args`` names over ``model``'s trainable parameters, or over ready parameter ``groups``.
 

@@ -56,8 +56,9 @@ def format_summary(summary: dict) -> str:
              f"saved weights: {summary['saved_bytes'] / 1e6:.2f} MB at {summary['saved_path']}",
              f"wall time: {summary['train_seconds']:.1f} s, {summary['samples_per_s']:.1f} samples/s"
              + (f", {summary['tokens_per_s']:.0f} tokens/s" if summary.get("tokens_per_s") else "")
-             + (f" (this session: steps {summary['speed_from_step']}-{summary['steps']}, after the resume)"
-                if summary.get("speed_from_step") else "")]
+             + (f" over the whole run (this session: steps {session['from_step']}-{summary['steps']}, "
+                f"{session['seconds']:.1f} s, {session['samples_per_s']:.1f} samples/s)"
+                if (session := summary.get("session")) and session.get("from_step") else "")]
     if summary.get("best_eval"):
         best = ", ".join(f"{k}={v:.4g}" for k, v in summary["best_eval"].items() if isinstance(v, (int, float)))
         lines.append(f"best eval: {best}")

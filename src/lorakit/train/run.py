@@ -5,7 +5,8 @@ Run directory::
     config.yaml          the resolved config        metrics.jsonl   train/eval rows
     checkpoint-NNNNNN/   resumable checkpoints      loss.png        loss and lr curves
     <the task's export>  e.g. adapter/ (text, PEFT) or <name>.safetensors (diffusion, kohya)
-    summary.json         params, size, speed, best eval
+    summary.json         params, size, speed, best eval (whole-run totals, kept across resumes)
+    .lorakit-lock        while a run trains: one run per folder (train/lock.py)
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) it trains data-parallel (gloo on CPU, nccl on CUDA) with DDP, or
 with FSDP2 when ``train.distributed: fsdp`` (:mod:`lorakit.train.fsdp`); every rank reads its own shard of
@@ -15,6 +16,8 @@ group's life is :mod:`lorakit.train.distributed`'s.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +28,7 @@ import yaml
 from ..formats._io import atomic_write, write_json
 from .callbacks import Callback
 from .checkpoint import list_checkpoints, load_checkpoint
-from .distributed import device_for, setup
+from .distributed import device_for, launch_env, setup
 from .fsdp import full_trainable
 from .heap import keep_heap
 from .hooks import (
@@ -37,6 +40,7 @@ from .hooks import (
     ProgressBar,
     step_summary,
 )
+from .lock import run_lock
 from .loop import Trainer
 from .optim import make_scheduler, warmup_steps
 from .report import dir_size, format_summary, plot_metrics
@@ -66,9 +70,17 @@ def run(cfg, callbacks: list[Callback] | None = None, resume: bool = False, quie
 
     ``callbacks`` (e.g. AdaLoRA's or PeriodicLoRA's) run after the NaN guard and before the task's own
     (evaluation, samples), logging and checkpointing. Raises ``NonFiniteLossError`` when the loss
-    diverges (the last good checkpoint is kept), and ``DistributedRunError`` when another process of a
-    multi-process run stopped. Under FSDP the returned model is sharded (usable while the process group lives).
+    diverges (the last good checkpoint is kept), ``RunLockedError`` when another run holds the folder
+    (``train/lock.py``; rank 0 takes the lock, torchrun stops the other ranks when it fails), and
+    ``DistributedRunError`` when another process of a multi-process run stopped. Under FSDP the returned
+    model is sharded (usable while the process group lives).
     """
+    main = int(launch_env(dict(os.environ)).get("RANK", "0")) == 0  # torchrun's RANK or srun's SLURM_PROCID
+    with run_lock(cfg.train.output_dir) if main else contextlib.nullcontext():
+        return _run(cfg, callbacks, resume, quiet)
+
+
+def _run(cfg, callbacks: list[Callback] | None, resume: bool, quiet: bool) -> RunResult:
     task = get_task(getattr(cfg, "task", None))
     t = cfg.train
     kind = "cuda" if cfg.model.device == "cuda" or (cfg.model.device == "auto" and torch.cuda.is_available()) else "cpu"
@@ -129,6 +141,8 @@ def run(cfg, callbacks: list[Callback] | None = None, resume: bool = False, quie
             _say(main and not quiet, f"resumed from {existing[-1]} at step {trainer.state.step}")
         if t.keep_heap and device.type == "cpu":
             keep_heap()
+        if trainer.state.started_at is None:  # a resumed run keeps the time its training first began
+            trainer.state.started_at = time.time()
         start, seen = time.perf_counter(), (trainer.state.samples_seen, trainer.state.tokens_seen, trainer.state.step)
         state = trainer.fit()
         seconds = time.perf_counter() - start
@@ -141,10 +155,15 @@ def run(cfg, callbacks: list[Callback] | None = None, resume: bool = False, quie
         evaluator = next((c for c in cbs if isinstance(c, Evaluator)), None)
         summary = {"task": task.name, "method": t.method, "trainable_params": report[0], "total_params": report[1],
                    "trainable_percent": 100 * report[0] / report[1], "saved_path": str(saved),
-                   "saved_bytes": dir_size(saved), "train_seconds": seconds, "steps": state.step,
+                   "saved_bytes": dir_size(saved), "steps": state.step,
                    "epochs": round(state.step / max(state.steps_per_epoch, 1), 4),
-                   "samples_per_s": (state.samples_seen - seen[0]) / max(seconds, 1e-9),  # this session's steps
-                   "tokens_per_s": (state.tokens_seen - seen[1]) / max(seconds, 1e-9), "speed_from_step": seen[2],
+                   # the whole run, every session of it (a resume adds to these, never replaces them)
+                   "train_seconds": state.train_seconds, "samples_seen": state.samples_seen,
+                   "tokens_seen": state.tokens_seen, "started_at": state.started_at,
+                   "samples_per_s": state.samples_seen / max(state.train_seconds, 1e-9),
+                   "tokens_per_s": state.tokens_seen / max(state.train_seconds, 1e-9),
+                   "session": {"from_step": seen[2], "seconds": seconds,  # this call of run() alone
+                               "samples_per_s": (state.samples_seen - seen[0]) / max(seconds, 1e-9)},
                    "world_size": world,
                    "final_loss": state.loss, "best_eval": evaluator.best if evaluator else None,
                    "final_eval": {k: v for k, v in state.metrics.items() if k.startswith("eval_")} or None,

@@ -17,12 +17,6 @@ from lorakit.train import Callback, run
 from lorakit.train.config import from_dict
 
 
-@pytest.fixture(scope="module")
-def sd1_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sd1")
-    return sd_tiny.save_pipeline(root / "model"), sd_tiny.save_dataset(root / "img")
-
-
 class StopAt(Callback):
     def __init__(self, step):
         self.step = step
@@ -56,6 +50,15 @@ def test_run_writes_kohya_files_metadata_samples_and_plots(tmp_path, sd1_dir):
     samples = sorted(p.name for p in (out / "sample").iterdir())
     assert "tiny_e000000_00_7.png" in samples and "tiny_e000002_01_1.png" in samples  # seed = train.seed + index
     assert "tiny_sheet_e000002.png" in samples
+    from PIL import Image
+
+    from lorakit.sd.infotext import parse_infotext
+
+    with Image.open(out / "sample" / "tiny_e000002_00_7.png") as png:  # A1111's infotext, as sd generate writes it
+        info = parse_infotext(png.text["parameters"])
+    assert (info["Prompt"], info["Steps"], info["Seed"], info["Size-1"], info["Size-2"]) == ("sks dog", "2", "7",
+                                                                                             "64", "64")
+    assert info["Sampler"] == "Euler a" and info["CFG scale"] == "7.5" and info["Model"] == "model"
     assert result.summary["family"] == "sd1" and result.summary["steps"] == 8
 
 
@@ -66,6 +69,8 @@ def test_resume_twice_equals_an_uninterrupted_run(tmp_path, sd1_dir):
     whole = run(from_dict(sd_tiny.sd_config(tmp_path / "a", model, data, **extra)), quiet=True)
     cfg = from_dict(sd_tiny.sd_config(tmp_path / "b", model, data, **extra))
     run(cfg, [StopAt(3)], quiet=True)
+    with safe_open(str(tmp_path / "b/run/tiny-step00000002.safetensors"), "pt") as f:
+        first = f.metadata()  # written by the first session
     run(cfg, [StopAt(5)], resume=True, quiet=True)
     resumed = run(cfg, resume=True, quiet=True)
     assert resumed.summary["steps"] == whole.summary["steps"] == 8 and resumed.summary["epochs"] == 2
@@ -73,6 +78,18 @@ def test_resume_twice_equals_an_uninterrupted_run(tmp_path, sd1_dir):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     with safe_open(str(tmp_path / "b/run/tiny.safetensors"), "pt") as f:
         assert f.metadata()["ss_steps"] == "8" and f.metadata()["ss_epoch"] == "2"
+        # the start is written once, when the first session began, and kept across both resumes (issue 19.21)
+        assert f.metadata()["ss_training_started_at"] == first["ss_training_started_at"]
+    assert float(first["ss_training_started_at"]) < float(first["ss_training_finished_at"])
+    s = resumed.summary  # whole-run figures: three sessions add up
+    assert s["samples_seen"] == whole.summary["samples_seen"] == 16 and s["steps"] == 8
+    assert s["train_seconds"] > s["session"]["seconds"] > 0 and s["session"]["from_step"] == 4
+    again = run(cfg, resume=True, quiet=True)  # resuming the finished run: no step, the totals stay
+    on_disk = json.loads((tmp_path / "b/run/summary.json").read_text())
+    for key in ("steps", "samples_seen", "final_loss", "started_at"):
+        assert again.summary[key] == on_disk[key] == s[key], key
+    saved = json.loads((tmp_path / "b/run/checkpoint-000008/trainer_state.json").read_text())["train_seconds"]
+    assert on_disk["train_seconds"] >= saved > s["session"]["seconds"] and on_disk["samples_per_s"] > 0
     steps = [json.loads(r)["step"] for r in (tmp_path / "b/run/metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 9))
     for run_dir in (tmp_path / "a/run", tmp_path / "b/run"):  # keep_last 2: files and checkpoints
@@ -110,13 +127,14 @@ def test_validate_lists_dataset_and_model_problems_then_the_table(tmp_path, sd1_
     (bad_data / "3_cat" / "broken.png").write_bytes(b"not a png")
     (model / "vae").rename(tmp_path / "vae-moved")
     try:
-        bad = sd_tiny.sd_config(tmp_path, model, bad_data, data={"bucket_reso_steps": 48}, train={"lr": -1})
+        bad = sd_tiny.sd_config(tmp_path, model, bad_data, data={"enable_bucket": True, "bucket_reso_steps": 48},
+                                train={"lr": -1})
         (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
         result = CliRunner().invoke(app, ["validate", str(tmp_path / "bad.yaml")])
     finally:
         (tmp_path / "vae-moved").rename(model / "vae")
     assert result.exit_code == 1
     out = "".join(result.output.split())  # the error console wraps long lines anywhere
-    for part in ("(6 problems)", "train.lr", "there is no vae/ folder", "broken.png", "unreadable or corrupt",
-                 "no repeat prefix", "smaller than the smallest bucket", "bucket_reso_steps=48 is not a multiple of 64"):
+    for part in ("(5 problems)", "train.lr", "there is no vae/ folder", "broken.png", "unreadable or corrupt",
+                 "no repeat prefix", "bucket_reso_steps=48 is not a multiple of 64"):
         assert "".join(part.split()) in out, (part, out)

@@ -63,15 +63,18 @@ def config(out: Path, base: Path, epochs: int) -> dict:
 
 
 def lorakit(*args: str, log) -> float:
-    """Run ``python -m lorakit ARGS`` like a user would; raise with its output on failure; seconds taken."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cmd = [sys.executable, "-m", "lorakit", *args]
+    """Run ``python -m lorakit ARGS`` like a user would, its output (the trainer's progress lines) passed to
+    ``log`` line by line as it comes; raise on failure; seconds taken."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "PYTHONUNBUFFERED": "1"}
     log("$ lorakit " + " ".join(args))
     t0 = time.time()
-    done = subprocess.run(cmd, env=env, text=True, capture_output=True)
-    log(done.stdout[-4000:] + done.stderr[-2000:])
-    if done.returncode:
-        raise SystemExit(f"`lorakit {' '.join(args)}` failed with exit code {done.returncode} (output above).")
+    with subprocess.Popen([sys.executable, "-m", "lorakit", *args], env=env, text=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT) as proc:
+        for line in proc.stdout:
+            log(line.rstrip("\n"))
+    if proc.returncode:
+        raise SystemExit(f"`lorakit {' '.join(args)}` failed with exit code {proc.returncode} (output above).")
     return time.time() - t0
 
 

@@ -18,10 +18,22 @@ from pathlib import Path
 from typing import Literal
 
 from ...config import ConfigError
-from ...train.checks import device_kind, device_problems, distributed_problems
+from ...sd.sample_prompts import prompt_problems
+from ...sd.samplers import check_sampler
+from ...train.checks import (
+    adapter_not_model,
+    blocking_file,
+    device_kind,
+    device_problems,
+    distributed_problems,
+    nested,
+)
 from ...train.config import TrainArgs, parse_section, train_problems, unknown_sections
+from ...train.optim import optimizer_problems
 from .dataset import DatasetArgs
 from .dataset import problems as data_problems
+from .dataset.cache import default_cache_dir
+from .dataset.layout import dataset_dirs
 
 FAMILIES = ("auto", "sd1", "sd2", "sd2-v", "sdxl")
 BLOCK_PRESETS = ("cosine", "sine", "linear", "reverse_linear", "zeros")
@@ -54,7 +66,8 @@ class NetworkArgs:
     conv_dim: int | None = None
     """Rank of the ResNet/Down/Upsample 3x3 convs (LoCon); ``None`` leaves them out."""
     conv_alpha: float | None = None
-    """Alpha of the 3x3 convs (default: ``conv_dim``)."""
+    """Alpha of the 3x3 convs. Unset: 1.0 for ``module: lora`` (kohya's ``networks/lora.py``), the network
+    ``alpha`` for dora/loha/lokr (LyCORIS' ``create_network``), so a kohya command line trains the same scale."""
     dropout: float = 0.0
     """Dropout on each module's input during training (kohya ``network_dropout``)."""
     rank_dropout: float = 0.0
@@ -178,6 +191,9 @@ def problems(cfg: SDRunConfig, check_paths: bool = True) -> list[str]:
                  "single-file .safetensors checkpoint plus model.config.")
     elif check_paths and not Path(m.path).exists():
         e.append(f"model.path={m.path!r}: not found (paths are relative to the working directory).")
+    elif check_paths and (adapter := adapter_not_model(m.path)):
+        e.append(f"model.path={m.path!r} is {adapter}, not a model; set model.path to the base model (a diffusers "
+                 "directory or a checkpoint) and network.network_weights to this file to continue training it.")
     elif check_paths and Path(m.path).is_file() and not m.config:
         e.append(f"model.path={m.path!r} is a single-file checkpoint; set model.config to a local diffusers config "
                  "directory of the same family (nothing is downloaded).")
@@ -227,13 +243,50 @@ def problems(cfg: SDRunConfig, check_paths: bool = True) -> list[str]:
         e.append("network.network_weights: only plain LoRA files can be continued (network.module: lora).")
     if s.prompts and check_paths and not Path(s.prompts).is_file():
         e.append(f"sample.prompts={s.prompts!r}: file not found.")
+    elif s.prompts and check_paths:  # read as the trainer reads it: a file that passes here samples
+        e += [f"sample.prompts: {p}" for p in prompt_problems(s.prompts)]
     if s.prompts and t.distributed == "fsdp":
         e.append("sample.prompts with train.distributed='fsdp': samples are drawn by rank 0 alone, which cannot run a "
                  "sharded U-Net; sample the saved LoRA files with `lorakit sd generate`, or use distributed: ddp.")
+    e += [f"sample.sampler={s.sampler!r}: {p}" for p in _sampler_problem(s.sampler)] if s.sampler else []
     for key in ("every_n_epochs", "every_n_steps"):
         if getattr(s, key) is not None and getattr(s, key) < 1:
             e.append(f"sample.{key}={getattr(s, key)}: expected a positive integer or null.")
+    return e + optimizer_problems(t) + (path_problems(cfg) if check_paths else [])
+
+
+def path_problems(cfg: SDRunConfig) -> list[str]:
+    """Folders that would hurt the run or the data: an output_dir that is, lies in or holds a dataset
+    folder, a cache_dir that is a file or lies in a dataset folder (nothing is written into datasets)."""
+    d, t = cfg.data, cfg.train
+    e = []
+    folders = dataset_dirs(d)
+    for key, folder in folders:
+        how = nested(t.output_dir, folder)
+        if how in ("equal", "inside"):
+            e.append(f"train.output_dir={t.output_dir!r} is {'' if how == 'equal' else 'inside '}the dataset folder "
+                     f"{key}={folder!r}: the run's checkpoints, samples and LoRA files would land among the images; "
+                     "choose an output_dir outside it.")
+        elif how == "contains":
+            e.append(f"{key}={folder!r} is inside train.output_dir={t.output_dir!r}: keep the dataset out of the run "
+                     "folder, where the trainer writes and prunes files (sample/, checkpoint-*, <name>-*.safetensors).")
+    to_disk = d.cache_latents_to_disk or d.cache_text_encoder_outputs_to_disk
+    cache = d.cache_dir or (str(default_cache_dir()) if to_disk else None)
+    if cache and (blocking := blocking_file(cache)) is not None:
+        e.append(f"data.cache_dir={cache!r}: {blocking} is a file; expected a directory for the disk cache.")
+    for key, folder in folders if cache else ():
+        if nested(cache, folder) in ("equal", "inside"):
+            e.append(f"data.cache_dir={cache!r} is in the dataset folder {key}={folder!r}; lorakit never writes into "
+                     "dataset folders: choose another cache_dir.")
     return e
+
+
+def _sampler_problem(name: str) -> list[str]:
+    try:
+        check_sampler(name)
+    except ValueError as exc:
+        return [str(exc)]
+    return []
 
 
 def parse(data: dict, check_paths: bool = True) -> tuple[SDRunConfig, list[str]]:

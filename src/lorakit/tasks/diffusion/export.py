@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from ...formats.kohya import write_kohya
-from .network import to_lorafile
+from .network import conv_alpha, to_lorafile
 
 
 def training_metadata(cfg, family, prediction: str, dataset_meta: dict[str, str], state=None) -> dict[str, str]:
@@ -18,7 +18,7 @@ def training_metadata(cfg, family, prediction: str, dataset_meta: dict[str, str]
     algo = n.module
     network_args = {}
     if n.conv_dim:
-        network_args.update(conv_dim=str(n.conv_dim), conv_alpha=str(n.conv_alpha or n.conv_dim))
+        network_args.update(conv_dim=str(n.conv_dim), conv_alpha=f"{conv_alpha(n):g}")
     if algo != "lora":
         network_args["algo"] = "locon" if algo == "dora" else algo
         if algo == "dora":
@@ -34,7 +34,8 @@ def training_metadata(cfg, family, prediction: str, dataset_meta: dict[str, str]
     step = state.step if state is not None else 0
     spe = max(getattr(state, "steps_per_epoch", 0) or 1, 1)
     meta = {
-        "ss_session_id": str(t.seed), "ss_training_started_at": str(time.time()),
+        "ss_session_id": str(t.seed),
+        "ss_training_started_at": str(getattr(state, "started_at", None) or time.time()),  # kept across resumes
         "ss_output_name": t.output_name, "ss_sd_model_name": Path(cfg.model.path).name,
         "ss_base_model_version": family.base_version, "ss_v2": str(family.name.startswith("sd2")),
         "ss_network_module": "lycoris.kohya" if algo != "lora" else "networks.lora",

@@ -33,6 +33,17 @@ _UPDOWN = re.compile(r"(up|down)_blocks\.(\d+)\.(resnets|upsamplers|downsamplers
 SUFFIX = {"lora_A": "lora_down.weight", "lora_B": "lora_up.weight", "magnitude": "dora_scale"}
 
 
+def conv_alpha(net_args) -> float | None:
+    """Alpha of the 3x3 convs: ``network.conv_alpha``, else the default of the tool the saved file names:
+    kohya's ``networks/lora.py`` (module ``lora``) uses 1.0, LyCORIS' ``create_network`` (``dora``/``loha``/
+    ``lokr``, saved as ``lycoris.kohya``) the network alpha. ``None`` without ``conv_dim``."""
+    if not net_args.conv_dim:
+        return None
+    if net_args.conv_alpha is not None:
+        return net_args.conv_alpha
+    return 1.0 if net_args.module == "lora" else net_args.alpha
+
+
 def kohya_targets(model: nn.Module, classes: tuple[str, ...]) -> list[str]:
     """Linear/Conv2d modules inside modules whose class name is in ``classes`` (kohya's rule)."""
     out = []
@@ -111,11 +122,10 @@ def add_network(parts: dict, net_args, text_parts: tuple[str, ...], lrs: dict[st
         if not names:
             continue
         big = [n for n in names if _is_big_conv(model.get_submodule(n))]
-        conv_alpha = net_args.conv_alpha if net_args.conv_alpha is not None else net_args.conv_dim
         config = LoraConfig(r=net_args.dim, alpha=net_args.alpha, dropout=net_args.dropout, target_modules=names,
                             variant=net_args.module,
                             rank_pattern={re.escape(n): net_args.conv_dim for n in big},
-                            alpha_pattern={re.escape(n): conv_alpha for n in big})
+                            alpha_pattern={re.escape(n): conv_alpha(net_args) for n in big})
         inject(model, config, ADAPTER)
         if net_args.rank_dropout or net_args.module_dropout:
             add_dropouts([layer.adapters[ADAPTER] for _, layer in lora_layers(model)], net_args.rank_dropout,

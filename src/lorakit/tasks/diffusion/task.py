@@ -135,7 +135,7 @@ class DiffusionTask:
         save = lambda path, state: self._save(parts, cfg, path, state)  # noqa: E731
         cbs = [TimestepLoss(Path(cfg.train.output_dir), parts.model.schedule.num_steps),
                LoraSaver(Path(cfg.train.output_dir), cfg.train.output_name, cfg.train.keep_last, save)]
-        sampler = sampler_callback(cfg, parts, device)
+        sampler = parts.extra["sampler"] = sampler_callback(cfg, parts, device)
         return cbs + ([sampler] if sampler is not None else [])
 
     def _save(self, parts: Parts, cfg: SDRunConfig, path: Path, state) -> Path:
@@ -147,9 +147,11 @@ class DiffusionTask:
         return self._save(parts, cfg, Path(run_dir) / f"{cfg.train.output_name}.safetensors", state)
 
     def summary(self, parts: Parts, cfg: SDRunConfig, device: torch.device) -> dict:
+        sampler = parts.extra.get("sampler")
         return {"family": parts.extra["family"].name, "prediction_type": parts.extra["prediction"],
-                "network_module": cfg.network.module, "adapted_modules": {k: len(v) for k, v in
-                                                                          parts.extra["adapted"].items()}}
+                "network_module": cfg.network.module,
+                "adapted_modules": {k: len(v) for k, v in parts.extra["adapted"].items()},
+                **({"sample_errors": sampler.errors} if sampler is not None and sampler.errors else {})}
 
 
 def _no_grad(fn):

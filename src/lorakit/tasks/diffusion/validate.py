@@ -71,15 +71,16 @@ def lora_family_problems(path: str, family: str) -> list[str]:
     return []
 
 
-def _bucket_step(path: str, config: str | None, family: str | None) -> int:
-    """The model's bucket step from its unet/vae configs (see ``model_bucket_step``), else the family's."""
+def _bucket_step(path: str, config: str | None, family: str | None) -> int | None:
+    """The model's bucket step from its unet/vae configs (see ``model_bucket_step``), else the family's;
+    ``None`` when the model could not be read (then nothing that depends on it is checked)."""
     root = Path(path)
     cfg_dir = Path(config) if root.is_file() and config else root
     try:
         unet, vae = (json.loads((cfg_dir / part / "config.json").read_text()) for part in ("unet", "vae"))
         return model_bucket_step(unet, vae)
     except (OSError, ValueError, KeyError, TypeError):
-        return FAMILIES[family].bucket_step if family else 64
+        return FAMILIES[family].bucket_step if family else None
 
 
 def validate(data: dict) -> tuple[list[str], str]:
@@ -103,6 +104,9 @@ def validate(data: dict) -> tuple[list[str], str]:
     errors += [p for p in batches.problems if p not in errors]
     if family:
         report.append(f"model: {cfg.model.path} ({family}, bucket step {step})")
+    elif step is None:
+        report.append(f"model: {cfg.model.path or '(not set)'} could not be read (see the problems), so the bucket "
+                      "settings were not checked against it.")
     if batches.datasets and not batches.problems:
         report.append(bucket_table(batches))
         report.append(batches.explain_steps())

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from ...config import ConfigError, LoraConfig
-from ...train.checks import device_kind, distributed_problems
+from ...train.checks import MAX_REPEATS, adapter_not_model, device_kind, distributed_problems
 from ...train.config import (
     TrainArgs,
     apply_overrides,
@@ -127,7 +127,10 @@ def problems(cfg: RunConfig, check_paths: bool = True) -> list[str]:
     if not m.path:
         e.append("model.path: missing; set it to a local Hugging Face model directory (with config.json).")
     elif check_paths and not _has_config(m.path, e):
-        e.append(f"model.path={m.path!r}: no config.json there; expected a local Hugging Face model directory "
+        adapter = adapter_not_model(str(resolve_path(m.path)))
+        e.append(f"model.path={m.path!r} is {adapter}, not a model; set model.path to the base model's directory "
+                 "(the adapter is what training writes)." if adapter else
+                 f"model.path={m.path!r}: no config.json there; expected a local Hugging Face model directory "
                  "(save one with model.save_pretrained(dir) and tokenizer.save_pretrained(dir)).")
     if not d.train:
         e.append("data.train: missing; set it to a .txt, .jsonl or .csv file.")
@@ -144,6 +147,8 @@ def problems(cfg: RunConfig, check_paths: bool = True) -> list[str]:
     for key, lo in (("max_length", 2), ("repeats", 1)):
         if getattr(d, key) < lo:
             e.append(f"data.{key}={getattr(d, key)}: expected an integer >= {lo}.")
+    if d.repeats > MAX_REPEATS:
+        e.append(f"data.repeats={d.repeats}: at most {MAX_REPEATS:,} are supported; lower it.")
     e += train_problems(t) + distributed_problems(t, m.device)
     if t.loraplus_ratio is not None and t.lr_groups:
         e.append("train.loraplus_ratio and train.lr_groups both set the learning rates; use one of them.")

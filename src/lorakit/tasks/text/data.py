@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ...train.checks import MAX_EPOCH_SAMPLES
 from .config import DataArgs
 
 IGNORE = -100
@@ -204,6 +205,9 @@ class Batches:
 
 def step_plan(items: int, batch: int, accum: int, world: int, epochs: float, max_steps: int | None):
     """(steps per epoch, total steps) with steps = repeats x items x epochs / (batch x accum x processes)."""
+    if items > MAX_EPOCH_SAMPLES:  # each sample of an epoch is an index of its shuffle
+        raise ValueError(f"{items:,} samples per epoch (samples x data.repeats); at most {MAX_EPOCH_SAMPLES:,} are "
+                         "supported; lower data.repeats.")
     per_epoch = items // (batch * world * accum)
     if per_epoch < 1:
         raise ValueError(f"{items} samples (x repeats) are fewer than one optimizer step needs "

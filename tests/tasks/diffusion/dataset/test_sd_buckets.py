@@ -6,9 +6,16 @@ import random
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
-from lorakit.tasks.diffusion.dataset.buckets import Bucketer, crop_ltrb, make_bucket_resolutions
+from lorakit.tasks.diffusion.dataset.buckets import (
+    Bucketer,
+    bucket_problems,
+    crop_ltrb,
+    make_bucket_resolutions,
+)
 from lorakit.tasks.diffusion.dataset.images import load_pixels, resize, size_conditioning
 from lorakit.tasks.diffusion.dataset.layout import SubsetSpec
 from lorakit.tasks.diffusion.dataset.scan import ImageItem
@@ -85,6 +92,55 @@ def test_assignment_no_upscale(res, lo, hi, d):
         assert (bucket, resized) == expected_no_upscale(size, res[0] * res[1], d), size
         assert bucket[0] <= resized[0] and bucket[1] <= resized[1]  # a crop, never padding
         assert resized[0] <= max(size[0], d * math.ceil(size[0] / d))  # never enlarged (beyond step rounding)
+
+
+side = st.integers(1, 3000)
+
+
+@given(res=st.tuples(side, side), steps=st.integers(1, 130), lo=st.integers(1, 1200), hi=st.integers(1, 2200),
+       enable=st.booleans(), no_upscale=st.booleans(), sizes=st.lists(st.tuples(st.integers(1, 5000),
+                                                                                st.integers(1, 5000)), min_size=1, max_size=5))
+@settings(max_examples=400, deadline=None, derandomize=True)
+def test_every_setting_buckets_every_image_or_says_why_in_one_line(res, steps, lo, hi, enable, no_upscale, sizes):
+    lo, hi = lo - lo % steps, hi + (-hi) % steps  # kohya's rounding, as the dataset specs hold them
+    problems = bucket_problems(res, enable_bucket=enable, min_size=lo, max_size=hi, steps=steps)
+    if problems:
+        assert all(p and "\n" not in p for p in problems)
+        return
+    b = Bucketer(res, enable_bucket=enable, min_size=lo, max_size=hi, steps=steps, no_upscale=no_upscale)
+    for w, h in sizes:
+        bucket, resized, _ = b.select(w, h)
+        if enable and no_upscale:  # its size (shrunk to the area) rounded down: a crop, or no bucket (a problem)
+            assert bucket[0] <= resized[0] and bucket[1] <= resized[1]
+            assert bucket[0] % steps == 0 and bucket[1] % steps == 0
+            assert resized == (w, h) or resized[0] * resized[1] <= 2 * res[0] * res[1] + 2 * steps * max(resized)
+        else:  # any image, however small, covers a predefined bucket (kohya upscales it)
+            assert bucket in b.predefined and min(bucket) >= 1
+            assert resized[0] >= bucket[0] and resized[1] >= bucket[1]
+            assert not enable or (bucket[0] % steps == 0 and bucket[1] % steps == 0 and min(bucket) >= steps)
+
+
+def test_issue_settings_give_problems_not_a_division_by_zero():
+    # resolution 32 with kohya's default step 64: no bucket fits; min 16 rounds down to 0
+    for lo in (256, 16):
+        lo_r = lo - lo % 64
+        found = bucket_problems((32, 32), enable_bucket=True, min_size=lo_r, max_size=1024, steps=64)
+        assert any("smaller than one bucket step (bucket_reso_steps=64)" in p for p in found), found
+    assert any("rounds down to 0" in p for p in bucket_problems((512, 512), enable_bucket=True, min_size=0,
+                                                                  max_size=1024, steps=64))
+    assert bucket_problems((32, 32), enable_bucket=False, min_size=0, max_size=1024, steps=64) == []
+
+
+def test_small_images_are_upscaled_into_a_bucket_as_kohya_does(tmp_path):
+    b = Bucketer((512, 512), min_size=256, max_size=1024, steps=64)
+    bucket, resized, _ = b.select(100, 120)  # below min_bucket_reso: kohya's select_bucket enlarges it
+    assert bucket == expected_upscale((100, 120), make_bucket_resolutions((512, 512)))[0] and resized[0] > 100
+    gradient_image(tmp_path / "small.png", 100, 120)
+    px = load_pixels(item_for(tmp_path / "small.png", (100, 120), b))  # the training path takes it
+    assert px.shape == (3, bucket[1], bucket[0]) and px.isfinite().all()
+    nb = Bucketer((512, 512), min_size=256, max_size=1024, steps=64, no_upscale=True)
+    assert nb.select(100, 120)[:2] == ((64, 64), (100, 120))  # min/max do not apply: its own size, rounded down
+    assert nb.select(40, 120)[0] == (0, 64)  # a side below the step: no bucket (the scan reports it)
 
 
 def test_bucketing_off_is_one_bucket_cover_and_crop():

@@ -8,7 +8,7 @@ from lorakit.tasks.diffusion.dataset import DatasetArgs, build_dataset
 from lorakit.tasks.diffusion.dataset.cache import LatentCache
 from lorakit.tasks.diffusion.dataset.images import load_pixels
 
-SMALL = {"resolution": 128, "min_bucket_reso": 64, "max_bucket_reso": 256}
+SMALL = {"resolution": 128, "enable_bucket": True, "min_bucket_reso": 64, "max_bucket_reso": 256}
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ def dogs(tmp_path):
     return root
 
 
-SMALL = {"resolution": 128, "min_bucket_reso": 64, "max_bucket_reso": 256}
+SMALL = {"resolution": 128, "enable_bucket": True, "min_bucket_reso": 64, "max_bucket_reso": 256}
 
 
 def test_folder_layout_repeats_captions_and_steps(dogs):
@@ -136,13 +136,17 @@ def test_every_problem_is_listed_with_its_file(tmp_path):
     toml.write_text("[general]\nshufle_caption = true\n[[datasets]]\nresolution = 'big'\n"
                     "[[datasets.subsets]]\nimage_dir = 'nowhere'\nface_crop_aug_range = [2.0, 4.0]\n")
     before = snapshot(tmp_path)
-    out = build_dataset(DatasetArgs(train_data_dir=str(root), reg_data_dir=str(tmp_path / "missing")),
-                        batch_size=1, seed=0).problems
+    scanned = build_dataset(DatasetArgs(train_data_dir=str(root), reg_data_dir=str(tmp_path / "missing")),
+                            batch_size=1, seed=0)
+    out = scanned.problems
     text = "\n".join(out)
-    for needle in ("broken.png: unreadable", "img01.txt: empty caption", "tiny.png: 100x120 is smaller",
-                   "no_prefix: skipped", "reg_data_dir='" + str(tmp_path / "missing")):
+    for needle in ("broken.png: unreadable", "img01.txt: empty caption", "no_prefix: skipped",
+                   "reg_data_dir='" + str(tmp_path / "missing")):
         assert needle in text, (needle, out)
-    assert "._img00" not in text and len(out) == 5
+    assert "._img00" not in text and "tiny.png" not in text and len(out) == 4
+    # smaller than the 512 bucket: upscaled as kohya does, and said
+    assert any("1 image(s) are smaller than their bucket" in n and "tiny.png (100x120 -> 512x512)" in n
+               for n in scanned.notes), scanned.notes
     bad = build_dataset(DatasetArgs(dataset_config=str(toml)), batch_size=1, seed=0).problems
     text = "\n".join(bad)
     for needle in ("unknown key 'shufle_caption'; did you mean 'shuffle_caption'", "resolution='big'",
@@ -158,8 +162,8 @@ def test_args_problems_collect_everything():
     assert len(out) == 4 and all(o.startswith("data.") for o in out)
     assert "data.train_data_dir: missing" in problems(DatasetArgs())[0]
     assert problems(DatasetArgs(train_data_dir="x", min_bucket_reso=1024, max_bucket_reso=512))
-    steps = build_dataset(DatasetArgs(train_data_dir="x", bucket_reso_steps=32), batch_size=1, seed=0,
-                          bucket_step=64).problems
+    steps = build_dataset(DatasetArgs(train_data_dir="x", enable_bucket=True, bucket_reso_steps=32), batch_size=1,
+                          seed=0, bucket_step=64).problems
     assert any("not a multiple of 64" in p for p in steps)
 
 

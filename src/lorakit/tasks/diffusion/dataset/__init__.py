@@ -28,13 +28,15 @@ __all__ = ["DatasetArgs", "DiffusionBatches", "build_dataset", "problems", "proc
 def build_dataset(args: DatasetArgs, *, batch_size: int, seed: int, world: int = 1, rank: int = 0,
                   encode_latents: Callable[[torch.Tensor], torch.Tensor] | None = None, vae_key: str | None = None,
                   encode_text: Callable[[list[str]], dict[str, torch.Tensor]] | None = None,
-                  text_key: str | None = None, bucket_step: int = 64, scan_only: bool = False) -> DiffusionBatches:
+                  text_key: str | None = None, bucket_step: int | None = 64,
+                  scan_only: bool = False) -> DiffusionBatches:
     """Scan the folders (or the kohya TOML), assign buckets and fill the caches.
 
     ``encode_latents(pixels [B,3,H,W] in [-1,1]) -> latents`` (already scaled by the VAE's factor) and
     ``encode_text(captions) -> {name: tensor [B,...]}`` come from the task with a key naming the encoder
     (weights, dtype, scaling), part of every cache key. Without them, or with caching off, batches carry
-    ``pixels``/``captions``. ``bucket_step`` is the step the model family needs (64 SD1/2, 32 SDXL).
+    ``pixels``/``captions``. ``bucket_step`` is the step the model needs (64 SD1/2, 32 SDXL; ``None``:
+    unknown, not checked).
     ``scan_only`` (validate) fills no cache. Problems do not raise: they are in ``.problems``.
     """
     errors = problems(args)
@@ -44,10 +46,15 @@ def build_dataset(args: DatasetArgs, *, batch_size: int, seed: int, world: int =
         return DiffusionBatches([], seed, world, rank, problems=errors)
     specs, errors = resolve(args, batch_size)
     notes: list[str] = []
-    for spec in specs:
+    for spec in specs if bucket_step else ():  # None: the model could not be read, so its step is unknown
+        w, h = spec.resolution
         if spec.enable_bucket and spec.bucket_reso_steps % bucket_step:
             errors.append(f"bucket_reso_steps={spec.bucket_reso_steps} is not a multiple of {bucket_step}, which "
                           "this model family needs (64 for SD1/SD2, 32 for SDXL).")
+        if not spec.enable_bucket and (w % bucket_step or h % bucket_step):
+            errors.append(f"resolution {w}x{h}: with enable_bucket off every image is cropped to it, and this model "
+                          f"needs sides that are multiples of {bucket_step}; use {w - w % bucket_step or bucket_step}x"
+                          f"{h - h % bucket_step or bucket_step} or turn enable_bucket on.")
     datasets = [scan_dataset(spec, errors, notes) for spec in specs]
     if not errors and not any(d.items for d in datasets):
         errors.append("the dataset has no usable images.")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from ....train.checks import MAX_REPEATS
+
 # kohya's subset keys: their defaults live on DatasetArgs (one table, shared by the folder layout and the TOML)
 SUBSET_KEYS = ("caption_extension", "shuffle_caption", "caption_separator", "keep_tokens", "keep_tokens_separator",
                "secondary_separator", "enable_wildcard", "caption_prefix", "caption_suffix", "caption_dropout_rate",
@@ -35,18 +37,21 @@ class DatasetArgs:
     resolution: int | str | list[int] = 512
     """Training resolution: ``512``, ``"768,512"`` or ``[768, 512]`` (width, height as in kohya). Its area
     sets the bucket sizes."""
-    enable_bucket: bool = True
-    """Aspect-ratio buckets (kohya's default is off; every trainer guide turns it on). Off: one bucket
-    of ``resolution``, images scaled to cover it and centre-cropped."""
+    enable_bucket: bool = False
+    """Aspect-ratio buckets. Off (kohya's default, so a kohya command line or dataset TOML means the same
+    here): one bucket of ``resolution``, every image scaled to cover it and centre-cropped; ``validate``
+    names the images that lose their edges that way. Most guides turn it on."""
     min_bucket_reso: int = 256
-    """Smallest bucket side (pixels)."""
+    """Smallest side of kohya's predefined buckets (pixels). Smaller images are not refused: they are
+    upscaled into the bucket of the nearest aspect ratio, as kohya does (``validate`` lists them)."""
     max_bucket_reso: int = 1024
     """Largest bucket side (pixels)."""
     bucket_reso_steps: int = 64
     """Bucket sides are multiples of this (64 for SD1/SD2; SDXL allows 32)."""
     bucket_no_upscale: bool = False
     """Never enlarge: each image gets a bucket of its own size (shrunk to the resolution's area when
-    larger), rounded down to ``bucket_reso_steps``; min/max are then ignored, as in kohya."""
+    larger), rounded down to ``bucket_reso_steps``; min/max do not bound these buckets, as in kohya (which
+    still requires min_bucket_reso <= resolution <= max_bucket_reso). A side below the step: no bucket."""
     caption_extension: str | None = None
     """Caption file = image path with this extension. ``None``: ``.txt`` for the folder layout (what the
     GUIs set), kohya's ``.caption`` for subsets of a dataset TOML."""
@@ -142,6 +147,8 @@ def value_problems(values: dict, where: str) -> list[str]:
                      "vae_batch_size"):
             if not _is_int(v) or v < 1:
                 bad(key, "a positive integer")
+            elif key == "num_repeats" and v > MAX_REPEATS:
+                bad(key, f"at most {MAX_REPEATS:,} (kohya datasets use 1-100)")
         elif key in ("keep_tokens", "caption_dropout_every_n_epochs", "token_warmup_min"):
             if not _is_int(v) or v < 0:
                 bad(key, "an integer >= 0")

@@ -6,13 +6,22 @@ Bucket list (``make_bucket_resolutions``), with A = W*H of the resolution and d 
     h = min(max, floor(floor(A/w)/d)*d); (w, h) and (h, w) when h >= min
 
 An image goes to the bucket with the nearest aspect ratio (an exact size match first), is scaled to
-cover it and the overflow is cropped. With ``bucket_no_upscale`` it keeps its size (shrunk to area A
-when larger) and its bucket is that size rounded down to d: crop, never pad.
+cover it and the overflow is cropped: a small image is enlarged, whatever ``min_bucket_reso`` (kohya).
+With ``bucket_no_upscale`` it keeps its size (shrunk to area A when larger) and its bucket is that size
+rounded down to d: crop, never pad (a side below d gives no bucket).
+
+``bucket_problems`` lists the settings for which this gives no usable bucket list (kohya divides by
+zero or loops far too long): every combination either passes it and buckets every image, or gets a
+one-line problem.
 """
 
 from __future__ import annotations
 
 import math
+
+MAX_SIDE = 16384
+"""Largest resolution side and ``max_bucket_reso`` accepted (SDXL trains at 1024; 16384 is far beyond any
+model and keeps the bucket list a few thousand candidates long)."""
 
 
 def make_bucket_resolutions(resolution: tuple[int, int], min_size: int = 256, max_size: int = 1024,
@@ -27,6 +36,38 @@ def make_bucket_resolutions(resolution: tuple[int, int], min_size: int = 256, ma
             resos.add((width, height))
             resos.add((height, width))
     return sorted(resos)
+
+
+def bucket_problems(resolution: tuple[int, int], *, enable_bucket: bool, min_size: int, max_size: int,
+                    steps: int) -> list[str]:
+    """Why these settings give no usable bucket list, one line each (``min_size``/``max_size`` as kohya
+    rounds them: down/up to a multiple of ``steps``); empty when every image gets a bucket."""
+    w, h = resolution
+    e = []
+    if max(w, h) > MAX_SIDE:
+        e.append(f"resolution {w}x{h}: sides above {MAX_SIDE} pixels are not supported; lower the resolution.")
+    if not enable_bucket:  # one bucket of the resolution: min/max/steps do not apply (kohya)
+        return e
+    if max_size > MAX_SIDE:
+        e.append(f"max_bucket_reso={max_size}: above {MAX_SIDE} pixels is not supported; lower it.")
+    if math.isqrt(w * h) < steps:
+        e.append(f"resolution {w}x{h} is smaller than one bucket step (bucket_reso_steps={steps}), so no bucket "
+                 f"fits its area; lower bucket_reso_steps to at most {math.isqrt(w * h)} (the model may need a "
+                 "multiple of 8, 32 or 64) or raise the resolution.")
+    if min_size < steps:
+        e.append(f"min_bucket_reso rounds down to {min_size} with bucket_reso_steps={steps} (kohya rounds it down to "
+                 f"a multiple of the step), and a bucket side cannot be {min_size}; set min_bucket_reso to at least "
+                 f"{steps}.")
+    if min_size > max_size:
+        e.append(f"min_bucket_reso={min_size} is larger than max_bucket_reso={max_size} (both rounded to "
+                 f"bucket_reso_steps={steps}); lower min_bucket_reso or raise max_bucket_reso.")
+    if min(w, h) < min_size:
+        e.append(f"resolution {w}x{h} is smaller than min_bucket_reso={min_size}; lower min_bucket_reso or raise the "
+                 "resolution.")
+    if max(w, h) > max_size:
+        e.append(f"resolution {w}x{h} is larger than max_bucket_reso={max_size}; raise max_bucket_reso or lower "
+                 "the resolution.")
+    return e
 
 
 def crop_ltrb(bucket: tuple[int, int], image_size: tuple[int, int]) -> tuple[float, float, float, float]:
@@ -78,10 +119,10 @@ class Bucketer:
                 # shrink to the area, rounding the axis that keeps the aspect ratio best to the step
                 rw = math.sqrt(self.max_area * aspect)
                 rh = self.max_area / rw
-                bw = self.round_to_steps(rw)
-                ar_w = bw / self.round_to_steps(bw / aspect)
-                bh = self.round_to_steps(rh)
-                ar_h = self.round_to_steps(bh * aspect) / bh
+                bw, bh = self.round_to_steps(rw), self.round_to_steps(rh)
+                h_of_w, w_of_h = self.round_to_steps(bw / aspect), self.round_to_steps(bh * aspect)
+                ar_w = bw / h_of_w if h_of_w else math.inf  # kohya divides by zero here: no bucket (see scan)
+                ar_h = w_of_h / bh if bh else math.inf
                 if abs(ar_w - aspect) < abs(ar_h - aspect):
                     resized = (bw, int(bw / aspect + 0.5))
                 else:
@@ -89,7 +130,7 @@ class Bucketer:
             else:
                 resized = (width, height)
             reso = (resized[0] - resized[0] % self.steps, resized[1] - resized[1] % self.steps)
-        return reso, resized, reso[0] / reso[1] - aspect
+        return reso, resized, reso[0] / reso[1] - aspect if reso[1] else math.inf
 
     def smallest(self) -> tuple[int, int] | None:
         """The smallest predefined bucket (``None`` with no_upscale: buckets follow the images)."""

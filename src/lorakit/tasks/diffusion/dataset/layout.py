@@ -16,7 +16,9 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+from ....train.checks import MAX_REPEATS
 from .args import DATASET_KEYS, SUBSET_KEYS, DatasetArgs, parse_resolution, value_problems
+from .buckets import bucket_problems
 
 # keys kohya's schema accepts that change nothing here (lorakit never writes into dataset folders, so
 # cache_info's image-info file is not written; the rest are loader settings)
@@ -119,6 +121,10 @@ def from_folders(args: DatasetArgs, batch_size: int) -> tuple[list[DatasetSpec],
                 problems.append(f"{sub}: skipped, the folder name has no repeat prefix; rename it N_name (N = repeats "
                                 f"per epoch >= 1, name = class tokens), e.g. '10_{sub.name}'.")
                 continue
+            if parsed[0] > MAX_REPEATS:
+                problems.append(f"{sub}: {parsed[0]} repeats (the number before '_'); at most {MAX_REPEATS:,} are "
+                                "supported (kohya folders use 1-100); rename the folder.")
+                continue
             found += 1
             subsets.append(_subset([_args_values(args)], str(sub), parsed[0], is_reg, parsed[1], ".txt"))
         if not found:
@@ -196,20 +202,28 @@ def from_toml(args: DatasetArgs, batch_size: int) -> tuple[list[DatasetSpec], li
     return specs, problems
 
 
+def dataset_dirs(args: DatasetArgs) -> list[tuple[str, str]]:
+    """(config key, folder) of every image folder the config names: ``train_data_dir``/``reg_data_dir``, or
+    each subset's ``image_dir`` of a readable dataset TOML (its own problems are reported by ``resolve``)."""
+    if args.dataset_config is None:
+        return [(k, getattr(args, k)) for k in ("train_data_dir", "reg_data_dir") if getattr(args, k)]
+    specs, _ = from_toml(args, 1)
+    return [(f"{args.dataset_config} image_dir", sub.image_dir) for spec in specs for sub in spec.subsets]
+
+
 def resolve(args: DatasetArgs, batch_size: int) -> tuple[list[DatasetSpec], list[str]]:
     """The datasets the config names, and every problem found on the way."""
     specs, problems = (from_toml if args.dataset_config else from_folders)(args, batch_size)
+    usable = []
     for spec in specs:
-        w, h = spec.resolution
-        if spec.enable_bucket and min(w, h) < spec.min_bucket_reso:
-            problems.append(f"resolution {w}x{h} is smaller than min_bucket_reso={spec.min_bucket_reso}; "
-                            "lower min_bucket_reso or raise the resolution.")
-        if spec.enable_bucket and max(w, h) > spec.max_bucket_reso:
-            problems.append(f"resolution {w}x{h} is larger than max_bucket_reso={spec.max_bucket_reso}; "
-                            "raise max_bucket_reso or lower the resolution.")
+        found = bucket_problems(spec.resolution, enable_bucket=spec.enable_bucket, min_size=spec.min_bucket_reso,
+                                max_size=spec.max_bucket_reso, steps=spec.bucket_reso_steps)
+        problems += [p for p in found if p not in problems]
+        if not found:  # a spec without a bucket list is not scanned (its images have nowhere to go)
+            usable.append(spec)
         for sub in spec.subsets:
             for key in ("random_crop", "color_aug"):
                 if getattr(sub, key) and args.cache_latents:
                     problems.append(f"{sub.image_dir}: {key} changes the pixels every epoch, so latents cannot be "
                                     f"cached; set data.cache_latents: false or {key}: false.")
-    return specs, problems
+    return usable, problems

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from ....train.checks import MAX_EPOCH_SAMPLES
 from .buckets import Bucketer
 from .captions import tag_frequency
 from .layout import DatasetSpec, SubsetSpec
@@ -130,15 +131,35 @@ def balance_reg(train: int, reg_items: list[ImageItem]) -> list[ImageItem]:
 
 
 def check_size(item: ImageItem, spec: DatasetSpec, problems: list[str]) -> bool:
-    w, h = item.size
-    if spec.enable_bucket and min(w, h) < spec.min_bucket_reso:
-        problems.append(f"{item.path}: {w}x{h} is smaller than the smallest bucket side (min_bucket_reso="
-                        f"{spec.min_bucket_reso}); use a larger image or lower min_bucket_reso.")
-        return False
-    if min(item.bucket) < spec.bucket_reso_steps:
-        problems.append(f"{item.path}: {w}x{h} gives an empty bucket {item.bucket}; use a larger image.")
+    """Whether the image has a bucket. Only ``bucket_no_upscale`` can leave it without one: a side below
+    the step rounds down to 0 (kohya then fails); otherwise any size is scaled to cover its bucket."""
+    if min(item.bucket) < 1:
+        w, h = item.size
+        problems.append(f"{item.path}: {w}x{h} gives an empty bucket {item.bucket}: with bucket_no_upscale nothing is "
+                        f"enlarged and sides round down to bucket_reso_steps={spec.bucket_reso_steps}; use a larger "
+                        "image or turn bucket_no_upscale off (then it is upscaled into a bucket, as kohya does).")
         return False
     return True
+
+
+def size_notes(items: list[ImageItem], spec: DatasetSpec, where: str) -> list[str]:
+    """What ``validate`` warns about sizes: images enlarged into their bucket (kohya does it too; they train
+    blurrier), and with buckets off the images whose aspect ratio is cropped away."""
+    notes = []
+    up = sorted((i for i in items if i.resized[0] > i.size[0]), key=lambda i: i.size[0] / i.resized[0])
+    if up:
+        named = ", ".join(f"{i.path.name} ({i.size[0]}x{i.size[1]} -> {i.bucket[0]}x{i.bucket[1]})" for i in up[:3])
+        notes.append(f"{where}: {len(up)} image(s) are smaller than their bucket and are upscaled, by up to "
+                     f"{up[0].resized[0] / up[0].size[0]:.1f}x (kohya does the same; larger images train sharper): "
+                     f"{named}{', ...' if len(up) > 3 else ''}.")
+    if not spec.enable_bucket:
+        w, h = spec.resolution
+        cropped = [i for i in items if abs(i.size[0] / i.size[1] - w / h) > 0.05 * w / h]
+        if cropped:
+            notes.append(f"{where}: enable_bucket is off (kohya's default): {len(cropped)} image(s) have another aspect ratio "
+                         f"than {w}x{h} and lose their edges to the centre crop (e.g. {cropped[0].path.name}); set "
+                         "enable_bucket: true to train every image whole in a bucket of its shape.")
+    return notes
 
 
 def scan_dataset(spec: DatasetSpec, problems: list[str], notes: list[str]) -> ScannedDataset:
@@ -153,12 +174,10 @@ def scan_dataset(spec: DatasetSpec, problems: list[str], notes: list[str]) -> Sc
         found = scan_subset(subset, problems, notes)
         kept = []
         for item in found:
-            try:
-                item.bucket, item.resized, item.ar_error = bucketer.select(*item.size)
-            except ZeroDivisionError:
-                item.bucket = (0, 0)
+            item.bucket, item.resized, item.ar_error = bucketer.select(*item.size)
             if check_size(item, spec, problems):
                 kept.append(item)
+        notes += size_notes(kept, spec, subset.image_dir)
         counts.append(len(kept))
         folder = freq.setdefault(Path(subset.image_dir).name, {})  # kohya keys tags by folder name
         for tag, c in tag_frequency([i.caption for i in kept]).items():
@@ -172,6 +191,10 @@ def scan_dataset(spec: DatasetSpec, problems: list[str], notes: list[str]) -> Sc
     if n_reg > n_train:
         notes.append(f"{n_reg} regularisation samples (with repeats) for {n_train} training samples: "
                      "kohya's balancing leaves some reg images unused.")
+    if n_train + n_reg > MAX_EPOCH_SAMPLES:  # every sample is an index held for the epoch's shuffle
+        problems.append(f"{n_train + n_reg:,} samples per epoch (images x repeats); at most {MAX_EPOCH_SAMPLES:,} are "
+                        "supported; lower the repeats.")
+        return ScannedDataset(spec, [], {}, n_train, n_reg, counts, freq)
     items = train_items + balance_reg(n_train, reg_items)
     buckets: dict[tuple[int, int], list[int]] = {}
     for index, item in enumerate(items):

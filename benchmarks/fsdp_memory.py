@@ -2,7 +2,7 @@
 dominates, QLoRA (NF4 base) under FSDP vs fp32 DDP, and ``lorakit validate``'s estimates against the peaks.
 
 Model: LlamaConfig(32 layers, hidden 1024, intermediate 2816, 16 heads, vocab 4096), 420 M parameters (1.68 GB
-in fp32), LoRA r=16 on every linear layer, batch 1 x 64 tokens per process, AdamW, 3 steps. Each candidate
+in fp32), LoRA r=8 on every linear layer, batch 1 x 32 tokens per process, AdamW, 3 steps. Each candidate
 runs ``lorakit.train.run`` in two fresh processes (torchrun's environment, one thread each, big allocations
 through mmap so freed memory leaves RSS at once). Per process it reports, above the RSS once the modules are
 imported and the process group is up: the peak while loading and sharding the model, and the peak while
@@ -56,8 +56,8 @@ def config(name: str, steps: int, out: Path):
 
     strategy, quant = CANDIDATES[name]
     return from_dict({"model": {"path": str(model_dir()), "device": "cpu"},
-                      "data": {"train": str(CACHE / "train.txt"), "max_length": 64, "packing": True},
-                      "lora": {"r": 16, "alpha": 32, "target_modules": "all-linear", "quantize": quant},
+                      "data": {"train": str(CACHE / "train.txt"), "max_length": 32, "packing": True},
+                      "lora": {"r": 8, "alpha": 16, "target_modules": "all-linear", "quantize": quant},
                       "train": {"output_dir": str(out), "max_steps": steps, "batch_size": 1, "lr": 1e-4,
                                 "distributed": strategy, "progress": False, "plot": False, "keep_heap": False,
                                 "save_every": 0, "log_every": 1}})
@@ -120,7 +120,7 @@ def estimate(name: str, steps: int) -> int:
     from lorakit.train.estimate import text_estimate
 
     cfg = config(name, steps, CACHE / "unused")
-    return sum(text_estimate(cfg, 64).per_process(cfg.train.distributed, 2).values())
+    return sum(text_estimate(cfg, 32).per_process(cfg.train.distributed, 2).values())
 
 
 def main() -> None:
@@ -136,7 +136,7 @@ def main() -> None:
     import torch
 
     model_dir()
-    print(f"torch {torch.__version__}, 2 processes x 1 thread, gloo, {args.steps} steps, batch 1 x 64 tokens each")
+    print(f"torch {torch.__version__}, 2 processes x 1 thread, gloo, {args.steps} steps, batch 1 x 32 tokens each")
     mb = 2 ** 20
     rows = {name: measure(name, args.steps) for name in args.only}
     print(f"{'candidate':<12}{'load peak MB':>14}{'train peak MB':>15}{'estimate MB':>13}{'est/measured':>14}")

@@ -33,7 +33,7 @@ CACHE = Path(tempfile.gettempdir()) / "lorakit-bench-fsdp"
 
 
 def model_dir() -> Path:
-    """The benchmark model (random weights, built once) and a text file of packed 64-token samples."""
+    """The benchmark model (random weights, built once) and its text file (packed into 32-token samples)."""
     import tiny_hf
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM

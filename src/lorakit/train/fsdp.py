@@ -122,6 +122,15 @@ def _state(model: nn.Module, optimizer) -> tuple[dict, dict]:
     return tensors, meta
 
 
+def _refs(obj) -> set[str]:
+    """The tensor keys a JSON-able state (``split_tensors``'s output) refers to."""
+    if isinstance(obj, dict):
+        return {obj["__tensor__"]} if set(obj) == {"__tensor__"} else set().union(*map(_refs, obj.values()))
+    if isinstance(obj, list):
+        return set().union(*map(_refs, obj))
+    return set()
+
+
 def save_sharded(model: nn.Module, optimizer, directory: Path) -> dict:
     """Every rank writes its shards to ``directory`` (collective); returns the optimizer's JSON-able rest."""
     import torch.distributed.checkpoint as dcp
@@ -142,12 +151,18 @@ def load_sharded(model: nn.Module, optimizer, directory: Path, meta: dict) -> No
     from .checkpoint import join_tensors
 
     tensors, _ = _state(model, optimizer)  # also creates the optimizer state that the files fill in
+    differ = sorted(_refs(meta) ^ {k for k in tensors if k.startswith("optim.")})
     try:
+        if differ:
+            raise ValueError(f"Missing key in checkpoint state_dict: {differ[0]}")
         dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(directory)), no_dist=not dist.is_initialized())
     except Exception as exc:  # DCP wraps every rank's failure in CheckpointException
-        missing = str(exc).split("Missing key in checkpoint state_dict:")[-1].strip().split("\n")[0][:200]
+        text = str(exc)
+        if "Missing key" not in text and "mismatch sizes" not in text:
+            raise
+        detail = text.split("Missing key in checkpoint state_dict:")[-1].strip().split("\n")[0][:200]
         raise ValueError(f"{directory.parent} does not match this model's trainable parameters or optimizer "
-                         f"({missing}); was the config changed since the run started?") from exc
+                         f"({detail}); was the config changed since the run started?") from exc
     state = join_tensors(meta, tensors)
     for group in state["param_groups"]:
         if "betas" in group:

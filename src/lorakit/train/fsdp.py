@@ -27,6 +27,7 @@ they get gradients (reduce-scattered) and optimizer state, each rank for its own
 from __future__ import annotations
 
 import contextlib
+import warnings
 from pathlib import Path
 
 import torch
@@ -155,7 +156,10 @@ def load_sharded(model: nn.Module, optimizer, directory: Path, meta: dict) -> No
     try:
         if differ:
             raise ValueError(f"Missing key in checkpoint state_dict: {differ[0]}")
-        dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(directory)), no_dist=not dist.is_initialized())
+        with warnings.catch_warnings():  # one process reading a checkpoint of several: the intent, not a problem
+            warnings.filterwarnings("ignore", "torch.distributed is disabled")
+            dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(directory)),
+                     no_dist=not dist.is_initialized())
     except Exception as exc:  # DCP wraps every rank's failure in CheckpointException
         text = str(exc)
         if "Missing key" not in text and "mismatch sizes" not in text:

@@ -1,14 +1,15 @@
 """Per-process memory of LoRA training on two processes (CPU, gloo): FSDP2 vs DDP for a model whose frozen base
 dominates, QLoRA (NF4 base) under FSDP vs fp32 DDP, and ``lorakit validate``'s estimates against the peaks.
 
-Model: LlamaConfig(32 layers, hidden 1024, intermediate 2816, 16 heads, vocab 4096), 420 M parameters (1.68 GB
-in fp32), LoRA r=8 on every linear layer, batch 1 x 32 tokens per process, AdamW, 3 steps. Each candidate
+Model: LlamaConfig(``--layers`` layers (48), hidden 1024, intermediate 2816, 16 heads, vocab 4096): 625 M parameters
+(2.5 GB in fp32) with 48 layers, 420 M with 32; LoRA r=8 on every linear layer, batch 1 x 32 tokens per process,
+AdamW, 3 steps. Each candidate
 runs ``lorakit.train.run`` in two fresh processes (torchrun's environment, one thread each, big allocations
 through mmap so freed memory leaves RSS at once). Per process it reports, above the RSS once the modules are
 imported and the process group is up: the peak while loading and sharding the model, and the peak while
 training (VmHWM reset when training begins).
 
-    flock -x /tmp/cpu.lock .venv/bin/python benchmarks/fsdp_memory.py [--steps 3]
+    flock -x /tmp/cpu.lock .venv/bin/python benchmarks/fsdp_memory.py [--steps 3 --layers 48]
 """
 
 from __future__ import annotations
@@ -32,17 +33,17 @@ CANDIDATES = {"ddp": ("ddp", "none"), "fsdp": ("fsdp", "none"), "fsdp-qlora": ("
 CACHE = Path(tempfile.gettempdir()) / "lorakit-bench-fsdp"
 
 
-def model_dir() -> Path:
+def model_dir(layers: int) -> Path:
     """The benchmark model (random weights, built once) and its text file (packed into 32-token samples)."""
     import tiny_hf
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    path = CACHE / "llama-420m"
+    path = CACHE / f"llama-{layers}-layers"
     if not (path / "config.json").is_file():
         tok = tiny_hf.tokenizer()
         torch.manual_seed(0)
-        cfg = LlamaConfig(num_hidden_layers=32, hidden_size=1024, intermediate_size=2816, num_attention_heads=16,
+        cfg = LlamaConfig(num_hidden_layers=layers, hidden_size=1024, intermediate_size=2816, num_attention_heads=16,
                           vocab_size=4096, max_position_embeddings=256,
                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
         LlamaForCausalLM(cfg).save_pretrained(path)
@@ -51,11 +52,11 @@ def model_dir() -> Path:
     return path
 
 
-def config(name: str, steps: int, out: Path):
+def config(name: str, steps: int, out: Path, layers: int):
     from lorakit.train.config import from_dict
 
     strategy, quant = CANDIDATES[name]
-    return from_dict({"model": {"path": str(model_dir()), "device": "cpu"},
+    return from_dict({"model": {"path": str(model_dir(layers)), "device": "cpu"},
                       "data": {"train": str(CACHE / "train.txt"), "max_length": 32, "packing": True},
                       "lora": {"r": 8, "alpha": 16, "target_modules": "all-linear", "quantize": quant},
                       "train": {"output_dir": str(out), "max_steps": steps, "batch_size": 1, "lr": 1e-4,
@@ -63,7 +64,7 @@ def config(name: str, steps: int, out: Path):
                                 "save_every": 0, "log_every": 1}})
 
 
-def rank_main(name: str, steps: int, out: str) -> None:
+def rank_main(name: str, steps: int, out: str, layers: int) -> None:
     """One process of a candidate: prints {"load": bytes, "train": bytes} above the RSS after imports."""
     import torch.distributed as dist
     import transformers.models.llama.modeling_llama  # noqa: F401  (the baseline is the runtime: imports, group)
@@ -89,12 +90,12 @@ def rank_main(name: str, steps: int, out: str) -> None:
         def on_train_end(self, state):
             marks["train"] = _status("VmHWM") - base
 
-    run(config(name, steps, Path(out)), [Probe()], quiet=True)
+    run(config(name, steps, Path(out), layers), [Probe()], quiet=True)
     dist.destroy_process_group()
     print(json.dumps(marks), flush=True)
 
 
-def measure(name: str, steps: int) -> list[dict]:
+def measure(name: str, steps: int, layers: int) -> list[dict]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -104,7 +105,8 @@ def measure(name: str, steps: int) -> list[dict]:
         env = env_without_heap_policy() | EXACT_RSS_ENV | {
             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": "2",
             "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2", "LORAKIT_NUM_THREADS": "1"}
-        procs.append(subprocess.Popen([sys.executable, __file__, "--rank-of", name, "--steps", str(steps), "--out", out],
+        procs.append(subprocess.Popen([sys.executable, __file__, "--rank-of", name, "--steps", str(steps), "--out", out,
+                                       "--layers", str(layers)],
                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     results = []
     for p in procs:
@@ -116,10 +118,10 @@ def measure(name: str, steps: int) -> list[dict]:
     return results
 
 
-def estimate(name: str, steps: int) -> int:
+def estimate(name: str, steps: int, layers: int) -> int:
     from lorakit.train.estimate import text_estimate
 
-    cfg = config(name, steps, CACHE / "unused")
+    cfg = config(name, steps, CACHE / "unused", layers)
     return sum(text_estimate(cfg, 32).per_process(cfg.train.distributed, 2).values())
 
 
@@ -128,22 +130,24 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--rank-of")
     parser.add_argument("--out")
+    parser.add_argument("--layers", type=int, default=48)
     parser.add_argument("--only", nargs="*", default=list(CANDIDATES))
     args = parser.parse_args()
     if args.rank_of:
-        rank_main(args.rank_of, args.steps, args.out)
+        rank_main(args.rank_of, args.steps, args.out, args.layers)
         return
     import torch
 
-    model_dir()
-    print(f"torch {torch.__version__}, 2 processes x 1 thread, gloo, {args.steps} steps, batch 1 x 32 tokens each")
+    model_dir(args.layers)
+    print(f"torch {torch.__version__}, {args.layers} layers, 2 processes x 1 thread, gloo, {args.steps} steps, "
+          "batch 1 x 32 tokens each")
     mb = 2 ** 20
-    rows = {name: measure(name, args.steps) for name in args.only}
+    rows = {name: measure(name, args.steps, args.layers) for name in args.only}
     print(f"{'candidate':<12}{'load peak MB':>14}{'train peak MB':>15}{'estimate MB':>13}{'est/measured':>14}")
     peaks = {}
     for name, ranks in rows.items():
         load, train = max(r["load"] for r in ranks), max(r["train"] for r in ranks)
-        est = estimate(name, args.steps)
+        est = estimate(name, args.steps, args.layers)
         peaks[name] = train
         print(f"{name:<12}{load / mb:>14.0f}{train / mb:>15.0f}{est / mb:>13.0f}{est / train:>14.2f}")
     print(f"training peak per process: FSDP / DDP = {peaks['fsdp'] / peaks['ddp']:.2f} (goal <= 0.60), "

@@ -86,7 +86,10 @@ class Distributed:
         """``model`` ready for the loop: DDP, FSDP2 (sharded in place; ``policy(module) -> bool`` picks the
         units, default :func:`lorakit.train.fsdp.block_policy`) or unchanged in one process."""
         if self.world > 1 and self.strategy == "ddp":
-            return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+            # no buffer broadcast each step: the frozen base's buffers never change (a 4-bit base keeps its packed
+            # weights in buffers, which DDP would otherwise send from rank 0 to every process at every forward)
+            return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                                       broadcast_buffers=False)
         if self.world > 1 and self.strategy == "fsdp":
             from .fsdp import shard_model
 

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lorakit-installed
 
-.PHONY: test demo demo-sd sdworld-assets bench lint clean fuzz
+.PHONY: test demo demo-sd sdworld-assets bench lint clean fuzz docs
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,8 +37,14 @@ sdworld-assets: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/train_step.py
 
+# The documentation site (MkDocs, offline; the `docs` extra, also in `dev`) in site/: the config reference is regenerated first, and
+# --strict turns a broken link or anchor into an error.
+docs: $(STAMP)
+	$(PY) docs/gen_config.py
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks examples
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build site *.egg-info

@@ -112,6 +112,23 @@ def rotated(candidates: dict, rounds: int, steps: int) -> tuple[dict[str, float]
     return {n: statistics.median(v) for n, v in per.items()}, per
 
 
+def rotated_loads(impls: dict[str, tuple], target, path, rounds: int) -> dict[str, list[float]]:
+    """Seconds of each ``load(target, path)`` per round, each followed by an untimed ``unload(target)``
+    (``impls``: name -> (load, unload)); the order rotates every round; round 0 (imports, caches) is not kept."""
+    names = list(impls)
+    times = {n: [] for n in names}
+    for r in range(rounds + 1):
+        for n in names[r % len(names):] + names[: r % len(names)]:
+            load, unload = impls[n]
+            t = time.perf_counter()
+            load(target, path)
+            elapsed = time.perf_counter() - t
+            unload(target)
+            if r:
+                times[n].append(elapsed)
+    return times
+
+
 def header(rounds: int, steps: int, rank: int | None = None, extra: str = "") -> str:
     """The first line every benchmark prints: versions, threads, rank and how it was timed."""
     import importlib.util

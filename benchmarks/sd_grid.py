@@ -40,14 +40,18 @@ GEN = {"width": 32, "height": 32, "steps": 10, "cfg_scale": 7.0, "seed": 1, "sam
 
 
 def build_pipe():
-    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from sd_pipes import tiny_text_encoder, tiny_tokenizer, tiny_vae
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from sd_pipes import tiny_text_encoder, tiny_tokenizer
 
     tok = tiny_tokenizer()
     te = tiny_text_encoder(tok, hidden=64)
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**UNET).eval()
-    return StableDiffusionPipeline(vae=tiny_vae(), text_encoder=te, tokenizer=tok, unet=unet,
+    torch.manual_seed(3)
+    vae = AutoencoderKL(latent_channels=4, block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, norm_num_groups=4,
+                        sample_size=32).eval()  # x2 down: 16x16 latents for 32x32 images
+    return StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet,
                                    scheduler=EulerDiscreteScheduler(steps_offset=1), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
 
@@ -74,8 +78,8 @@ def timed(fn) -> float:
 
 def one_round(index, names: list[str], prompt: str) -> tuple[float, float, float, float]:
     """(grid s, its 9 denoising runs alone s, one image s, strength change s) on a fresh pipeline."""
+    from lorakit.sd.denoise import Plan, decode, sample_latents
     from lorakit.sd.encode import encode_prompt
-    from lorakit.sd.generate import denoise
     from lorakit.sd.loras import LoraStack
     from lorakit.sd.xyz import Axis, xyz_grid
 
@@ -87,9 +91,11 @@ def one_round(index, names: list[str], prompt: str) -> tuple[float, float, float
         for s in (0.5, 0.75, 1.0):
             stack.activate([(index.resolve(name), s, s)])
             cond, uncond = encode_prompt(pipe, prompt.split("<")[0]), encode_prompt(pipe, "ugly")
+            plan = Plan(lambda step, c=cond: [(c, 1.0)], lambda step, u=uncond: u, encode_prompt(pipe, ""))
             gen = torch.Generator().manual_seed(GEN["seed"])
             kw = {k: GEN[k] for k in ("width", "height", "steps", "cfg_scale")}
-            alone += timed(lambda c=cond, u=uncond, g=gen, kw=kw: denoise(pipe, c, u, generator=g, **kw))
+            alone += timed(lambda p=plan, g=gen, kw=kw: decode(pipe, sample_latents(pipe, p, generator=g, where="",
+                                                                                     **kw), ""))
     path = index.resolve("style")
     change = statistics.median(timed(lambda s=s: stack.activate([(path, s, s)])) for s in (0.3, 0.6, 0.9, 0.4, 0.8))
     return grid, alone, alone / 9, change

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import PeakRSS, setup
+from _common import PeakRSS, rotated_loads, setup
 
 SDXL_UNET = dict(
     sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
@@ -94,19 +94,7 @@ def diffusers_unload(unet):
 def time_loads(unet, path, rounds: int) -> dict[str, list[float]]:
     impls = {"lorakit": (lorakit_load, lorakit_unload), "diffusers": (diffusers_load, diffusers_unload),
              "diffusers low_cpu_mem_usage": (diffusers_fast_load, diffusers_unload)}
-    names = list(impls)
-    times = {n: [] for n in names}
-    for r in range(rounds + 1):  # round 0 warms imports and caches, not recorded
-        order = names[r % len(names):] + names[: r % len(names)]
-        for n in order:
-            load, unload = impls[n]
-            t = time.perf_counter()
-            load(unet, path)
-            elapsed = time.perf_counter() - t
-            unload(unet)
-            if r:
-                times[n].append(elapsed)
-    return times
+    return rotated_loads(impls, unet, path, rounds)
 
 
 def time_tools(path: Path, rank: int, out_dir: Path) -> dict[str, float]:

@@ -48,18 +48,18 @@ def build_parts():
     from transformers import CLIPTextConfig, CLIPTextModel
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from sd_tiny import CHARS, tokenizer
+    from sd_pipes import tiny_tokenizer
 
     torch.manual_seed(1)
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64, 128, 128),
                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
                         layers_per_block=2, norm_num_groups=32, sample_size=256).eval()
-    n = len(CHARS) * 2 + 2
-    te = CLIPTextModel(CLIPTextConfig(vocab_size=n, hidden_size=CONTEXT, intermediate_size=4 * CONTEXT,
+    tok = tiny_tokenizer()
+    te = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=CONTEXT, intermediate_size=4 * CONTEXT,
                                       num_hidden_layers=4, num_attention_heads=4, max_position_embeddings=77,
-                                      bos_token_id=n - 2, eos_token_id=n - 1, pad_token_id=n - 1)).eval()
+                                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                      pad_token_id=tok.pad_token_id)).eval()
     sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
-    tok = tokenizer(Path(tempfile.mkdtemp()))
     return {"vae": vae, "text_encoder": te, "tokenizer": tok, "scheduler_config": dict(sched.config)}
 
 

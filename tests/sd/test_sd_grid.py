@@ -23,11 +23,12 @@ def test_contact_sheet_layout_and_label_pixels():
     layouts = []
     sheet = np.asarray(contact_sheet(rows, ["Seed: 1", "Seed: 2"], ["a", "b", "c"], layout_out=layouts))
     lay = layouts[0]
-    assert lay.left == 30 and lay.top > 0 and sheet.shape == (lay.top + 60, 30 + 120, 3)
+    assert lay.left >= 30 and lay.top > 0 and lay.cell_w >= 40 and lay.cell_h == 30
+    assert sheet.shape == (lay.top + 60, lay.left + 3 * lay.cell_w, 3)
     for r, row in enumerate(colors):
         for c, color in enumerate(row):
-            cell = sheet[lay.top + r * 30:lay.top + (r + 1) * 30, lay.left + c * 40:lay.left + (c + 1) * 40]
-            assert (cell == color).all()
+            x, y = lay.position(r, c, (40, 30))
+            assert (sheet[y:y + 30, x:x + 40] == color).all()
     top, left = sheet[:lay.top, lay.left:], sheet[lay.top:, :lay.left]
     for margin, n, axis in ((top, 3, 1), (left, 2, 0)):  # every label slot has ink, the rest is white
         assert set(np.unique(margin)) - {255} and (margin.min(axis=2) > 128).mean() > 0.7
@@ -39,11 +40,67 @@ def test_contact_sheet_layout_and_label_pixels():
     assert bare.size == (120, 60)
 
 
+def _label_area(sheet, lay, row):
+    return np.asarray(sheet)[lay.top + row * lay.cell_h:lay.top + (row + 1) * lay.cell_h, :lay.left]
+
+
+@pytest.mark.parametrize("cell", [32, 64, 512])
+def test_row_labels_of_a_file_sweep_can_be_told_apart(cell):
+    """Before: "LoRA file: heart-000004" wrapped at the space and its second line ran under the images, so
+    every row read "LoRA file: heart-0"."""
+    names = ["heart-000004", "heart-000008", "heart-000012"]
+    rows = [[_tile((0, 0, 0), (cell, cell))] * 2 for _ in names]
+    layouts = []
+    sheet = contact_sheet(rows, [f"LoRA file: {n}" for n in names], ["LoRA strength: 0", "LoRA strength: 1"],
+                          layout_out=layouts)
+    lay = layouts[0]
+    areas = [_label_area(sheet, lay, r) for r in range(3)]
+    assert not (areas[0] == areas[1]).all() and not (areas[1] == areas[2]).all()
+    for area in areas:  # each label ends inside the margin (none runs under the images)
+        assert (area < 128).any() and (area[:, -2:] == 255).all()
+    top = np.asarray(sheet)[:lay.top, lay.left:]
+    for c in range(2):  # each column label stays inside its own column
+        part = top[:, c * lay.cell_w:(c + 1) * lay.cell_w]
+        assert (part < 128).any() and (part[:, :1] == 255).all() and (part[:, -1:] == 255).all()
+
+
+def test_long_labels_keep_their_first_words_inside_their_row():
+    """Before: a prompt taller than its row was centred, so its first lines landed above the row (cut off or
+    drawn over the previous label)."""
+    from lorakit.sd.grid import _cut, _font, _wrap
+
+    prompt = "sks dog, " + ", ".join(f"detail {i}" for i in range(60))
+    rows = [[_tile((0, 0, 0), (32, 32))], [_tile((0, 0, 0), (32, 32))], [_tile((0, 0, 0), (32, 32))]]
+    layouts = []
+    sheet = contact_sheet(rows, ["", prompt, ""], layout_out=layouts)
+    lay = layouts[0]
+    assert sheet.size[1] == 96  # no row grew
+    assert (_label_area(sheet, lay, 0) == 255).all() and (_label_area(sheet, lay, 2) == 255).all()  # no spill
+    assert (_label_area(sheet, lay, 1) < 128).any()
+    font = _font(10)
+    lines = _cut(font, _wrap(font, prompt, 100), 2, 100)
+    assert lines[0].startswith("sks dog,") and lines[-1].endswith("…") and len(lines) == 2
+
+
+def test_images_of_other_sizes_keep_their_own_size():
+    """Before: the training contact sheet resized every sample to the first prompt's size (squashed)."""
+    tall, wide, square = _tile((255, 0, 0), (20, 40)), _tile((0, 0, 255), (40, 20)), _tile((0, 255, 0), (30, 30))
+    layouts = []
+    sheet = np.asarray(contact_sheet([[tall, wide], [square, tall]], ["p1", "p2"], ["e1", "e2"], layout_out=layouts))
+    lay = layouts[0]
+    assert lay.cell_h == 40 and lay.cell_w >= 40
+    for r, c, im in ((0, 0, tall), (0, 1, wide), (1, 0, square), (1, 1, tall)):
+        x, y = lay.position(r, c, im.size)
+        assert (sheet[y:y + im.height, x:x + im.width] == np.asarray(im)).all()
+        box = sheet[lay.top + r * 40:lay.top + (r + 1) * 40, lay.left + c * lay.cell_w:lay.left + (c + 1) * lay.cell_w]
+        assert (box == 255).all(axis=2).sum() == box.shape[0] * box.shape[1] - im.width * im.height  # white around
+
+
 def test_contact_sheet_errors():
-    with pytest.raises(ValueError, match="same size"):
-        contact_sheet([[_tile((0, 0, 0)), _tile((0, 0, 0), (10, 10))]])
     with pytest.raises(ValueError, match="col_labels has 1 labels for 2"):
         contact_sheet([[_tile((0, 0, 0)), _tile((0, 0, 0))]], None, ["x"])
+    with pytest.raises(ValueError, match="every row needs 2 images"):
+        contact_sheet([[_tile((0, 0, 0)), _tile((0, 0, 0))], [_tile((0, 0, 0))]])
 
 
 def test_side_by_side_titles_and_gap():
@@ -77,14 +134,29 @@ def test_axis_parsing_and_prompt_edits():
         Axis.parse("Colour: 1")
     with pytest.raises(ValueError, match="not a valid int"):
         Axis.parse("Seed: 1, x")
+    for bad in ("nan", "inf"):
+        with pytest.raises(ValueError, match=f"axis value '{bad}' is not a finite number"):
+            Axis.parse(f"CFG Scale: 5, {bad}")
+
+
+def test_lora_file_labels_carry_the_files_epoch(tmp_path):
+    from lorakit.sd.loras import LoraIndex
+
+    for epoch, name in ((4, "heart-000004"), (None, "heart")):
+        lf = random_lora(clean_parts("sd1"), seed=1)
+        if epoch:
+            lf.metadata["ss_epoch"] = str(epoch)
+        write_lora(lf, tmp_path / f"{name}.safetensors")
+    axis, index = Axis.parse("LoRA file: heart-000004, heart"), LoraIndex(tmp_path)
+    assert [axis.label(v, index) for v in axis.values] == ["LoRA file: heart-000004 (epoch 4)", "LoRA file: heart"]
 
 
 def test_sr_string_must_be_in_the_prompt(sd1_pipe):
     with pytest.raises(ValueError, match="'blue' is not in the prompt"):
-        xyz_grid(sd1_pipe, "a red cat", x=Axis.parse("Prompt S/R: blue, green"), width=16, height=16, steps=1,
+        xyz_grid(sd1_pipe, "a red cat", x=Axis.parse("Prompt S/R: blue, green"), width=32, height=32, steps=1,
                  cfg_scale=5, seed=1)
     with pytest.raises(ValueError, match="has none"):
-        xyz_grid(sd1_pipe, "a red cat", x=Axis.parse("LoRA strength: 0, 1"), width=16, height=16, steps=1,
+        xyz_grid(sd1_pipe, "a red cat", x=Axis.parse("LoRA strength: 0, 1"), width=32, height=32, steps=1,
                  cfg_scale=5, seed=1)
 
 
@@ -95,7 +167,7 @@ def test_xyz_grid_strength_by_file(sd1_pipe, tmp_path):
     seen = []
     res = xyz_grid(sd1_pipe, "a cat <lora:cat:1>", "dog", x=Axis.parse("LoRA strength: 0, 0.1"),
                    y=Axis.parse("Seed: 3-4"), z=Axis.parse("LoRA file: cat-000001, cat"), lora_dir=tmp_path,
-                   on_image=lambda im, idx: seen.append(idx), width=16, height=16, steps=2, cfg_scale=5, seed=1)
+                   on_image=lambda im, idx: seen.append(idx), width=32, height=32, steps=2, cfg_scale=5, seed=1)
     assert len(seen) == 8 and seen[0] == (0, 0, 0) and seen[-1] == (1, 1, 1)
     cells = res.cells
     px = lambda im: np.asarray(im).astype(int)  # noqa: E731
@@ -107,6 +179,6 @@ def test_xyz_grid_strength_by_file(sd1_pipe, tmp_path):
     assert info["Prompt"] == "a cat <lora:cat-000001:0:0>"
     lay = res.layouts[0]
     grid = np.asarray(res.image)
-    z_top = grid.shape[0] - (lay.top + 2 * 16)
-    first = grid[z_top + lay.top:z_top + lay.top + 16, lay.left:lay.left + 16]
-    assert (first == px(cells[0][0][0])).all()
+    z_top = grid.shape[0] - (lay.top + 2 * 32)
+    x0, y0 = lay.position(0, 0, (32, 32))
+    assert (grid[z_top + y0:z_top + y0 + 32, x0:x0 + 32] == px(cells[0][0][0])).all()

@@ -98,6 +98,16 @@ def test_bad_requests_are_explained(files):
         merge_loras([files[0], other])
 
 
+def test_mixed_families_name_each_file(files):
+    """Before: "different model families (['sd1', 'sdxl'])" without saying which file is which."""
+    xl = lora_file(4)
+    xl.metadata["ss_base_model_version"] = "sdxl_base_v1-0"
+    files[0].path, xl.path = "heart.safetensors", "xl/style.safetensors"
+    for call in (lambda: merge_loras([files[0], xl]), lambda: merge_into_base({}, [files[0], xl])):
+        with pytest.raises(ValueError, match=r"heart.safetensors is SD1, xl/style.safetensors is SDXL"):
+            call()
+
+
 def test_merge_into_base_with_strengths_and_block_weights(files):
     g = torch.Generator().manual_seed(0)
     state = {"unet": {"mid_block.attentions.0.proj_in.weight": torch.randn(12, 10, generator=g), "conv_in.weight": torch.randn(6, 4, 3, 3, generator=g),

@@ -4,7 +4,7 @@ Checked for both tasks: the clipped norm is the adapters' norm, nothing else hol
 hold adapter tensors only, frozen parts keep their dtype and ``requires_grad`` is off outside the adapters."""
 
 import pytest
-import sd_tiny
+import sd_pipes
 import tiny_hf as tiny
 import torch
 from safetensors.torch import load_file
@@ -37,13 +37,13 @@ def _adapter_names(names) -> list[str]:
 @pytest.fixture(scope="module")
 def sd1(tmp_path_factory):
     root = tmp_path_factory.mktemp("sd1")
-    return sd_tiny.save_pipeline(root / "model"), sd_tiny.save_dataset(root / "img")
+    return sd_pipes.save_pipeline(root / "model"), sd_pipes.save_dataset(root / "img")
 
 
 @pytest.mark.parametrize("cached", [False, True], ids=["captions", "cached-text"])
 def test_train_unet_only_freezes_text_encoders_and_vae(tmp_path, sd1, cached):
     model, data = sd1
-    raw = sd_tiny.sd_config(tmp_path, model, data, network={"train_unet_only": True},
+    raw = sd_pipes.sd_config(tmp_path, model, data, network={"train_unet_only": True},
                             data={"cache_text_encoder_outputs": cached},
                             train={"max_steps": 2, "save_every_n_steps": 2, "max_grad_norm": None})
     raw["model"]["dtype"] = "bfloat16"

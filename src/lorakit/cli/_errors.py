@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)  # "<lora:x:1>" is no emoji code
 #: errors that describe bad input (the message says what and how to fix it)
 USER_ERRORS = (ValueError, OSError, ImportError, UnicodeError)
 DEBUG_ENV = "LORAKIT_DEBUG"

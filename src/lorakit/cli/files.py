@@ -1,7 +1,8 @@
 """LoRA file commands: ``convert``, ``inspect``, ``merge-loras``, ``resize``, ``extract``.
 
 Each command is a thin layer over :mod:`lorakit.formats.sd_io` and :mod:`lorakit.tools`; all of
-them write new files (atomically) and never modify their inputs.
+them write new files (atomically) and never modify their inputs. FLUX.1/SD3 files keep their
+format unless ``--to`` says otherwise; a note is printed when fusing split q/k/v modules raised a rank.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..formats._io import check_output
-from ..formats.sd_io import TARGETS, convert, read_lora, write_lora
+from ..formats.sd_io import TARGETS, read_lora, write_lora
 from ..tools import extract_lora, inspect_lora, merge_into_base, merge_loras, resize_lora
 from ..tools.checkpoint import naming_for, read_checkpoint, write_checkpoint
 from ..tools.merge import METHODS
@@ -44,16 +45,36 @@ def _floats(text: str | None, what: str) -> list[float] | None:
         raise typer.BadParameter(f"{what}={text!r}: expected comma-separated numbers such as 1,0.5") from None
 
 
+FamilyOpt = typer.Option(None, help="flux1 | sd3: the family of a FLUX.1/SD3 file whose names fit both")
+
+
+def _dit_out(lf, to: str | None) -> str:
+    """Output format: ``to``, else (FLUX.1/SD3 files) the input's own style, else kohya."""
+    if to is not None:
+        if to not in TARGETS:
+            fail(f"--to {to!r}: expected one of {', '.join(TARGETS)}.")
+        return to
+    return lf.source if lf.naming.dit and lf.source in TARGETS else "kohya"
+
+
+def _print_notes(notes: list[str]) -> None:
+    for note in notes:
+        console.print(f"note: {note}", soft_wrap=True, highlight=False)
+
+
 @app.command("convert")
 def convert_cmd(src: Path, dst: Path, to: str = typer.Option(..., help=f"target format: {' | '.join(TARGETS)}"),
-                dtype: str = typer.Option(None, help="kohya output precision: fp32, fp16 or bf16"),
-                overwrite: bool = OverwriteOpt):
-    """Convert a LoRA between kohya .safetensors and PEFT adapter directories (lossless)."""
-    if to not in TARGETS:
-        fail(f"--to {to!r}: expected one of {', '.join(TARGETS)}.")
-    check_output(dst, kind="file" if to == "kohya" else "dir", overwrite=overwrite, inputs=[src])
-    lf = convert(src, dst, to, dtype=dtype)
-    console.print(f"wrote {dst} ({to}, {len(lf.modules)} modules)")
+                dtype: str = typer.Option(None, help="output precision: fp32, fp16 or bf16"),
+                family: str = FamilyOpt, overwrite: bool = OverwriteOpt):
+    """Convert a LoRA between formats (lossless): SD kohya <-> PEFT directory; FLUX.1/SD3 kohya <-> peft
+    (diffusers) <-> comfy files. Fusing split q/k/v LoRAs for kohya/comfy may raise the rank (said in a note)."""
+    to = _dit_out(None, to)
+    lf = read_lora(src)
+    check_output(dst, kind="dir" if to == "peft" and not lf.naming.dit else "file", overwrite=overwrite,
+                 inputs=[src])
+    notes = write_lora(lf, dst, to, dtype, family)
+    console.print(f"wrote {dst} ({to}, {len(lf.modules)} modules read)")
+    _print_notes(notes)
 
 
 @app.command("inspect")
@@ -95,8 +116,9 @@ def merge_loras_cmd(
     seed: int = typer.Option(0, help="random seed for dare"),
     base: Path = typer.Option(None, help="merge into this base checkpoint (diffusers folder or safetensors) instead"),
     block_weight: list[str] = typer.Option(None, help="PREFIX=MULT, e.g. unet.down_blocks.1=0.5 (with --base)"),
-    dtype: str = typer.Option(None, help="kohya output precision: fp32, fp16 or bf16"),
-    overwrite: bool = OverwriteOpt,
+    dtype: str = typer.Option(None, help="output precision: fp32, fp16 or bf16"),
+    to: str = typer.Option(None, help="FLUX.1/SD3 output format: kohya | peft | comfy (default: the input's)"),
+    family: str = FamilyOpt, overwrite: bool = OverwriteOpt,
 ):
     """Merge several LoRAs into one LoRA, or into a base checkpoint with per-LoRA strengths."""
     if not loras:
@@ -118,8 +140,9 @@ def merge_loras_cmd(
         console.print(f"wrote {out} (base + {len(files)} LoRA(s))")
         return
     merged = merge_loras(files, w, method, rank, density, seed)
-    write_lora(merged, out, "kohya", dtype)
+    notes = write_lora(merged, out, _dit_out(files[0], to), dtype, family)
     console.print(f"wrote {out} ({method}, {len(merged.modules)} modules)")
+    _print_notes(notes)
 
 
 @app.command("resize")
@@ -129,11 +152,14 @@ def resize_cmd(src: Path, out: Path = typer.Option(..., "-o", "--out"),
                param: float = typer.Option(None, help="parameter of the dynamic method"),
                dtype: str = typer.Option(None, help="output precision: fp32, fp16 or bf16"),
                verbose: bool = typer.Option(False, "--verbose", help="retained energy per module"),
-               overwrite: bool = OverwriteOpt):
+               to: str = typer.Option(None, help="FLUX.1/SD3 output format: kohya | peft | comfy (default: the "
+                                                 "input's)"),
+               family: str = FamilyOpt, overwrite: bool = OverwriteOpt):
     """Change a LoRA's rank by SVD, keeping its strength; reports the energy each module keeps."""
     check_output(out, overwrite=overwrite, inputs=[src])
-    new, reports = resize_lora(read_lora(src), rank, dynamic, param)
-    write_lora(new, out, "kohya", dtype)
+    lf = read_lora(src)
+    new, reports = resize_lora(lf, rank, dynamic, param)
+    _print_notes(write_lora(new, out, _dit_out(lf, to), dtype, family))
     if verbose:
         for r in reports:
             console.print(f"{r.module}: rank {r.old_rank} -> {r.new_rank}, fro {r.fro_retained:.4f}, "
@@ -151,8 +177,10 @@ def extract_cmd(base: Path, tuned: Path, out: Path = typer.Option(..., "-o", "--
                 energy: float = typer.Option(None, help="instead of a fixed rank: keep this fraction of ‖ΔW‖_F"),
                 clamp_quantile: float = typer.Option(0.99, help="clamp factors at this quantile (1 = off)"),
                 min_diff: float = typer.Option(0.0, help="skip modules whose max |ΔW| is at most this"),
-                part: str = typer.Option(None, help="model part of single-file checkpoints (unet, text_encoder)"),
+                part: str = typer.Option(None, help="model part of single-file checkpoints (unet, transformer, "
+                                                    "text_encoder; guessed from the names)"),
                 dtype: str = typer.Option(None, help="output precision: fp32, fp16 or bf16"),
+                to: str = typer.Option(None, help="FLUX.1/SD3 output format: kohya (default) | peft | comfy"),
                 overwrite: bool = OverwriteOpt):
     """Extract a LoRA from the difference between a fine-tuned and a base model (truncated SVD)."""
     check_output(out, overwrite=overwrite, inputs=[base, tuned])
@@ -162,5 +190,6 @@ def extract_cmd(base: Path, tuned: Path, out: Path = typer.Option(..., "-o", "--
     if not lf.modules:
         fail(f"no module of {tuned} differs from {base} by more than --min-diff {min_diff} ({len(skipped)} compared); "
              "there is no LoRA to extract and nothing was written. Are these the right two checkpoints?")
-    write_lora(lf, out, "kohya", dtype)
+    notes = write_lora(lf, out, _dit_out(lf, to), dtype)
     console.print(f"wrote {out}: {len(lf.modules)} modules" + (f", {len(skipped)} skipped (no change)" if skipped else ""))
+    _print_notes(notes)

@@ -72,7 +72,16 @@ def write_json(path, data: dict) -> None:
 
 
 def write_safetensors(path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
+    """Write ``tensors`` atomically; tensors sharing storage (e.g. one ``lora_down`` copied to the q, k and v
+    parts of a split module) are written as separate copies, as the format requires."""
+    seen: set[int] = set()
+    out = {}
+    for k, v in tensors.items():
+        v = v.detach().contiguous()
+        storage = v.untyped_storage().data_ptr() if v.numel() else None
+        out[k] = v.clone() if storage in seen else v  # also row views of one fused factor
+        seen.add(storage)
+    tensors = out
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 

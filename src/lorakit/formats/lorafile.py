@@ -1,9 +1,11 @@
-"""``LoraFile``: a Stable Diffusion LoRA file in memory, independent of its on-disk key style.
+"""``LoraFile``: an image-model LoRA file in memory, independent of its on-disk key style.
 
-Modules are keyed by ``"<model part>.<diffusers module path>"`` (``unet.down_blocks.0...``,
-``text_encoder.text_model...``); each holds its tensors under kohya/LyCORIS suffixes
-(``SUFFIXES``). ``naming`` remembers how the file spelled its names so that writing it back
-gives the same keys. Readers for each format live beside this file (kohya, peft_sd).
+Modules are keyed by ``"<model part>.<module path>"``; each holds its tensors under kohya/LyCORIS
+suffixes (``SUFFIXES``). Stable Diffusion files use the diffusers pipeline parts and paths
+(``unet.down_blocks.0...``, ``text_encoder.text_model...``); FLUX.1/SD3 files use the parts
+``transformer``, ``te1``/``te2``/``te3`` and the transformer layout the file had (see
+:mod:`.dit_keys`). ``naming`` remembers how the file spelled its names so that writing it back
+gives the same keys. Readers for each format live beside this file (kohya, peft_sd, dit_io).
 """
 
 from __future__ import annotations
@@ -25,18 +27,22 @@ SUFFIXES = {
     "lokr_w2_b": "lokr", "lokr_t2": "lokr",
     "diff": "full", "diff_b": "full", "dora_scale": "",
 }
-FAMILIES = ("sd1", "sd2", "sdxl")
+FAMILIES = ("sd1", "sd2", "sdxl", "flux1", "sd3")
 #: tensor names only an adapter file holds: kohya/LyCORIS factors, PEFT's lora_A/lora_B, DoRA magnitudes
 ADAPTER_KEY = re.compile(r"[._](lora_(down|up|A|B)\.weight|hada_w1_a|lokr_w1(_a)?|dora_scale|lora_magnitude_vector.*)$")
 
 
 @dataclass
 class Naming:
-    """How a file spells module names: U-Net style (``diffusers`` or ``sai``), te1/te2 split, layout."""
+    """How a file spells module names: U-Net style (``diffusers`` or ``sai``), te1/te2 split, layout;
+    for a DiT file (``dit`` = ``flux1``, ``sd3`` or ``dit`` when either fits) whether its transformer
+    modules are in the original fused layout (``fused``) or diffusers' split one."""
 
     unet_style: str = "diffusers"
     te_split: bool = False
     layout: UnetLayout = SDXL
+    dit: str = ""
+    fused: bool = False
 
 
 @dataclass
@@ -55,7 +61,9 @@ class LoraFile:
         return module_algo(key, self.modules[key])
 
     def family(self) -> str | None:
-        """Base model family the file was made for (``sd1``/``sd2``/``sdxl``), or None if unknown."""
+        """Base model family the file was made for (``sd1``/``sd2``/``sdxl``/``flux1``/``sd3``), or None if unknown."""
+        if self.naming.dit:
+            return self.naming.dit if self.naming.dit != "dit" else None
         return guess_family(self)
 
 
@@ -116,9 +124,40 @@ def adapter_key(keys) -> str | None:
     return next((k for k in keys if ADAPTER_KEY.search(k)), None)
 
 
+#: diffusers transformer class -> DiT family
+DIT_MODELS = {"FluxTransformer2DModel": "flux1", "ChromaTransformer2DModel": "flux1", "SD3Transformer2DModel": "sd3"}
+
+
 def model_family(unet) -> str:
-    """Family of a diffusers U-Net from its config: SDXL adds text_time embeddings; SD2 uses 1024-wide context."""
+    """Family of a diffusers U-Net from its config (SDXL adds text_time embeddings; SD2 uses 1024-wide
+    context), or of a FLUX.1/SD3 transformer from its class."""
+    name = type(unet).__name__
+    if name in DIT_MODELS:
+        return DIT_MODELS[name]
     cfg = unet.config
     if getattr(cfg, "addition_embed_type", None) == "text_time":
         return "sdxl"
     return "sd2" if getattr(cfg, "cross_attention_dim", None) == 1024 else "sd1"
+
+
+#: lorakit adapter parameter name -> kohya / LyCORIS tensor suffix
+ADAPTER_SUFFIX = {"lora_A": "lora_down.weight", "lora_B": "lora_up.weight", "magnitude": "dora_scale"}
+
+
+def adapter_tensors(adapter) -> dict[str, torch.Tensor]:
+    """kohya/LyCORIS tensors of one live lorakit adapter (LoRA, DoRA, LoHa, LoKr), with the alpha that makes
+    the file's scale alpha/r equal the adapter's scale (rsLoRA included)."""
+    out = {}
+    for pname, p in adapter.named_parameters():
+        t = p.detach().float()
+        if pname == "magnitude":  # LyCORIS wd_on_output: one norm per output row, shaped like the weight
+            t = t.reshape(-1, *([1] * (len(adapter.spec.kernel_size) + 1))) if adapter.spec.kind == "conv" \
+                else t.reshape(-1, 1)
+        out[ADAPTER_SUFFIX.get(pname, pname)] = t.contiguous()
+    r = rank_of(out)
+    if r is None:  # LoKr with both factors full: readers apply no scale, so fold it in
+        key = "lokr_w2" if "lokr_w2" in out else "lokr_w1"
+        out[key] = out[key] * adapter.scale
+    else:
+        out["alpha"] = torch.tensor(float(adapter.scale * r))
+    return out

@@ -86,6 +86,15 @@ def from_state_dict(tensors: dict[str, torch.Tensor], metadata: dict[str, str] |
     if problems:
         raise LoraKeyError(source, problems, f"{len(problems)} key(s) could not be mapped; nothing was loaded.")
     configs = _alpha_configs(metadata, config, default_part, source)
+    fill_alphas(modules, configs, metadata, source)
+    return LoraFile(modules, metadata, _naming(metadata, source), source="peft" if config is not None else "diffusers")
+
+
+def fill_alphas(modules: dict[str, dict[str, torch.Tensor]], configs: dict[str, dict], metadata: dict,
+                source: str) -> None:
+    """Give LoRA modules without an ``alpha`` tensor the alpha of their part's PEFT config
+    (``alpha_pattern`` or ``lora_alpha``), except those lorakit recorded as alpha-less (``lorakit.no_alpha``),
+    in the dtype lorakit recorded (``lorakit.alpha_dtype``). Pops those two metadata entries."""
     no_alpha = _meta_json(metadata, "lorakit.no_alpha", [], list, source)
     alpha_dtype = metadata.pop("lorakit.alpha_dtype", "float32")
     if alpha_dtype not in ("float32", "float16", "bfloat16", "float64"):
@@ -98,7 +107,6 @@ def from_state_dict(tensors: dict[str, torch.Tensor], metadata: dict[str, str] |
             alpha = _pattern(path, configs[part].get("alpha_pattern") or {}, configs[part].get("lora_alpha"))
             if alpha is not None:
                 t["alpha"] = torch.tensor(float(alpha), dtype=alpha_dtype)
-    return LoraFile(modules, metadata, _naming(metadata, source), source="peft" if config is not None else "diffusers")
 
 
 def _meta_json(metadata: dict, key: str, default, kind: type, source: str):
@@ -142,14 +150,16 @@ def _pattern(path: str, pattern: dict, default):
     return default
 
 
-def _alpha_configs(metadata: dict, config: dict | None, default_part: str, source: str) -> dict[str, dict]:
+def _alpha_configs(metadata: dict, config: dict | None, default_part: str, source: str,
+                   parts=PARTS) -> dict[str, dict]:
+    """{part: PEFT config fields} from ``config`` or diffusers' ``lora_adapter_metadata`` (checked)."""
     if config is not None:
         return {default_part: config}
     data = _meta_json(dict(metadata), "lora_adapter_metadata", {}, dict, source)
     out: dict[str, dict] = {}
     for key, value in data.items():  # diffusers writes "unet.lora_alpha", "text_encoder.alpha_pattern", ...
         part, _, field = key.partition(".")
-        if part in PARTS:
+        if part in parts:
             out.setdefault(part, {})[field] = value
     for part, cfg in out.items():
         check_peft_config({k: v for k, v in cfg.items() if k in ("lora_alpha", "alpha_pattern")},
@@ -206,21 +216,26 @@ def write_peft(lf: LoraFile, directory) -> Path:
 
 def _write_part(lf: LoraFile, part: str, out: Path, base_meta: dict) -> None:
     mods = {k.split(".", 1)[1]: t for k, t in lf.modules.items() if k.split(".", 1)[0] == part}
-    ranks = {p: rank_of(t) for p, t in mods.items()}
-    alphas = {p: alpha_of(t) if alpha_of(t) is not None else ranks[p] for p, t in mods.items()}
-    r = Counter(ranks.values()).most_common(1)[0][0]
-    a = Counter(alphas.values()).most_common(1)[0][0]
     tensors = {}
     for p, t in mods.items():
         tensors[f"{PEFT_PREFIX}{p}.lora_A.weight"] = t["lora_down.weight"]
         tensors[f"{PEFT_PREFIX}{p}.lora_B.weight"] = t["lora_up.weight"]
-    config = {
+    write_safetensors(out / "adapter_model.safetensors", tensors, base_meta)
+    write_json(out / "adapter_config.json", peft_config(mods))
+
+
+def peft_config(mods: dict[str, dict[str, torch.Tensor]], use_dora: bool = False) -> dict:
+    """A PEFT ``LoraConfig`` (as JSON) for {module path: LoRA tensors}: the most common rank and alpha,
+    the others in exact-name ``rank_pattern``/``alpha_pattern`` entries."""
+    ranks = {p: rank_of(t) for p, t in mods.items()}
+    alphas = {p: alpha_of(t) if alpha_of(t) is not None else ranks[p] for p, t in mods.items()}
+    r = Counter(ranks.values()).most_common(1)[0][0]
+    a = Counter(alphas.values()).most_common(1)[0][0]
+    return {
         "peft_type": "LORA", "r": r, "lora_alpha": a, "target_modules": sorted(mods),
         "rank_pattern": {re.escape(p): v for p, v in ranks.items() if v != r},
         "alpha_pattern": {re.escape(p): v for p, v in alphas.items() if v != a},
-        "lora_dropout": 0.0, "bias": "none", "init_lora_weights": True, "use_dora": False,
+        "lora_dropout": 0.0, "bias": "none", "init_lora_weights": True, "use_dora": use_dora,
         "use_rslora": False, "fan_in_fan_out": False, "task_type": None, "inference_mode": True,
         "base_model_name_or_path": None,
     }
-    write_safetensors(out / "adapter_model.safetensors", tensors, base_meta)
-    write_json(out / "adapter_config.json", config)

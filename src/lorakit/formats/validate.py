@@ -16,6 +16,7 @@ import re
 
 import torch
 
+from .dit_keys import TE_PARTS, TRANSFORMER
 from .errors import LoraFileError, problem
 from .lorafile import SUFFIXES, LoraFile
 from .lycoris import ALGOS
@@ -40,6 +41,7 @@ ROOTS = {"unet": {"down_blocks", "up_blocks", "mid_block", "conv_in", "conv_out"
                   "add_embedding", "conv_norm_out", "class_embedding"},
          "text_encoder": {"text_model", "encoder", "embeddings", "final_layer_norm", "text_projection"}}
 ROOTS["text_encoder_2"] = ROOTS["text_encoder"]
+DIT_PARTS = (TRANSFORMER, *TE_PARTS)
 
 
 def _meta(t: torch.Tensor) -> torch.Tensor:
@@ -94,6 +96,8 @@ def module_problems(key: str, m: dict[str, torch.Tensor]) -> list[str]:
 def name_problems(key: str) -> list[str]:
     """A module name (``part.path``) made of words no SD U-Net / CLIP module has."""
     part, _, path = key.partition(".")
+    if part in DIT_PARTS:  # FLUX.1/SD3 names were mapped through dit_keys' tables, which refuse unknown ones
+        return []
     words = path.split(".")
     if part in ROOTS and words[0] not in ROOTS[part]:
         return [problem(key, f"module path starting with {words[0]!r}",

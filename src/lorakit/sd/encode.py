@@ -53,6 +53,24 @@ def _fixes(encoder, fixes):
         handle.remove()
 
 
+def clip_skip_limit(pipe) -> int:
+    """The largest Clip skip that still picks a transformer layer's output: the number of layers (SD1/SD2),
+    one less for SDXL, whose Clip skip 1 already takes the penultimate layer."""
+    pairs = encoders(pipe)
+    sdxl = len(pairs) == 2
+    return min(e.config.num_hidden_layers - (1 if sdxl else 0) for _, e in pairs)
+
+
+def check_clip_skip(pipe, clip_skip: int | None) -> int:
+    """``clip_skip`` (None -> 1) if this model has that layer, else one error naming the range."""
+    clip_skip = 1 if clip_skip is None else int(clip_skip)
+    limit = clip_skip_limit(pipe)
+    if not 1 <= clip_skip <= limit:
+        raise ValueError(f"clip_skip={clip_skip}: this model's text encoder allows Clip skip 1 (last layer) to "
+                         f"{limit}; A1111 numbering starts at 1 (2 = penultimate layer).")
+    return clip_skip
+
+
 def _layer(encoder, out, clip_skip: int, sdxl: bool):
     if sdxl:
         return out.hidden_states[-(clip_skip + 1)]
@@ -75,9 +93,7 @@ def _encode_chunk(encoder, chunk: Chunk, clip_skip: int, sdxl: bool):
 def encode_prompt(pipe, text: str, *, clip_skip: int | None = None, emphasis: str = "Original",
                   syntax: str = "a1111", embeddings=None) -> Cond:
     """Encode ``text`` (LoRA tags already removed) as A1111 does; see the module docstring."""
-    clip_skip = 1 if clip_skip is None else int(clip_skip)
-    if clip_skip < 1:
-        raise ValueError(f"clip_skip={clip_skip}: A1111 numbering starts at 1 (1 = last layer, 2 = penultimate).")
+    clip_skip = check_clip_skip(pipe, clip_skip)
     pairs = encoders(pipe)
     sdxl = len(pairs) == 2
     parsed = parse(text, syntax)
@@ -102,12 +118,14 @@ def encode_prompt(pipe, text: str, *, clip_skip: int | None = None, emphasis: st
 
 
 def pad_pair(cond: Cond, uncond: Cond, empty: Cond) -> tuple[Cond, Cond]:
-    """Pad the shorter conditioning with chunks of the empty prompt so both have 77·k tokens (A1111)."""
+    """Pad the shorter conditioning (a batch of any size) with chunks of the empty prompt so both have 77·k
+    tokens (A1111)."""
     def padded(c: Cond, length: int) -> Cond:
         missing = (length - c.embeds.shape[1]) // empty.embeds.shape[1]
         if missing <= 0:
             return c
-        return Cond(torch.cat([c.embeds] + [empty.embeds] * missing, dim=1), c.pooled)
+        chunk = empty.embeds.expand(c.embeds.shape[0], -1, -1)
+        return Cond(torch.cat([c.embeds] + [chunk] * missing, dim=1), c.pooled)
 
     length = max(cond.embeds.shape[1], uncond.embeds.shape[1])
     return padded(cond, length), padded(uncond, length)

@@ -18,7 +18,8 @@ from .embeddings import file_sha256
 
 re_param = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 re_imagesize = re.compile(r"^(\d+)x(\d+)$")
-ORDER = ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model", "Clip skip",
+ORDER = ("Steps", "Sampler", "Schedule type", "CFG scale", "Distilled CFG Scale", "Seed", "Size", "Model hash", "Model",
+         "Clip skip",
          "Emphasis", "Lora hashes", "TI hashes")
 
 

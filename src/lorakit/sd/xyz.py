@@ -4,7 +4,8 @@ sub-grid per Z value, "Label: value" in the margins.
 Axes are ``"Type: v1, v2, ..."`` (CSV; quote values holding commas). Integer ranges ``1-5``,
 ``1-5 (+2)``, ``1-10 [5]`` (linspace); float ranges ``0-1 (+0.25)``, ``0-1 [5]``. Types:
 Prompt S/R (the first value must occur in the prompt or negative; each value replaces every
-occurrence), Seed, Steps, CFG Scale, Sampler, Schedule type, Clip skip, and two LoRA axes on the
+occurrence), Seed, Steps, CFG Scale, Sampler, Schedule type, Clip skip, Distilled CFG Scale and Shift
+(FLUX.1/SD3), and two LoRA axes on the
 prompt's *first* ``<lora:...>`` tag: LoRA strength (sets te and unet) and LoRA file (swaps the name,
 e.g. one file per epoch). Every LoRA file is loaded once; cells only switch live adapters.
 """
@@ -12,6 +13,7 @@ e.g. one file per epoch). Every LoRA file is loaded once; cells only switch live
 from __future__ import annotations
 
 import csv
+import math
 import re
 from dataclasses import dataclass, field
 from io import StringIO
@@ -34,6 +36,7 @@ AXES: dict[str, tuple[type, str | None]] = {
     "Prompt S/R": (str, None), "Seed": (int, "seed"), "Steps": (int, "steps"), "CFG Scale": (float, "cfg_scale"),
     "Sampler": (str, "sampler"), "Schedule type": (str, "schedule"), "Clip skip": (int, "clip_skip"),
     "LoRA strength": (float, None), "LoRA file": (str, None),
+    "Distilled CFG Scale": (float, "guidance"), "Shift": (float, "shift"),  # FLUX.1 / SD3
 }
 
 
@@ -66,6 +69,8 @@ def expand(values: list[str], typ: type) -> list:
             except ValueError:
                 raise ValueError(f"axis value {val!r} is not a valid {typ.__name__} nor a range "
                                  "(1-5, 1-5 (+2), 1-10 [5]).") from None
+            if typ is float and not math.isfinite(out[-1]):
+                raise ValueError(f"axis value {val!r} is not a finite number.")
     return out
 
 
@@ -88,9 +93,23 @@ class Axis:
             raise ValueError(f"axis {spec!r} has no values.")
         return cls(match, rest.strip(), values)
 
-    def label(self, value) -> str:
+    def label(self, value, index: LoraIndex | None = None) -> str:
+        """"Type: value"; a LoRA file also shows the epoch its metadata records (``ss_epoch``)."""
         shown = f"{value:g}" if isinstance(value, float) else value
+        if self.type == "LoRA file" and index is not None and (epoch := _epoch(index, value)) is not None:
+            shown = f"{shown} (epoch {epoch})"
         return f"{self.type}: {shown}"
+
+
+def _epoch(index: LoraIndex, name: str) -> str | None:
+    from safetensors import safe_open
+
+    try:
+        path = index.resolve(name)
+        with safe_open(str(path), "pt") as f:
+            return (f.metadata() or {}).get("ss_epoch")
+    except Exception:  # noqa: BLE001  (a label only: the cell itself reports a bad file)
+        return None
 
 
 def _first_tag(prompt: str):
@@ -169,10 +188,11 @@ def xyz_grid(pipe, prompt: str, negative_prompt: str = "", *, x: Axis | None = N
             rows.append(row)
         cells.append(rows)
     layouts: list[Layout] = []
-    col_labels = [x.label(v) for v in xs] if x else None
-    row_labels = [y.label(v) for v in ys] if y else None
+    index = kwargs["lora_dir"]
+    col_labels = [x.label(v, index) for v in xs] if x else None
+    row_labels = [y.label(v, index) for v in ys] if y else None
     sheets = [contact_sheet(rows, row_labels, col_labels, layout_out=layouts) for rows in cells]
-    image = side_by_side(sheets, [z.label(v) for v in zs] if z else None)
+    image = side_by_side(sheets, [z.label(v, index) for v in zs] if z else None)
     first = parse_infotext(cells[0][0][0].info["parameters"])
     params = cells[0][0][0].info["parameters"].strip().split("\n")[-1]
     for name, axis in (("X", x), ("Y", y), ("Z", z)):

@@ -1,7 +1,8 @@
 """Base-model checkpoints for merge/extract: a diffusers model folder or one part's safetensors file.
 
-A folder is a diffusers pipeline (``unet/``, ``text_encoder/``, ``text_encoder_2/`` subfolders) or
-one model folder (``config.json`` + ``*.safetensors``). Writing copies the source layout to a new
+A folder is a diffusers pipeline (``unet/`` or ``transformer/``, ``text_encoder*/`` subfolders) or one
+model folder (``config.json`` + ``*.safetensors``); a single file's part is guessed from its names
+(CLIP, a FLUX.1/SD3 transformer in diffusers or original names, else a U-Net). Writing copies the source layout to a new
 location and replaces only the weight files, atomically; the source is never modified.
 """
 
@@ -17,7 +18,10 @@ from ..formats.errors import LoraFileError
 from ..formats.lorafile import Naming
 from ..formats.sd_keys import layout_from_config
 
-PARTS = ("unet", "text_encoder", "text_encoder_2")
+PARTS = ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3")
+#: key prefixes of FLUX.1/SD3 transformer weights (diffusers, original and ComfyUI names)
+DIT_KEYS = ("transformer_blocks.", "single_transformer_blocks.", "double_blocks.", "single_blocks.", "joint_blocks.",
+            "model.diffusion_model.")
 
 
 def _files(folder: Path) -> list[Path]:
@@ -30,7 +34,9 @@ def _files(folder: Path) -> list[Path]:
 
 
 def _guess_part(sd: dict) -> str:
-    return "text_encoder" if any(k.startswith("text_model.") for k in sd) else "unet"
+    if any(k.startswith("text_model.") for k in sd):
+        return "text_encoder"
+    return "transformer" if any(k.startswith(DIT_KEYS) for k in sd) else "unet"
 
 
 def read_checkpoint(path, part: str | None = None) -> dict[str, dict[str, torch.Tensor]]:

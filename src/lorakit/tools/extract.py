@@ -32,16 +32,13 @@ def extract_lora(base: dict[str, dict[str, torch.Tensor]], tuned: dict[str, dict
                  rank: int | None = 32, conv_rank: int | None = None, energy: float | None = None,
                  clamp_quantile_: float | None = 0.99, min_diff: float = 0.0, naming: Naming | None = None
                  ) -> tuple[LoraFile, list[str]]:
-    """LoRA approximating ``tuned − base`` ({part: state dict} each); returns (file, skipped module names)."""
-    if rank is None and energy is None:
-        raise ValueError("give a rank or an energy threshold (e.g. --energy 0.9).")
-    check_rank_args(rank)
-    check_rank_args(conv_rank, what="conv_rank")
-    check_rank_args(None, "sv_fro" if energy is not None else None, energy)
-    if clamp_quantile_ is not None and not 0 < clamp_quantile_ <= 1:
-        raise ValueError(f"clamp_quantile={clamp_quantile_!r}: expected a fraction in (0, 1] (1 turns it off).")
-    if not 0 <= min_diff < float("inf"):
-        raise ValueError(f"min_diff={min_diff!r}: expected a finite number >= 0.")
+    """LoRA approximating ``tuned − base`` ({part: state dict} each); returns (file, skipped module names).
+    FLUX.1/SD3 checkpoints (a ``transformer`` part) go to :func:`.extract_dit.extract_dit`."""
+    check_extract_args(rank, conv_rank, energy, clamp_quantile_, min_diff)
+    if "transformer" in tuned:
+        from .extract_dit import extract_dit
+
+        return extract_dit(base, tuned, rank, energy, clamp_quantile_, min_diff)
     modules, skipped = {}, []
     for part, tuned_sd in tuned.items():
         if part not in base:
@@ -62,15 +59,33 @@ def extract_lora(base: dict[str, dict[str, torch.Tensor]], tuned: dict[str, dict
                 skipped.append(f"{part}.{path}")
                 continue
             k_cap = conv_rank if (w.dim() == 4 and w.shape[2:] != (1, 1) and conv_rank) else rank
-            method, param = ("sv_fro", energy) if energy is not None else (None, None)
-            up, down, _, k = factorize(diff.flatten(1), k_cap, method, param)
-            up, down = clamp_quantile(up, down, clamp_quantile_)
-            if w.dim() == 4:
-                up, down = up.reshape(w.shape[0], k, 1, 1), down.reshape(k, *w.shape[1:])
-            dtype = w.dtype
-            modules[f"{part}.{path if part == 'unet' else canonical_te(path)}"] = {"lora_down.weight": down.to(dtype).contiguous(),
-                                         "lora_up.weight": up.to(dtype).contiguous(),
-                                         "alpha": torch.tensor(float(k), dtype=dtype)}
+            key = f"{part}.{path if part == 'unet' else canonical_te(path)}"
+            modules[key] = lora_from_diff(diff, k_cap, energy, clamp_quantile_, w.dtype)
     meta = {"ss_network_module": "networks.lora", "ss_training_comment": "lorakit extract"}
     naming = naming or Naming(te_split="text_encoder_2" in tuned)
     return LoraFile(modules, meta, naming, source="extract"), skipped
+
+
+def lora_from_diff(diff: torch.Tensor, rank: int | None, energy: float | None, clamp_q: float | None,
+                   dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The best rank-k LoRA module of one weight difference (conv kernels kept; k from ``rank`` or ``energy``)."""
+    method, param = ("sv_fro", energy) if energy is not None else (None, None)
+    up, down, _, k = factorize(diff.flatten(1), rank, method, param)
+    up, down = clamp_quantile(up, down, clamp_q)
+    if diff.dim() == 4:
+        up, down = up.reshape(diff.shape[0], k, 1, 1), down.reshape(k, *diff.shape[1:])
+    return {"lora_down.weight": down.to(dtype).contiguous(), "lora_up.weight": up.to(dtype).contiguous(),
+            "alpha": torch.tensor(float(k), dtype=dtype)}
+
+
+def check_extract_args(rank, conv_rank, energy, clamp_q, min_diff) -> None:
+    """Refuse bad ranks, energy, clamp quantile or min_diff before any work."""
+    if rank is None and energy is None:
+        raise ValueError("give a rank or an energy threshold (e.g. --energy 0.9).")
+    check_rank_args(rank)
+    check_rank_args(conv_rank, what="conv_rank")
+    check_rank_args(None, "sv_fro" if energy is not None else None, energy)
+    if clamp_q is not None and not 0 < clamp_q <= 1:
+        raise ValueError(f"clamp_quantile={clamp_q!r}: expected a fraction in (0, 1] (1 turns it off).")
+    if not 0 <= min_diff < float("inf"):
+        raise ValueError(f"min_diff={min_diff!r}: expected a finite number >= 0.")

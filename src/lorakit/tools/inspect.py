@@ -3,7 +3,9 @@
 Per module: algorithm, rank, alpha, scale and ‖ΔW‖_F (for LoRA from the r×r Gram matrices,
 ‖up·down‖_F² = tr((upᵀup)(down·downᵀ)), without forming ΔW). Warnings: all-zero ``lora_up``
 (an untrained module, as kohya's check_lora_weights.py finds) and NaN/Inf tensors, named as the
-file names them (``lora_B`` in PEFT and diffusers files).
+file names them (``lora_B`` in PEFT and diffusers files). For a FLUX.1/SD3 file: its transformer layout
+(fused original names or split diffusers ones), ranks per part, and what converting to the other
+layout does to the rank (split -> fused may raise it).
 
 Stable Diffusion files (kohya, LyCORIS, diffusers, PEFT directories of a U-Net or text encoder) are
 read by :func:`lorakit.formats.sd_io.read_lora`; a PEFT adapter of any other model (an LLM, a
@@ -22,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ..formats._io import read_json, read_safetensors
+from ..formats.dit_layout import to_fused
 from ..formats.errors import LoraFileError
 from ..formats.lorafile import LoraFile, alpha_of, rank_of, scale_of
 from ..formats.lycoris import ALGOS
@@ -62,14 +65,20 @@ class Report:
     """What else the file holds (e.g. a copy of the base embedding), one line each."""
     by_part: bool = True
     """Count modules by model part (unet, text_encoder); else by layer name (q_proj, v_proj)."""
+    layout: dict = field(default_factory=dict)
+    """FLUX.1/SD3 files: ``fused`` and ``to_fused`` (what the other layout does to the ranks)."""
 
     def summary(self) -> dict:
         parts = Counter(m.key.split(".", 1)[0] if self.by_part else m.key.rsplit(".", 1)[-1] for m in self.modules)
+        ranks_per_part: dict[str, Counter] = {}
+        for m in self.modules:
+            ranks_per_part.setdefault(m.key.split(".", 1)[0], Counter())[m.rank] += 1
         return {"format": self.source, "family": self.family or "unknown", "naming": self.naming,
                 "modules": dict(parts), "algorithms": dict(Counter(m.algo for m in self.modules)),
                 "ranks": dict(Counter(m.rank for m in self.modules)),
+                **({"ranks_per_part": {p: dict(c) for p, c in ranks_per_part.items()}} if self.by_part else {}),
                 "alphas": dict(Counter(m.alpha for m in self.modules)),
-                "dtypes": dict(Counter(m.dtype for m in self.modules))}
+                "dtypes": dict(Counter(m.dtype for m in self.modules)), **self.layout}
 
 
 def _norm(m: dict, algo: str) -> float:
@@ -106,8 +115,26 @@ def inspect_lora(path_or_file) -> Report:
     for key, m in lf.modules.items():
         infos.append(_module(key, m, lf.algo(key), up, alpha_of(m), scale_of(m), warnings))
     naming = f"unet={lf.naming.unet_style}, text encoders={'te1/te2' if lf.naming.te_split else 'te'}"
+    layout = {}
+    if lf.naming.dit:
+        naming = ("transformer=fused (original BFL/SAI names: qkv, linear1)" if lf.naming.fused else
+                  "transformer=split (diffusers names: to_q/to_k/to_v)") + ", text encoders=te1 CLIP-L/te2 CLIP-G/te3 T5"
+        layout = {"fused": lf.naming.fused, "to_fused": _fuse_report(lf)}
     return Report(str(path_or_file) if not isinstance(path_or_file, LoraFile) else "<LoraFile>", lf.source,
-                  lf.family(), naming, infos, dict(lf.metadata), warnings)
+                  lf.family(), naming, infos, dict(lf.metadata), warnings, layout=layout)
+
+
+def _fuse_report(lf: LoraFile) -> str:
+    """What writing a split file in the fused layout (kohya/ComfyUI) does to its ranks."""
+    if lf.naming.fused:
+        return "already fused; splitting (peft) keeps every rank (up rows sliced, down copied)"
+    try:
+        notes = to_fused(lf)[1]
+    except ValueError as exc:
+        return f"cannot be fused: {exc}"
+    if not notes:
+        return "fusing (kohya/comfy) keeps every rank: the q/k/v parts share their lora_down"
+    return f"fusing (kohya/comfy) raises the rank of {len(notes)} module(s), e.g. {notes[0].split(': ', 1)[1]}"
 
 
 def _split(body: str) -> tuple[str, str | None]:

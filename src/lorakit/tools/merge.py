@@ -14,6 +14,8 @@ With ΔW_i the update of file i (scale included) and w_i its weight, per module:
 kohya's merge_lora.py sums up and down factors separately, which squares a single file's ratio and
 adds cross terms up_i·down_j; none of the methods here does that. Merging into a checkpoint adds
 W += strength_i·block_weight(module)·ΔW_i (DoRA modules use the base weight, as when applied).
+FLUX.1/SD3 files are first brought to one transformer layout (fused if all are, else diffusers'
+split one, exactly) and, for a checkpoint, to its layout and part names.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import math
 
 import torch
 
+from ..formats.dit_keys import PIPE_PARTS
+from ..formats.dit_layout import to_fused, to_split
 from ..formats.lorafile import LoraFile, Naming, rank_of, scale_of
 from ..formats.lycoris import delta_weight, file_delta
 from ..formats.sd_keys import te_alternatives
@@ -41,9 +45,12 @@ def _weights(files, weights):
 
 
 def _check_families(files: list[LoraFile]) -> None:
-    fams = {f.family() for f in files} - {None}
-    if len(fams) > 1:
-        raise ValueError(f"the LoRAs are for different model families ({sorted(fams)}); they cannot be merged.")
+    fams = [f.family() for f in files]
+    if len(set(fams) - {None}) > 1:
+        which = ", ".join(f"{f.path or f'LoRA {i + 1}'} is {fam.upper() if fam else 'of unknown family'}"
+                          for i, (f, fam) in enumerate(zip(files, fams, strict=True)))
+        raise ValueError(f"the LoRAs are for different model families ({which}); only LoRAs of one family can be "
+                         "merged.")
 
 
 def merge_loras(files: list[LoraFile], weights: list[float] | None = None, method: str = "cat",
@@ -58,6 +65,7 @@ def merge_loras(files: list[LoraFile], weights: list[float] | None = None, metho
         raise ValueError(f"density={density}: expected a fraction in (0, 1].")
     weights = _weights(files, weights)
     _check_families(files)
+    files = same_layout(files)
     for f in files if method != "cat" else ():  # cat only stacks factors; the others multiply and factorize
         require_finite(f, f"merge-loras --method {method}")
     gen = torch.Generator().manual_seed(seed)
@@ -71,6 +79,13 @@ def merge_loras(files: list[LoraFile], weights: list[float] | None = None, metho
     meta = {k: v for k, v in first.metadata.items() if k.startswith(("ss_base_model_version", "ss_v2", "modelspec."))}
     meta["ss_training_comment"] = f"lorakit merge-loras method={method} weights={weights}"
     return LoraFile(out, meta, Naming(**vars(first.naming)), source="merge")
+
+
+def same_layout(files: list[LoraFile]) -> list[LoraFile]:
+    """FLUX.1/SD3 files with their transformer modules under the same names: fused if every file is, else split."""
+    if not any(f.naming.dit for f in files) or all(f.naming.fused for f in files):
+        return files
+    return [to_split(f) for f in files]
 
 
 def _cat(key: str, present) -> dict[str, torch.Tensor]:
@@ -179,6 +194,7 @@ def merge_into_base(state: dict[str, dict[str, torch.Tensor]], files: list[LoraF
     """
     strengths = _weights(files, strengths)
     _check_families(files)
+    files = [for_checkpoint(f, state) for f in files]
     for f in files:  # NaN/Inf would spread into every weight the module touches
         require_finite(f, "merging into a checkpoint")
     problems = [f"{key}: no weight {key.split('.', 1)[1]}.weight in the checkpoint's {key.split('.', 1)[0]}"
@@ -199,9 +215,27 @@ def merge_into_base(state: dict[str, dict[str, torch.Tensor]], files: list[LoraF
     return out
 
 
+def for_checkpoint(lf: LoraFile, state: dict[str, dict]) -> LoraFile:
+    """A FLUX.1/SD3 file in the checkpoint's transformer layout (original fused names or diffusers' split
+    ones) and under its part names (``text_encoder``...); SD files as they are."""
+    if not lf.naming.dit:
+        return lf
+    from .extract_dit import checkpoint_family
+
+    tsd = state.get("transformer", {})
+    family, fused = checkpoint_family(tsd) if tsd else (lf.family(), False)
+    if lf.family() not in (None, family):
+        raise ValueError(f"{lf.path or 'a LoRA'} is for {lf.family()} but the checkpoint is {family}.")
+    lf = to_fused(lf, family)[0] if fused else to_split(LoraFile(lf.modules, lf.metadata, Naming(
+        **{**vars(lf.naming), "dit": family}), lf.source, lf.path))
+    table = PIPE_PARTS[family]
+    modules = {f"{table[k.split('.', 1)[0]]}.{k.split('.', 1)[1]}": m for k, m in lf.modules.items()}
+    return LoraFile(modules, lf.metadata, lf.naming, lf.source, lf.path)
+
+
 def _weight_key(state, key: str) -> str | None:
     part, path = key.split(".", 1)
-    for cand in [path] if part == "unet" else te_alternatives(path):
+    for cand in [path] if part in ("unet", "transformer") else te_alternatives(path):
         if f"{cand}.weight" in state.get(part, {}):
             return f"{cand}.weight"
     return None
@@ -215,4 +249,4 @@ def block_weight(key: str, table: dict[str, float]) -> float:
     return value
 
 
-__all__ = ["METHODS", "block_weight", "dare", "merge_into_base", "merge_loras", "ties"]
+__all__ = ["METHODS", "block_weight", "dare", "for_checkpoint", "merge_into_base", "merge_loras", "same_layout", "ties"]

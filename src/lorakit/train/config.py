@@ -44,32 +44,44 @@ class TrainArgs:
     head_modules: list[str] = field(default_factory=lambda: ["classifier", "score", "lm_head"])
     """Modules trained by ``method: head`` (names or dotted suffixes; missing ones are skipped)."""
     epochs: float = 1.0
+    """Passes over the training data (a fraction is allowed); ``max_steps`` overrides it."""
     max_steps: int | None = None
     """Optimizer steps; overrides ``epochs`` when set."""
     batch_size: int = 8
     """Micro-batch per process."""
     grad_accum: int = 1
+    """Micro-batches whose gradients are summed into one optimizer step."""
     lr: float = 2e-4
+    """Peak learning rate (after warm-up)."""
     lr_groups: dict[str, float] = field(default_factory=dict)
     """Learning rate per parameter-name regex (first match wins), e.g. ``{classifier: 1e-3}``."""
     loraplus_ratio: float | None = None
     """LoRA+ (Hayou et al. 2024): B matrices get ``lr * ratio`` (16 is the paper's choice)."""
     optimizer: Literal["adamw", "adamw8bit"] = "adamw"
+    """``adamw`` (torch's fused AdamW) or ``adamw8bit`` (8-bit states: bitsandbytes on CUDA, lorakit's own elsewhere)."""
     weight_decay: float = 0.0
+    """AdamW's decoupled weight decay."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW's β1, β2."""
     eps: float = 1e-8
+    """AdamW's ε."""
     scheduler: Literal["constant", "linear", "cosine", "cosine_with_restarts"] = "linear"
+    """Learning-rate schedule after warm-up (transformers' schedules of the same names)."""
     warmup_steps: int = 0
+    """Optimizer steps of linear warm-up from 0 to ``lr``."""
     warmup_ratio: float = 0.0
     """Warmup as a fraction of the total steps (used when ``warmup_steps`` is 0)."""
     num_cycles: float | None = None
     """``cosine``: waves of the cosine (default 0.5: one decay to 0); ``cosine_with_restarts``: number of
     hard restarts (default 1). Same meaning as transformers' ``get_cosine_*schedule_with_warmup``."""
     max_grad_norm: float | None = 1.0
+    """Clip the gradients' global norm to this; ``null`` turns clipping off."""
     gradient_checkpointing: bool = False
+    """Recompute activations in backward instead of keeping them (less memory, more time)."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """Autocast dtype on GPU (fp16 adds a dynamic loss scaler); ``no`` keeps fp32 (the CPU default)."""
     seed: int = 42
+    """Random seed (adapter init, data order, dropout): a run with the same seed repeats."""
     eval_every: int = 0
     """Evaluate every N optimizer steps (0: only at the end, when there is eval data)."""
     save_every: int = 0
@@ -79,9 +91,11 @@ class TrainArgs:
     keep_last: int = 2
     """Checkpoints kept (older ones are deleted after a new one is complete)."""
     log_every: int = 10
+    """Write a line to metrics.jsonl every N optimizer steps."""
     progress: bool = True
     """Show the rich progress bar (rank 0 only)."""
     plot: bool = True
+    """Draw loss.png (loss and learning rate by step) at the end of the run."""
     distributed: Literal["ddp", "fsdp"] = "ddp"
     """How several processes (``torchrun``) share the work: ``ddp`` (each holds the whole model) or ``fsdp``
     (FSDP2: each holds 1/N of every weight, the 4-bit QLoRA base included; see docs/distributed.md).

@@ -5,10 +5,10 @@ under kohya naming."""
 import copy
 
 import pytest
-import sd_tiny as sd_pipes
+import sd_pipes
 import torch
 from sd_models import unet_out
-from sd_tiny import components
+from sd_pipes import components
 
 from lorakit.formats.kohya import read_kohya, write_kohya
 from lorakit.formats.sd_keys import layout_from_config
@@ -21,7 +21,7 @@ from lorakit.tasks.diffusion.network import add_network, to_lorafile
 
 def trained(tmp_path, sdxl=False, **net):
     """Components with a randomised network (as if trained) and untouched copies of the base parts."""
-    comps = components(tmp_path, sdxl)
+    comps = components(sdxl)
     family = FAMILIES["sdxl" if sdxl else "sd1"]
     base = {p: copy.deepcopy(comps[p]) for p in ("unet", *family.text_parts)}
     lrs = {"unet": 1e-4, **{p: 1e-4 for p in family.text_parts}}
@@ -33,6 +33,12 @@ def trained(tmp_path, sdxl=False, **net):
                 with torch.no_grad():
                     p.add_(torch.randn(p.shape, generator=g) * 0.2)
     return comps, base, family
+
+
+def _ids(tok):
+    """Two token rows: BOS, three characters, EOS (+ padding)."""
+    bos, eos = tok.bos_token_id, tok.eos_token_id
+    return torch.tensor([[bos, 5, 9, 13, eos], [bos, 7, 11, eos, eos]])
 
 
 def save(tmp_path, comps, family):
@@ -49,7 +55,7 @@ def test_lorakit_load_lora_reproduces_the_live_adapter(tmp_path, module, conv_di
     assert len(lf.modules) == sum(1 for p in base for _ in lora_layers(comps[p]))
     load_lora(base, path)
     torch.testing.assert_close(unet_out(base["unet"]), unet_out(comps["unet"]), atol=1e-5, rtol=1e-4)
-    ids = torch.tensor([[78, 5, 9, 13, 79], [78, 7, 11, 79, 79]])
+    ids = _ids(comps["tokenizer"])
     with torch.no_grad():
         torch.testing.assert_close(base["text_encoder"](ids).last_hidden_state,
                                    comps["text_encoder"](ids).last_hidden_state, atol=1e-5, rtol=1e-4)
@@ -75,15 +81,15 @@ def test_diffusers_load_lora_weights_reproduces_the_live_adapter(tmp_path, sdxl)
 
     comps, base, family = trained(tmp_path, sdxl=sdxl)
     path = save(tmp_path, comps, family)
-    common = {"vae": sd_pipes.vae(), "tokenizer": comps["tokenizer"], "scheduler": sd_pipes.scheduler()}
+    common = {"vae": sd_pipes.tiny_vae(), "tokenizer": comps["tokenizer"], "scheduler": sd_pipes.scheduler()}
     if sdxl:
-        pipe = StableDiffusionXLPipeline(**common, tokenizer_2=comps["tokenizer"], **base)
+        pipe = StableDiffusionXLPipeline(**common, tokenizer_2=comps["tokenizer_2"], **base)
     else:
         pipe = StableDiffusionPipeline(**common, **base, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)
     pipe.load_lora_weights(str(path.parent), weight_name=path.name)
     torch.testing.assert_close(unet_out(pipe.unet), unet_out(comps["unet"]), atol=1e-5, rtol=1e-4)
-    ids = torch.tensor([[78, 5, 9, 13, 79], [78, 7, 11, 79, 79]])
+    ids = _ids(comps["tokenizer"])
     with torch.no_grad():
         torch.testing.assert_close(pipe.text_encoder(ids).last_hidden_state,
                                    comps["text_encoder"](ids).last_hidden_state, atol=1e-5, rtol=1e-4)
@@ -95,7 +101,7 @@ def test_network_weights_continue_a_saved_file_and_refuse_another_family(tmp_pat
 
     comps, base, family = trained(tmp_path)
     path = save(tmp_path, comps, family)
-    fresh = {**components(tmp_path, sdxl=False), **{k: copy.deepcopy(v) for k, v in base.items()}}
+    fresh = {**components(sdxl=False), **{k: copy.deepcopy(v) for k, v in base.items()}}
     add_network(fresh, NetworkArgs(dim=4, alpha=1), family.text_parts, {"unet": 1e-4, "text_encoder": 1e-4})
     assert load_network_weights(fresh, str(path)) == len(read_kohya(path, layout_from_config(
         comps["unet"].config)).modules)

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 from safetensors.torch import load_file
-from sd_tiny import components
+from sd_pipes import components
 from torch import nn
 
 from lorakit.tasks.diffusion.config import NetworkArgs

@@ -110,12 +110,12 @@ def test_block_weights_follow_kohya():
 
 
 def test_param_groups_split_parts_blocks_and_loraplus(tmp_path):
-    from sd_tiny import components
+    from sd_pipes import components
 
     from lorakit.tasks.diffusion.family import FAMILIES
     from lorakit.tasks.diffusion.network import add_network, param_groups
 
-    comps = components(tmp_path, sdxl=False)
+    comps = components(sdxl=False)
     net = NetworkArgs(dim=4, alpha=2, loraplus_lr_ratio=16, down_lr_weight=[0.0, 0.5] + [1.0] * 10)
     lrs = {"unet": 1e-3, "text_encoder": 1e-4}
     adapted = add_network(comps, net, FAMILIES["sd1"].text_parts, lrs)

@@ -5,7 +5,7 @@ the trainer's parser and refuse a bad one before writing anything; a sample that
 import json
 
 import pytest
-import sd_tiny
+import sd_pipes
 import yaml
 from typer.testing import CliRunner
 
@@ -25,7 +25,7 @@ def test_validate_and_train_refuse_a_bad_prompt_file_naming_file_and_line(tmp_pa
     text, expected = BAD[name]
     (tmp_path / name).write_text(text)
     cfg = tmp_path / "sd.yaml"
-    cfg.write_text(yaml.safe_dump(sd_tiny.sd_config(tmp_path, model, data, sample={"prompts": str(tmp_path / name)})))
+    cfg.write_text(yaml.safe_dump(sd_pipes.sd_config(tmp_path, model, data, sample={"prompts": str(tmp_path / name)})))
     for command in ("validate", "train"):
         result = CliRunner().invoke(app, [command, str(cfg)])
         assert result.exit_code == 1, result.output
@@ -36,7 +36,7 @@ def test_validate_and_train_refuse_a_bad_prompt_file_naming_file_and_line(tmp_pa
 def test_a_failing_sample_never_costs_the_training(tmp_path, sd1_dir, monkeypatch, capsys):
     model, data = sd1_dir
     (tmp_path / "p.txt").write_text("sks dog --w 64 --h 64 --s 2 --d 7\nred cat --w 64 --h 64 --s 2\n")
-    cfg = from_dict(sd_tiny.sd_config(tmp_path, model, data, sample={"prompts": str(tmp_path / "p.txt"),
+    cfg = from_dict(sd_pipes.sd_config(tmp_path, model, data, sample={"prompts": str(tmp_path / "p.txt"),
                                                                      "every_n_steps": 2, "every_n_epochs": None},
                                       train={"max_steps": 4, "save_every_n_steps": 2, "save_every_n_epochs": None}))
     real, seen = sampling.generate_images, []

@@ -6,7 +6,7 @@ that were not used in producing loss", issue 19 item 1); and with FSDP2 (U-Net a
 import json
 
 import pytest
-import sd_tiny
+import sd_pipes
 import torch
 from multiproc import run_ranks
 from safetensors.torch import load_file
@@ -23,7 +23,7 @@ def config(tmp, model, images, case: str, out: str, accum: int):
     """Two steps of 2 samples each (a checkpoint and a LoRA file after the first): 2 processes x batch 1, or
     1 process x batch 1 x accumulation 2."""
     extra = CASES[case]
-    cfg = sd_tiny.sd_config(tmp, model, images, network={**extra.get("network", {})},
+    cfg = sd_pipes.sd_config(tmp, model, images, network={**extra.get("network", {})},
                             data={**extra.get("data", {}), "cache_dir": str(tmp / f"cache-{out}")},
                             train={"output_dir": str(tmp / out), "batch_size": 1, "grad_accum": accum, "max_steps": 2,
                                    "save_precision": "fp32", "save_every_n_epochs": None, "save_every_n_steps": 1,
@@ -40,7 +40,7 @@ def _ddp_worker(rank, tmp, model, images):
 @pytest.fixture(scope="module")
 def sd_ddp(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sd-ddp")
-    model, images = sd_tiny.save_pipeline(tmp / "model"), sd_tiny.save_dataset(tmp / "img")
+    model, images = sd_pipes.save_pipeline(tmp / "model"), sd_pipes.save_dataset(tmp / "img")
     run_ranks(_ddp_worker, 2, (tmp, model, images), timeout=300, log_dir=tmp)
     return tmp, model, images
 

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from sd_tiny import components, tokenizer
+from sd_pipes import components, tiny_tokenizer
 
 from lorakit.model import lora_layers
 from lorakit.tasks.diffusion.config import NetworkArgs, SDTrainArgs
@@ -33,8 +33,8 @@ def reference_loss(comps, unet, tes, batch, noise, timesteps, prediction, snr_ga
         hidden = tes[0](ids, return_dict=False)[0]
     else:
         states = []
-        for te in tes:
-            ids = comps["tokenizer"](CAPTIONS, padding="max_length", max_length=77, truncation=True,
+        for te, tok in zip(tes, (comps["tokenizer"], comps["tokenizer_2"]), strict=True):
+            ids = tok(CAPTIONS, padding="max_length", max_length=77, truncation=True,
                                      return_tensors="pt").input_ids
             out = te(ids, output_hidden_states=True)
             pooled = out[0]
@@ -56,10 +56,10 @@ def reference_loss(comps, unet, tes, batch, noise, timesteps, prediction, snr_ga
 @pytest.mark.parametrize(("sdxl", "prediction", "snr_gamma"), [  # each family, prediction and weighting twice
     (False, "epsilon", None), (False, "v_prediction", 5.0), (True, "epsilon", 5.0), (True, "v_prediction", None)],
     ids=["sd1-eps", "sd1-v-minsnr", "sdxl-eps-minsnr", "sdxl-v"])
-def test_step_loss_and_grads_equal_the_diffusers_peft_recipe(tmp_path, sdxl, prediction, snr_gamma):
+def test_step_loss_and_grads_equal_the_diffusers_peft_recipe(sdxl, prediction, snr_gamma):
     from peft import LoraConfig as PeftLoraConfig
 
-    comps = components(tmp_path, sdxl, prediction)
+    comps = components(sdxl, prediction)
     ref_unet = copy.deepcopy(comps["unet"])
     family = FAMILIES["sdxl" if sdxl else "sd1"]
     lrs = {"unet": 1e-4, **{p: 0.0 for p in family.text_parts}}
@@ -98,8 +98,8 @@ def test_step_loss_and_grads_equal_the_diffusers_peft_recipe(tmp_path, sdxl, pre
                for ad in (lay.adapters["default"].lora_A,))
 
 
-def test_clip_skip_uses_the_normed_earlier_layer(tmp_path):
-    comps = components(tmp_path, sdxl=False)
+def test_clip_skip_uses_the_normed_earlier_layer():
+    comps = components(sdxl=False)
     te, tok = comps["text_encoder"], comps["tokenizer"]
     ids = tok(CAPTIONS, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
     with torch.no_grad():
@@ -111,8 +111,8 @@ def test_clip_skip_uses_the_normed_earlier_layer(tmp_path):
     torch.testing.assert_close(plain, out.last_hidden_state)
 
 
-def test_long_prompts_are_encoded_in_bos_eos_wrapped_chunks(tmp_path):
-    comps = components(tmp_path, sdxl=False)
+def test_long_prompts_are_encoded_in_bos_eos_wrapped_chunks():
+    comps = components(sdxl=False)
     te, tok = comps["text_encoder"], comps["tokenizer"]
     long = ["abcdefghij" * 12, "short"]  # 120 tokens: two chunks
     ids = chunk_ids(tok, long, 150)
@@ -130,11 +130,8 @@ def test_long_prompts_are_encoded_in_bos_eos_wrapped_chunks(tmp_path):
     torch.testing.assert_close(got[:, 151], chunk1[:, 76])  # the last EOS
 
 
-def test_sd2_chunks_end_cut_chunks_with_eos_and_keep_the_padding(tmp_path):
-    from transformers import CLIPTokenizer
-
-    tokenizer(tmp_path)  # writes vocab.json and merges.txt
-    tok = CLIPTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"), model_max_length=77, pad_token="!")
+def test_sd2_chunks_end_cut_chunks_with_eos_and_keep_the_padding():
+    tok = tiny_tokenizer(pad_is_eos=False)
     ids = chunk_ids(tok, ["abcd" * 25, ""], 225)  # 100 tokens: a full chunk, a partial one, an empty one
     pad, eos, bos = tok.pad_token_id, tok.eos_token_id, tok.bos_token_id
     assert pad != eos and (ids[:, :, 0] == bos).all()
@@ -143,12 +140,12 @@ def test_sd2_chunks_end_cut_chunks_with_eos_and_keep_the_padding(tmp_path):
     assert ids[0, 2, 1] == eos and ids[1, 1, 1] == eos  # an empty chunk starts BOS, EOS as kohya marks it
 
 
-def test_text_encoder_lora_grads_equal_peft(tmp_path):
+def test_text_encoder_lora_grads_equal_peft():
     """Text-encoder LoRA (kohya's CLIP attention + MLP targets) against PEFT on the same modules."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import inject_adapter_in_model
 
-    comps = components(tmp_path, sdxl=False)
+    comps = components(sdxl=False)
     ref_unet, ref_te = copy.deepcopy(comps["unet"]), copy.deepcopy(comps["text_encoder"])
     adapted = add_network(comps, NetworkArgs(dim=4, alpha=2), ("text_encoder",), {"unet": 0.0, "text_encoder": 1e-4})
     assert "unet" not in adapted and any(n.endswith("mlp.fc2") for n in adapted["text_encoder"])

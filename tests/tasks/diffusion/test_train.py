@@ -4,7 +4,7 @@ equals an uninterrupted run (and the counters add up), samples, config errors at
 import json
 
 import pytest
-import sd_tiny
+import sd_pipes
 import torch
 import yaml
 from safetensors import safe_open
@@ -28,7 +28,7 @@ class StopAt(Callback):
 def test_run_writes_kohya_files_metadata_samples_and_plots(tmp_path, sd1_dir):
     model, data = sd1_dir
     (tmp_path / "prompts.txt").write_text("sks dog --w 64 --h 64 --s 2 --d 7\n# a comment\nred cat --w 64 --h 64 --s 2\n")
-    cfg = from_dict(sd_tiny.sd_config(tmp_path, model, data, train={"plot": True, "gradient_checkpointing": True},
+    cfg = from_dict(sd_pipes.sd_config(tmp_path, model, data, train={"plot": True, "gradient_checkpointing": True},
                                       sample={"prompts": str(tmp_path / "prompts.txt"), "before_training": True},
                                       network={"conv_dim": 2, "conv_alpha": 1}))
     result = run(cfg, quiet=True)
@@ -66,8 +66,8 @@ def test_resume_twice_equals_an_uninterrupted_run(tmp_path, sd1_dir):
     model, data = sd1_dir
     extra = {"train": {"save_every_n_steps": 2, "save_every_n_epochs": None, "noise_offset": 0.05, "keep_last": 2},
              "network": {"dropout": 0.1}}
-    whole = run(from_dict(sd_tiny.sd_config(tmp_path / "a", model, data, **extra)), quiet=True)
-    cfg = from_dict(sd_tiny.sd_config(tmp_path / "b", model, data, **extra))
+    whole = run(from_dict(sd_pipes.sd_config(tmp_path / "a", model, data, **extra)), quiet=True)
+    cfg = from_dict(sd_pipes.sd_config(tmp_path / "b", model, data, **extra))
     run(cfg, [StopAt(3)], quiet=True)
     with safe_open(str(tmp_path / "b/run/tiny-step00000002.safetensors"), "pt") as f:
         first = f.metadata()  # written by the first session
@@ -100,7 +100,7 @@ def test_resume_twice_equals_an_uninterrupted_run(tmp_path, sd1_dir):
 
 def test_config_errors_are_collected(tmp_path, sd1_dir):
     model, data = sd1_dir
-    cfg = sd_tiny.sd_config(tmp_path, model, data, network={"module": "lokra", "dim": 0},
+    cfg = sd_pipes.sd_config(tmp_path, model, data, network={"module": "lokra", "dim": 0},
                             train={"min_snr_gamma": -1, "optimiser": "lion", "max_token_length": 100})
     cfg["data"]["resolution"] = "big"
     with pytest.raises(ConfigError) as exc:
@@ -116,7 +116,7 @@ def test_validate_lists_dataset_and_model_problems_then_the_table(tmp_path, sd1_
 
     model, data = sd1_dir
     ok = tmp_path / "ok.yaml"
-    ok.write_text(yaml.safe_dump(sd_tiny.sd_config(tmp_path, model, data)))
+    ok.write_text(yaml.safe_dump(sd_pipes.sd_config(tmp_path, model, data)))
     result = CliRunner().invoke(app, ["validate", str(ok)])
     assert result.exit_code == 0, result.output
     assert "64x64" in result.output and "optimizer steps: 4 per epoch x 2 epochs = 8" in result.output
@@ -127,8 +127,8 @@ def test_validate_lists_dataset_and_model_problems_then_the_table(tmp_path, sd1_
     (bad_data / "3_cat" / "broken.png").write_bytes(b"not a png")
     (model / "vae").rename(tmp_path / "vae-moved")
     try:
-        bad = sd_tiny.sd_config(tmp_path, model, bad_data, data={"enable_bucket": True, "bucket_reso_steps": 48},
-                                train={"lr": -1})
+        bad = sd_pipes.sd_config(tmp_path, model, bad_data, data={"enable_bucket": True, "bucket_reso_steps": 48},
+                                 train={"lr": -1})
         (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
         result = CliRunner().invoke(app, ["validate", str(tmp_path / "bad.yaml")])
     finally:

@@ -40,7 +40,7 @@ MARKER = ".sdworld-demo"
 
 SAVE_EVERY = 4  # epochs between saved files and samples
 # LoCon: kohya's transformer targets plus the ResNet 3x3 convs, where a new shape is drawn (rank 8 on the
-# transformers alone drew the old concept, a star, less often; see the README)
+# transformers alone drew the old concept, a star, less often; see docs/sdworld.md)
 NETWORK = {"module": "lora", "dim": 16, "alpha": 16, "conv_dim": 16, "conv_alpha": 16}
 LR = 5e-4
 

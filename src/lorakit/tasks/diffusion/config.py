@@ -53,6 +53,7 @@ class SDModelArgs:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Dtype of the frozen U-Net and text encoders; the VAE always runs in float32 (no NaN/black images)."""
     device: str = "auto"
+    """``auto`` (cuda when available, else cpu), ``cpu`` or ``cuda``."""
 
 
 @dataclass
@@ -82,7 +83,9 @@ class NetworkArgs:
     """Per down block lr multipliers (12 for SD1/2, 9 for SDXL) or a preset: cosine, sine, linear,
     reverse_linear, zeros; a weight of 0 leaves that block's modules out."""
     mid_lr_weight: float | None = None
+    """lr multiplier of the mid block (0 leaves its modules out)."""
     up_lr_weight: list[float] | str | None = None
+    """Per up block lr multipliers or a preset, as ``down_lr_weight``."""
     network_weights: str | None = None
     """Start from this LoRA file (kohya ``network_weights``): same family, targets, module and dim."""
 
@@ -110,10 +113,13 @@ class SDTrainArgs(TrainArgs):
     power: float = 1.0
     """``polynomial``: the decay exponent (kohya ``lr_scheduler_power``)."""
     save_every_n_epochs: int | None = 1
+    """Save ``<output_name>-NNNNNN.safetensors`` (and a resumable checkpoint) every N epochs; ``null``: off."""
     save_every_n_steps: int | None = None
+    """Also save every N optimizer steps (``<output_name>-stepNNNNNNNN.safetensors``; at an epoch's end the epoch's name); ``null``: off."""
     keep_last: int | None = None
     """Saved LoRA files and checkpoints kept (kohya ``save_last_n_epochs``); ``None`` keeps all."""
     save_precision: Literal["fp16", "bf16", "fp32", "float"] = "fp16"
+    """Dtype of the saved LoRA files (``float`` = fp32, kohya's name)."""
     log_every: int = 1
     noise_offset: float = 0.0
     """``noise += offset·randn(B, C, 1, 1)`` (Guttenberg 2023): darker darks, brighter brights."""
@@ -124,9 +130,11 @@ class SDTrainArgs(TrainArgs):
     multires_noise_iterations: int = 0
     """Pyramid noise levels (Whitaker 2023); 6-10 is typical."""
     multires_noise_discount: float = 0.3
+    """Weight of each coarser pyramid level (kohya's default 0.3)."""
     ip_noise_gamma: float = 0.0
     """Input perturbation (Ning et al. 2023): the noisy input gets ``noise + γ·randn``, the target stays ``noise``."""
     ip_noise_gamma_random_strength: bool = False
+    """Use ``rand()·ip_noise_gamma`` per sample."""
     min_snr_gamma: float | None = None
     """min-SNR-γ weighting (Hang et al. 2023): ``min(snr, γ)/snr`` (ε) or ``/(snr+1)`` (v); 5 is common."""
     debiased_estimation_loss: bool = False
@@ -134,8 +142,11 @@ class SDTrainArgs(TrainArgs):
     zero_terminal_snr: bool = False
     """Rescale the betas so the last timestep is pure noise (Lin et al. 2024); use with v-prediction."""
     loss_type: Literal["l2", "l1", "huber", "smooth_l1"] = "l2"
+    """Element-wise loss between prediction and target (kohya's names)."""
     huber_c: float = 0.1
+    """``huber``: 2c·(sqrt(d² + c²) − c); ``smooth_l1``: torch's smooth L1 with beta = c."""
     min_timestep: int = 0
+    """Smallest timestep drawn (see ``max_timestep``)."""
     max_timestep: int | None = None
     """Timesteps are drawn uniformly from ``[min_timestep, max_timestep)`` (default: all)."""
     clip_skip: int | None = None
@@ -150,7 +161,9 @@ class SampleArgs:
     """A kohya prompt file (``prompt --n negative --w 512 --h 512 --s 30 --l 7.5 --d seed`` per line;
     ``.txt``, ``.toml``, ``.json``); ``None`` turns sampling off."""
     every_n_epochs: int | None = 1
+    """Sample every N epochs; ``null``: off."""
     every_n_steps: int | None = None
+    """Also sample every N optimizer steps; ``null``: off."""
     before_training: bool = False
     """Also sample once before the first step (the base model's images, for comparison)."""
     sampler: str = "euler_a"

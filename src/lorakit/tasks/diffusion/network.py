@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ...config import LoraConfig
-from ...formats.lorafile import LoraFile, Naming, rank_of
+from ...formats.lorafile import LoraFile, Naming, adapter_tensors
 from ...formats.sd_keys import canonical_te, layout_from_config
 from ...inject import inject
 from ...model import lora_layers
@@ -29,8 +29,6 @@ CONV_CLASSES = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
 TE_CLASSES = ("CLIPAttention", "CLIPSdpaAttention", "CLIPFlashAttention2", "CLIPMLP")
 ADAPTER = "default"
 _UPDOWN = re.compile(r"(up|down)_blocks\.(\d+)\.(resnets|upsamplers|downsamplers|attentions)\.(\d+)\.")
-#: lorakit parameter name -> kohya / LyCORIS tensor suffix
-SUFFIX = {"lora_A": "lora_down.weight", "lora_B": "lora_up.weight", "magnitude": "dora_scale"}
 
 
 def conv_alpha(net_args) -> float | None:
@@ -194,24 +192,6 @@ def load_network_weights(parts: dict, path: str) -> int:
     return len(plan)
 
 
-def _file_tensors(adapter: nn.Module) -> dict[str, torch.Tensor]:
-    """kohya/LyCORIS tensors of one live adapter, with the alpha that makes the file's scale equal the adapter's."""
-    out = {}
-    for pname, p in adapter.named_parameters():
-        t = p.detach().float()
-        if pname == "magnitude":  # LyCORIS wd_on_output: one norm per output row, shaped like the weight
-            t = t.reshape(-1, *([1] * (len(adapter.spec.kernel_size) + 1))) if adapter.spec.kind == "conv" \
-                else t.reshape(-1, 1)
-        out[SUFFIX.get(pname, pname)] = t.contiguous()
-    r = rank_of(out)
-    if r is None:  # LoKr with both factors full: readers apply no scale, so fold it in
-        key = "lokr_w2" if "lokr_w2" in out else "lokr_w1"
-        out[key] = out[key] * adapter.scale
-    else:
-        out["alpha"] = torch.tensor(float(adapter.scale * r))
-    return out
-
-
 def to_lorafile(parts: dict, family_name: str, metadata: dict[str, str] | None = None) -> LoraFile:
     """The trained adapters as a ``LoraFile`` (kohya names: diffusers-style U-Net for SD1/2, SAI for SDXL)."""
     modules = {}
@@ -221,7 +201,7 @@ def to_lorafile(parts: dict, family_name: str, metadata: dict[str, str] | None =
         for path, layer in lora_layers(model):
             if ADAPTER in layer.adapters:
                 key = path if part == "unet" else canonical_te(path)
-                modules[f"{part}.{key}"] = _file_tensors(layer.adapters[ADAPTER])
+                modules[f"{part}.{key}"] = adapter_tensors(layer.adapters[ADAPTER])
     sdxl = family_name == "sdxl"
     naming = Naming("sai" if sdxl else "diffusers", sdxl, layout_from_config(parts["unet"].config))
     return LoraFile(modules, dict(metadata or {}), naming, source="lorakit")

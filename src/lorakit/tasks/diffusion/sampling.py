@@ -119,8 +119,8 @@ class SampleImages(Callback):
         print(f"warning: sample image failed, training goes on: {message}", file=sys.stderr, flush=True)
 
     def _sheet(self, label: str) -> Path | None:
-        """Prompts (rows) × samplings so far (columns), each cell at the first image's size (grey where a
-        sample failed)."""
+        """Prompts (rows) × samplings so far (columns), each image at its own size (letterboxed), grey at
+        the first image's size where a sample failed."""
         from PIL import Image
 
         cols = [(lab, ps) for lab, ps in self.columns
@@ -129,7 +129,7 @@ class SampleImages(Callback):
         if first is None:
             return None
         size = Image.open(first).size
-        rows = [[Image.open(ps[i]).convert("RGB").resize(size) if ps[i] else Image.new("RGB", size, (128, 128, 128))
+        rows = [[Image.open(ps[i]).convert("RGB") if ps[i] else Image.new("RGB", size, (128, 128, 128))
                  for _, ps in cols] for i in range(len(self.prompts))]
         sheet = contact_sheet(rows, [p.prompt for p in self.prompts], [lab for lab, _ in cols])
         out = self.dir / f"{self.cfg.train.output_name}_sheet_{label}.png"

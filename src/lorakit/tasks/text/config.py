@@ -60,7 +60,9 @@ class DataArgs:
     ``messages``; loss on the response only), ``classification`` (text + label). ``auto`` guesses
     from the task and the first record."""
     text_field: str = "text"
+    """Record field holding the text (``text``/``jsonl``/``classification`` formats)."""
     label_field: str = "label"
+    """Record field holding the class label (``classification``)."""
     prompt_template: str | None = None
     """Instruction template with ``{prompt}`` (and optional ``{input}``); ``None`` uses the tokenizer's chat
     template, or ``"### Instruction:\\n{prompt}\\n\\n### Response:\\n"`` when it has none."""

@@ -21,9 +21,11 @@ FLOORS = ["upstairs", "downstairs", "first floor", "basement", "attic"]
 @dataclass
 class IntentArgs:
     language: str = "en"
+    """Language of the Home Assistant intent templates (home-assistant-intents' code)."""
     intents: list[str] | None = None
     """Intents to use; ``None`` takes every intent with at least ``min_templates`` usable templates."""
     min_templates: int = 5
+    """Intents with fewer usable templates are left out (at least 3: one each for train, validation, test)."""
     max_intents: int | None = None
     """Keep only the N intents with the most templates."""
     test_fraction: float = 0.25
@@ -31,10 +33,13 @@ class IntentArgs:
     val_fraction: float = 0.15
     """Fraction of each intent's templates held out for validation (at least one)."""
     sentences_per_template: int = 4
+    """Random sentences expanded from each template (duplicates dropped)."""
     max_train_per_intent: int = 60
+    """Cap on training sentences per intent."""
     max_test_per_intent: int = 20
     """Also the cap for validation sentences."""
     seed: int = 0
+    """Seed of the template split and the sentence expansion."""
     extra: dict = field(default_factory=dict)
 
 

@@ -150,8 +150,9 @@ def main() -> None:
         est = estimate(name, args.steps, args.layers)
         peaks[name] = train
         print(f"{name:<12}{load / mb:>14.0f}{train / mb:>15.0f}{est / mb:>13.0f}{est / train:>14.2f}")
-    print(f"training peak per process: FSDP / DDP = {peaks['fsdp'] / peaks['ddp']:.2f} (goal <= 0.60), "
-          f"QLoRA FSDP / fp32 DDP = {peaks['fsdp-qlora'] / peaks['ddp']:.2f} (goal <= 0.35)")
+    for name, goal in (("fsdp", 0.60), ("fsdp-qlora", 0.35)):
+        if name in peaks and "ddp" in peaks:
+            print(f"training peak per process: {name} / fp32 ddp = {peaks[name] / peaks['ddp']:.2f} (goal <= {goal})")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,14 @@ from typing import Literal
 from ...config import ConfigError
 from ...sd.sample_prompts import prompt_problems
 from ...sd.samplers import check_sampler
-from ...train.checks import adapter_not_model, blocking_file, device_kind, device_problems, nested
+from ...train.checks import (
+    adapter_not_model,
+    blocking_file,
+    device_kind,
+    device_problems,
+    distributed_problems,
+    nested,
+)
 from ...train.config import TrainArgs, parse_section, train_problems, unknown_sections
 from ...train.optim import optimizer_problems
 from .dataset import DatasetArgs
@@ -196,7 +203,8 @@ def _block_weights(name: str, value, e: list[str]) -> None:
 def problems(cfg: SDRunConfig, check_paths: bool = True) -> list[str]:
     """Every value problem of the config (the dataset folders and the model are checked by ``validate``)."""
     m, n, t, s = cfg.model, cfg.network, cfg.train, cfg.sample
-    e = data_problems(cfg.data) + train_problems(t) + device_problems(m.device) + flow_problems(cfg)
+    e = (data_problems(cfg.data) + train_problems(t) + device_problems(m.device) + distributed_problems(t, m.device)
+         + flow_problems(cfg))
     if m.family != "auto":
         e += family_problems(cfg, m.family)
     if not m.path:
@@ -258,6 +266,9 @@ def problems(cfg: SDRunConfig, check_paths: bool = True) -> list[str]:
         e.append(f"sample.prompts={s.prompts!r}: file not found.")
     elif s.prompts and check_paths:  # read as the trainer reads it: a file that passes here samples
         e += [f"sample.prompts: {p}" for p in prompt_problems(s.prompts)]
+    if s.prompts and t.distributed == "fsdp":
+        e.append("sample.prompts with train.distributed='fsdp': samples are drawn by rank 0 alone, which cannot run a "
+                 "sharded U-Net; sample the saved LoRA files with `lorakit sd generate`, or use distributed: ddp.")
     e += [f"sample.sampler={s.sampler!r}: {p}" for p in _sampler_problem(s.sampler)] if s.sampler else []
     for key in ("every_n_epochs", "every_n_steps"):
         if getattr(s, key) is not None and getattr(s, key) < 1:

@@ -97,14 +97,16 @@ def _is_big_conv(module: nn.Module) -> bool:
 
 def add_network(parts: dict, net_args, text_parts: tuple[str, ...], lrs: dict[str, float]) -> dict[str, list[str]]:
     """Inject adapters into the U-Net and (unless U-Net only or lr 0) the text encoders; return the
-    adapted module paths per part. Every other parameter is frozen."""
+    adapted module paths per part. Every other parameter of every part is frozen (the VAE, a text encoder
+    that is not trained, the base weights): ``from_pretrained`` leaves them all trainable."""
     adapted: dict[str, list[str]] = {}
+    for part in parts.values():
+        if isinstance(part, nn.Module):
+            part.requires_grad_(False)
     weights = block_weights(net_args, parts["unet"])
     wanted = ["unet"] + ([] if net_args.train_unet_only else list(text_parts))
     for part in wanted:
         model = parts[part]
-        for p in model.parameters():
-            p.requires_grad_(False)
         if lrs[part] == 0:
             continue
         if part == "unet":

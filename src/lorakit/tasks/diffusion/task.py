@@ -103,7 +103,7 @@ class DiffusionTask:
         adapters = [layer.adapters for m in (comps["unet"], *net.text_encoders.values())
                     for layer in m.modules() if hasattr(layer, "adapters")]
         return Parts(net, adapters, {"components": comps, "family": family, "prediction": prediction, "lrs": lrs,
-                                     "adapted": adapted})
+                                     "adapted": adapted, "helpers": [comps["vae"]]})
 
     def data(self, cfg: SDRunConfig, parts: Parts, rank: int, world: int):
         if parts.extra.get("dit"):

@@ -137,3 +137,19 @@ def test_sd3_text_states_equal_the_pipelines(drop_t5):
     torch.testing.assert_close(sd3_context(cond), want)
     torch.testing.assert_close(cond["pooled"], pooled)
     assert want.shape[1] == 77 + 10 and bool((want[:, 77:] == 0).all()) == drop_t5
+
+
+@pytest.mark.parametrize("family", ["flux1", "sd3"])
+@pytest.mark.parametrize("unet_only", [False, True])
+def test_only_adapters_train_in_every_part(family, unet_only):
+    """``from_pretrained`` leaves every weight trainable: the VAE and each text encoder not trained must be
+    frozen too, or their gradients pile up and count in the clipping norm (issue 19.1)."""
+    comps, adapted = _network(family, train_unet_only=unet_only)
+    assert isinstance(comps["vae"], torch.nn.Module)
+    for name, part in comps.items():
+        if not isinstance(part, torch.nn.Module):
+            continue
+        trainable = {n for n, p in part.named_parameters() if p.requires_grad}
+        assert all(".adapters." in n for n in trainable), (name, sorted(trainable)[:5])
+        assert bool(trainable) == (name in adapted), name
+    assert unet_only == (set(adapted) == {"transformer"})

@@ -108,14 +108,15 @@ def tie_fused(model: nn.Module, names: list[str]) -> int:
 def add_dit_network(parts: dict, family, net_args, lrs: dict[str, float], compute_dtype: str = "float32",
                     ) -> dict[str, list[str]]:
     """Inject adapters into the transformer and (unless U-Net only or lr 0) the text encoders; return the
-    adapted module paths per part. Every other parameter is frozen."""
+    adapted module paths per part. Every other parameter of every part (the VAE included) is frozen."""
     adapted: dict[str, list[str]] = {}
+    for part in parts.values():
+        if isinstance(part, nn.Module):
+            part.requires_grad_(False)
     for part in ("transformer", "text_encoder", "text_encoder_2", "text_encoder_3"):
         model = parts.get(part)
         if model is None:
             continue
-        for p in model.parameters():
-            p.requires_grad_(False)
         if lrs.get(part, 0) == 0 or (part != "transformer" and net_args.train_unet_only):
             continue
         if part == "transformer":

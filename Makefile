@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lorakit-installed
 
-.PHONY: test demo demo-sd sdworld-assets bench lint clean fuzz docs ui
+.PHONY: test demo demo-sd sdworld-assets ditworld-assets bench lint clean fuzz docs ui
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ ui: $(STAMP)
 # Rebuild assets/sdworld-base and the probe from scratch (about 33 min on 2 CPU cores).
 sdworld-assets: $(STAMP)
 	$(PY) -m lorakit.demos.sdworld.build --out assets
+
+# Rebuild assets/ditworld-flux, the tiny FLUX.1-shaped base of the flow-matching learning test (about 30 min
+# on 2 busy CPU cores; it reuses assets/sdworld-base's VAE and text encoder).
+ditworld-assets: $(STAMP)
+	$(PY) -m lorakit.demos.ditworld.pretrain --out assets/ditworld-flux --steps 5000
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_step.py

@@ -129,6 +129,59 @@ def rotated_loads(impls: dict[str, tuple], target, path, rounds: int) -> dict[st
     return times
 
 
+def step_benchmark_args(candidates):
+    """(args, device) of a training-step benchmark (--rounds, --steps, --device); in ``--peak-of NAME`` child
+    mode it prints the peak memory of ``candidates(device)[0][NAME]`` (``peak_memory``) and returns None."""
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--peak-of")
+    a = ap.parse_args()
+    setup(heap=a.peak_of is None and a.device == "cpu")
+    device = torch.device(a.device)
+    if a.peak_of:
+        print(peak_memory(candidates(device)[0][a.peak_of], device))
+        return None
+    return a, device
+
+
+def timed_rounds(steps: dict, device, rounds: int, n: int) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """``rotated`` over training-step callables, each synchronised on CUDA and warmed up once first."""
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    timed = {k: (lambda f=f: (f(), sync())) for k, f in steps.items()}
+    for f in timed.values():
+        f()
+    return rotated(timed, rounds, n)
+
+
+def peak_memory(step, device) -> int:
+    """Peak memory (bytes) of three calls of ``step`` after a warm-up call (optimizer state allocated):
+    CUDA's allocator peak on a GPU, else the growth of peak RSS."""
+    step()
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated()
+    with PeakRSS() as peak:
+        for _ in range(3):
+            step()
+    return peak.peak
+
+
+def candidate_peaks(script: str, candidates, device, names=("lorakit", "peft")) -> dict[str, int]:
+    """Peak memory per candidate: CUDA's allocator peak in this process, else peak RSS growth in a fresh
+    process each (``script --peak-of NAME``)."""
+    if torch.device(device).type == "cuda":
+        return {n: peak_memory(candidates(device)[0][n], device) for n in names}
+    return {n: peak_in_subprocess(script, n) for n in names}
+
+
 def header(rounds: int, steps: int, rank: int | None = None, extra: str = "") -> str:
     """The first line every benchmark prints: versions, threads, rank and how it was timed."""
     import importlib.util

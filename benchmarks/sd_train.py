@@ -16,7 +16,6 @@ batch. The floor is the same step on the frozen U-Net (gradients reach the noisy
 
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 import tempfile
@@ -24,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import PeakRSS, adamw, header, paired, peak_in_subprocess, rotated, setup
+from _common import adamw, candidate_peaks, header, paired, step_benchmark_args, timed_rounds
 from train_step import make_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -167,41 +166,14 @@ def epoch_times(device, root: Path) -> dict[str, float]:
     return out
 
 
-def peak_of(name: str, device) -> int:
-    steps, _ = candidates(device)
-    steps[name]()  # warm-up: optimizer state allocated
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        for _ in range(3):
-            steps[name]()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated()
-    with PeakRSS() as peak:
-        for _ in range(3):
-            steps[name]()
-    return peak.peak
-
-
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--peak-of")
-    a = ap.parse_args()
-    setup(heap=a.peak_of is None and a.device == "cpu")
-    device = torch.device(a.device)
-    if a.peak_of:
-        print(peak_of(a.peak_of, device))
+    parsed = step_benchmark_args(candidates)
+    if parsed is None:
         return
+    a, device = parsed
     print(header(a.rounds, a.steps, RANK, f", {a.device}, SD1-shaped U-Net 64/128/256, 32x32 latents, batch {BATCH}"))
     steps, _ = candidates(device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    timed = {k: (lambda f=f: (f(), sync())) for k, f in steps.items()}
-    for f in timed.values():
-        f()
-    med, per = rotated(timed, a.rounds, a.steps)
+    med, per = timed_rounds(steps, device, a.rounds, a.steps)
     print("\n| step | ms | vs floor (paired) |\n|---|---|---|")
     for name in ("floor", "lorakit", "peft"):
         print(f"| {name} | {med[name]:.1f} | {paired(per, name, 'floor')} |")
@@ -214,10 +186,7 @@ def main():
     print(f"\n| epoch ({ep['steps']} steps) | s |\n|---|---|\n| lorakit (caches) | {ep['lorakit (caches)']:.2f} |\n"
           f"| diffusers way | {ep['diffusers way']:.2f} |\nratio {ratio:.2f} (goal <= 0.5: "
           f"{'met' if ratio <= 0.5 else 'NOT met'})")
-    if device.type == "cuda":
-        peaks = {n: peak_of(n, device) for n in ("lorakit", "peft")}
-    else:
-        peaks = {n: peak_in_subprocess(__file__, n) for n in ("lorakit", "peft")}
+    peaks = candidate_peaks(__file__, candidates, device)
     print(f"\npeak memory of 3 steps: lorakit {peaks['lorakit'] / 2**20:.0f} MiB, PEFT recipe "
           f"{peaks['peft'] / 2**20:.0f} MiB (goal lorakit <= recipe: "
           f"{'met' if peaks['lorakit'] <= peaks['peft'] else 'NOT met'})")

@@ -209,20 +209,25 @@ def _dense_copy(module: nn.Module) -> nn.Linear:
     return dense
 
 
-def _quantizer(model: nn.Module, config: LoraConfig) -> dict:
-    """name -> job for every layer ``config.quantize`` turns 4-bit: all Linear/Conv1D except the output
-    head and ``modules_to_save`` (what QLoRA's reference script quantises). Empty when quantize is none."""
+def quantize_targets(model: nn.Module, config: LoraConfig) -> list[str]:
+    """The layers ``config.quantize`` turns 4-bit: all Linear/Conv1D except the output head and
+    ``modules_to_save`` (what QLoRA's reference script quantises). Empty when quantize is none."""
     if config.quantize == "none":
-        return {}
+        return []
     from .quant import quantizable_names
 
     saved = config.modules_to_save or []
     skip = _output_head_names(model) | {n for n, _ in model.named_modules()
                                         if any(n == s or n.endswith("." + s) for s in saved)}
+    return quantizable_names(model, skip)
+
+
+def _quantizer(model: nn.Module, config: LoraConfig) -> dict:
+    """name -> job for every layer of :func:`quantize_targets`."""
     from .quant import COMPUTE_DTYPES
 
     settings = (config.quantize, config.double_quant, COMPUTE_DTYPES[config.compute_dtype])
-    return {n: _QuantJob(model.get_submodule(n), *settings) for n in quantizable_names(model, skip)}
+    return {n: _QuantJob(model.get_submodule(n), *settings) for n in quantize_targets(model, config)}
 
 
 def _add_saved_copy(model: nn.Module, name: str, adapter_name: str) -> None:

@@ -109,12 +109,20 @@ def unpack_nibbles(packed: torch.Tensor, numel: int) -> torch.Tensor:
     return torch.stack([packed >> 4, packed & 0xF], dim=1).reshape(-1)[:numel]
 
 
+def packed_bytes(numel: int, double_quant: bool = True) -> int:
+    """Bytes a ``Linear4bit`` stores for ``numel`` weights: the codes (two per byte) and the block scales."""
+    blocks = -(-numel // BLOCK)
+    scales = blocks + 4 * -(-blocks // DQ_BLOCK) + 4 if double_quant else 4 * blocks
+    return -(-numel // 2) + scales
+
+
 class Linear4bit(nn.Linear):
     """A frozen linear layer whose weight is stored as 4-bit codes (see module docstring).
 
     ``weight`` is a read-only property: dequant(W) in ``compute_dtype``. The packed state lives in
     buffers (``qweight``, ``absmax`` or ``absmax_q``/``absmax2``/``absmax_offset``), so it is saved
-    with ``state_dict`` and moved with ``.to(device)``.
+    with ``state_dict`` and moved with ``.to(device)``; :meth:`storage_as_parameters` makes them frozen
+    parameters for FSDP2 (:mod:`lorakit.train.fsdp`).
     """
 
     is_quantized = True
@@ -182,7 +190,18 @@ class Linear4bit(nn.Linear):
 
     def storage_bytes(self) -> int:
         """Bytes of the quantised weight (codes + block scales), bias excluded."""
-        return sum(b.numel() * b.element_size() for b in self.buffers())
+        return sum(t.numel() * t.element_size() for t in self._storage())
+
+    def _storage(self) -> list[torch.Tensor]:
+        names = ("qweight", "absmax_q", "absmax2", "absmax_offset") if self.double_quant else ("qweight", "absmax")
+        return [getattr(self, n) for n in names]
+
+    def storage_as_parameters(self) -> None:
+        """Register the packed codes and scales as frozen parameters instead of buffers (same names, same
+        state dict), so that FSDP2, which shards parameters and never buffers, shards the 4-bit base too."""
+        for name in list(self._buffers):
+            tensor = self._buffers.pop(name)
+            self.register_parameter(name, nn.Parameter(tensor, requires_grad=False))
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "

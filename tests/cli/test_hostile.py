@@ -132,7 +132,7 @@ def test_read_only_output_location(tmp_path, good):
 def _config(tmp_path, llama_path, **sections) -> Path:
     (tmp_path / "t.txt").write_text("the cat sat")
     data = {"model": {"path": str(llama_path)}, "data": {"train": str(tmp_path / "t.txt")},
-            "lora": {"r": 2}, "train": {"output_dir": str(tmp_path / "run")}}
+            "lora": {"r": 2}, "train": {"output_dir": str(tmp_path / "run"), "batch_size": 1}}
     for name, values in sections.items():
         data[name].update(values)
     path = tmp_path / "c.yaml"

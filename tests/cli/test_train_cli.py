@@ -51,7 +51,7 @@ def test_validate_lists_every_error_with_key_and_fix(tmp_path):
 def test_validate_ok_and_set_override(tmp_path, llama_path):
     (tmp_path / "t.txt").write_text("the cat sat on the mat")
     cfg = {"model": {"path": str(llama_path)}, "data": {"train": str(tmp_path / "t.txt")},
-           "lora": {"r": 4}, "train": {"output_dir": str(tmp_path / "run")}}
+           "lora": {"r": 4}, "train": {"output_dir": str(tmp_path / "run"), "batch_size": 1}}
     (tmp_path / "ok.yaml").write_text(yaml.safe_dump(cfg))
     assert runner.invoke(app, ["validate", str(tmp_path / "ok.yaml")]).exit_code == 0
     result = runner.invoke(app, ["validate", str(tmp_path / "ok.yaml"), "--set", "train.lr=abc"])

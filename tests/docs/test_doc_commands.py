@@ -154,6 +154,18 @@ ELSEWHERE = {
                                 "the same command on a temporary workspace and a free port, stopped with Ctrl-C"),
     "lorakit ui my-workspace --example": ("tests/cli/test_ui_cli.py::test_example_workspace_has_the_train_button",
                                           "the same command on a temporary workspace and a free port"),
+    "lorakit validate run.yaml --nproc-per-node 2": (
+        "tests/train/test_estimate.py::test_validate_checks_the_processes_and_prints_the_memory_table",
+        "on a tiny Llama config with --nproc-per-node 2 (and --nnodes 8, refused for too small a global batch)"),
+    "lorakit validate run.yaml --nproc-per-node 8 --nnodes 2": (
+        "tests/train/test_estimate.py::test_validate_checks_the_processes_and_prints_the_memory_table",
+        "the same options on a tiny config (processes per node x nodes in the global batch)"),
+    "torchrun --standalone --nproc-per-node 2 -m lorakit train run.yaml": (
+        "tests/cli/test_torchrun.py::test_torchrun_fsdp_qlora_then_one_worker_killed",
+        "torch.distributed.run --standalone --nproc-per-node 2 -m lorakit train on a tiny Llama, FSDP + QLoRA"),
+    "torchrun --standalone --nproc-per-node 8 -m lorakit train examples/llama-qlora.yaml --set train.distributed=fsdp": (
+        "tests/cli/test_torchrun.py::test_torchrun_fsdp_qlora_then_one_worker_killed",
+        "the same launcher with 2 processes (the machine has 2 cores) and a tiny model in place of the 1B one"),
     "make test": ("tests/docs/test_docs.py::test_readme_is_a_front_page",
                   "CI's .ci/run runs `make test`, i.e. this whole suite; the test checks .ci/run says so"),
     "make demo": ("tests/docs/test_doc_commands.py::test_make_demo_runs_the_quickstart",

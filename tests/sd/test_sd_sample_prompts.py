@@ -14,7 +14,7 @@ def test_line_options_as_kohya_reads_them():
 
 def test_defaults_and_clamped_steps():
     p = parse_line("a cat --s 5000")
-    assert (p.width, p.height, p.steps, p.cfg, p.seed, p.sampler, p.negative) == (512, 512, 1000, 7.5, None, None, "")
+    assert (p.width, p.height, p.steps, p.cfg, p.seed, p.sampler, p.negative) == (512, 512, 1000, None, None, None, "")
 
 
 def test_txt_skips_comments_and_blank_lines(tmp_path):

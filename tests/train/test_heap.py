@@ -32,7 +32,8 @@ PROBE = textwrap.dedent("""
 
 def _probe(mode: str) -> tuple[str, int]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "THP_MEM"))}
-    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True, env=env)
+    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True, env=env,
+                         timeout=300)  # a hung child is killed and fails the test
     applied, faults = out.stdout.split()
     return applied, int(faults)
 

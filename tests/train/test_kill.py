@@ -1,21 +1,21 @@
 """kill -9 at random moments (during steps, checkpoint writes and pruning), resume, repeat: every resume
 starts from a complete checkpoint and the final adapter equals an uninterrupted run's.
 
-Children come from a ``forkserver`` (torch and transformers imported once, no OpenMP state forked);
-``LORAKIT_CHECKPOINT_PAUSE`` sleeps between the files of each save/prune to widen those windows.
+Children come from the session's ``forkserver`` (tests/multiproc.py: torch and transformers imported once, no
+OpenMP state forked); ``LORAKIT_CHECKPOINT_PAUSE`` sleeps between the files of each save/prune to widen those
+windows. Every session still running when the test ends is killed.
 """
 
 import json
-import multiprocessing
 import os
 import random
 import shutil
 import signal
 import time
-from pathlib import Path
 
 import pytest
 import torch
+from multiproc import context
 from safetensors.torch import load_file
 from test_run import llama_cfg
 
@@ -55,21 +55,23 @@ def _check_complete(ckpt) -> int:
     return state["step"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def ctx():
-    # the fork server starts with this environment: make it import this checkout and these test helpers
-    here = Path(__file__).resolve().parent
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(here.parents[1] / "src"), str(here.parent), str(here)]
-                                               + ([old] if old else []))
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "transformers", "transformers.models.llama.modeling_llama",
-                                "lorakit.train", "lorakit.train.run", "test_run"])
-    yield ctx
-    if old is None:
-        os.environ.pop("PYTHONPATH")
-    else:
-        os.environ["PYTHONPATH"] = old
+    """The session's preloaded fork server (tests/multiproc.py); every session still alive at the end is killed."""
+    started = []
+    context()  # start the fork server (imports) before a session is timed
+
+    class Ctx:
+        def Process(self, *args, **kwargs):  # noqa: N802  (multiprocessing's name)
+            p = context().Process(*args, **kwargs)
+            started.append(p)
+            return p
+
+    yield Ctx()
+    for p in started:
+        if p.is_alive():
+            os.kill(p.pid, signal.SIGKILL)
+            p.join(30)
 
 
 def _session(ctx, cfg, resume: bool, log: str, pause: float):
@@ -79,9 +81,6 @@ def _session(ctx, cfg, resume: bool, log: str, pause: float):
 
 
 def test_kill_9_anywhere_then_resume_matches_uninterrupted_run(tmp_path, llama_path, ctx):
-    warm = ctx.Process(target=time.sleep, args=(0,))  # start the fork server (imports) before timing a session
-    warm.start()
-    warm.join(300)
     cfg = llama_cfg(tmp_path / "ref", llama_path, **TRAIN)
     cfg.lora.dropout = 0.1  # the RNG state must be restored exactly too
     t0 = time.perf_counter()

@@ -102,7 +102,7 @@ class SafeGroup(TyperGroup):
         except Exception as exc:
             if debugging(ctx):
                 raise
-            if isinstance(exc, USER_ERRORS) or type(exc).__name__ == "NonFiniteLossError":
+            if isinstance(exc, USER_ERRORS) or type(exc).__name__ in ("NonFiniteLossError", "DistributedRunError"):
                 fail(str(exc) or type(exc).__name__)
             first = (str(exc).splitlines() or [""])[0][:300]
             fail(f"internal error ({type(exc).__name__}: {first}). This is a lorakit bug; run the command again "

@@ -56,22 +56,33 @@ def train(config: Annotated[Path, typer.Argument(help="Run config (YAML); see ex
 
 
 @app.command()
-def validate(config: Annotated[Path, typer.Argument(help="Run config (YAML).")], set_: SetOpt = None):
+def validate(config: Annotated[Path, typer.Argument(help="Run config (YAML).")], set_: SetOpt = None,
+             nproc_per_node: Annotated[Optional[int], typer.Option(  # noqa: UP045
+                 "--nproc-per-node", min=1, help="Processes per node it will run on (torchrun's option; default: "
+                 "LOCAL_WORLD_SIZE or 1).")] = None,
+             nnodes: Annotated[Optional[int], typer.Option(  # noqa: UP045
+                 "--nnodes", min=1, help="Nodes it will run on (default: WORLD_SIZE / processes per node).")] = None):
     """Check CONFIG without training: every problem at once, each with its key and a fix (for SD configs
-    also the dataset, the model files, the bucket table and the step count).
+    also the dataset, the model files, the bucket table and the step count), then the run's processes
+    (GPUs per node, global batch, steps) and, for text models, the memory each process needs.
 
     A quickstart config (one with a ``quickstart`` section) is checked for every method it runs."""
     from ..config import ConfigError
-    from ..train.config import load_data, validate_data
+    from ..train.config import from_dict, load_data, validate_data
+    from ..train.plan import plan, processes
 
     if _is_quickstart(config):
         names = check_quickstart(config, set_ or [])
         console.print(f"[green]ok[/]: {config} is a valid quickstart config (methods {', '.join(names)})")
         return
-    name, problems, report = validate_data(load_data(config, set_ or []))
+    data = load_data(config, set_ or [])
+    name, problems, report = validate_data(data)
+    if not problems:
+        more, text = plan(name, from_dict(data), *processes(nproc_per_node, nnodes))
+        problems, report = more, "\n".join(r for r in (report, text) if r)
     multiline = "\n" in report
     if multiline:
-        console.print(report, markup=False)
+        console.print(report, markup=False, soft_wrap=True)  # tables: never wrapped
     if problems:
         fail(str(ConfigError(problems, str(config))))
     console.print(f"[green]ok[/]: {config} is valid ({report if report and not multiline else f'task {name}'})")

@@ -1,6 +1,6 @@
 """kohya's sample-prompt files (``--sample_prompts``): ``.txt`` one prompt per line, ``.toml``, ``.json``.
 
-A line is ``prompt --n negative --w 512 --h 768 --s 28 --l 7.5 --d 42 --ss euler_a`` (kohya's
+A line is ``prompt --n negative --w 512 --h 768 --s 28 --l 7.5 --g 3.5 --d 42 --ss euler_a`` (kohya's
 ``line_to_prompt_dict``: the text is split on `` --``; ``#`` lines and blank lines are skipped). A TOML
 file has a ``[prompt]`` table of defaults and ``[[prompt.subset]]`` entries; a JSON file is a list of
 lines or of dicts with kohya's keys (``prompt``, ``negative_prompt``, ``width``, ``height``,
@@ -21,25 +21,28 @@ from pathlib import Path
 
 # kohya option -> (field, type)
 OPTIONS = {"w": ("width", int), "h": ("height", int), "d": ("seed", int), "s": ("steps", int),
-           "l": ("cfg", float), "n": ("negative", str), "ss": ("sampler", str)}
+           "l": ("cfg", float), "g": ("guidance", float), "n": ("negative", str), "ss": ("sampler", str)}
 FIELD_TYPES = {"prompt": str, **dict(OPTIONS.values())}
 TYPE_WORDS = {int: "an integer", float: "a number", str: "a string"}
 KOHYA_KEYS = {"prompt": "prompt", "negative_prompt": "negative", "width": "width", "height": "height",
-              "sample_steps": "steps", "scale": "cfg", "seed": "seed", "sample_sampler": "sampler"}
+              "sample_steps": "steps", "scale": "cfg", "guidance_scale": "guidance", "seed": "seed",
+              "sample_sampler": "sampler"}
 
 
 @dataclass
 class SamplePrompt:
-    """One sample image request; kohya's defaults (512x512, 30 steps, CFG 7.5); seed/sampler None = caller's."""
+    """One sample image request; kohya's defaults (512x512, 30 steps); cfg/guidance/seed/sampler None = the
+    caller's (kohya: CFG 7.5 for SD, 1.0 for FLUX.1 with distilled guidance ``--g`` 3.5)."""
 
     prompt: str
     negative: str = ""
     width: int = 512
     height: int = 512
     steps: int = 30
-    cfg: float = 7.5
+    cfg: float | None = None
     seed: int | None = None
     sampler: str | None = None
+    guidance: float | None = None
     where: str = field(default="", compare=False)
     """Where it was read (``prompts.txt:3``, ``prompts.toml [[prompt.subset]] 2``): errors name it."""
 
@@ -52,10 +55,11 @@ def parse_line(line: str, where: str = "line") -> SamplePrompt:
     prompt, *args = line.strip().split(" --")
     values: dict = {"prompt": prompt.strip()}
     for arg in args:
-        m = re.match(r"(ss|[whdsln])\s+(.+)", arg.strip(), re.IGNORECASE)
+        m = re.match(r"(ss|[whdslgn])\s+(.+)", arg.strip(), re.IGNORECASE)
         if m is None:
             raise ValueError(f"{where}: unknown option '--{arg.strip()}'; kohya sample prompts take --n (negative), "
-                             "--w, --h (size), --s (steps), --l (CFG scale), --d (seed), --ss (sampler).")
+                             "--w, --h (size), --s (steps), --l (CFG scale), --g (FLUX.1 guidance), --d (seed), "
+                             "--ss (sampler).")
         field, typ = OPTIONS[m.group(1).lower()]
         try:
             values[field] = typ(m.group(2).strip())

@@ -32,6 +32,8 @@ from .callbacks import Callback, TrainState
 class AdaLoraCallback(Callback):
     """Rank allocation and orthogonality regularisation for one AdaLoRA adapter (see module docstring)."""
 
+    whole_parameters = True  # changes parameters in place between steps: not under FSDP's shards
+
     def __init__(self, adapter_name: str = "default"):
         self.adapter_name = adapter_name
         self.avg_ipt: dict[str, torch.Tensor] = {}

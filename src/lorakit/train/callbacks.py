@@ -60,6 +60,11 @@ class TrainState:
     started_at: float | None = None
     """When the run's training began (``time.time()``), kept across resumes (kohya's ``ss_training_started_at``)."""
     world_size: int = 1
+    sharded: bool = False
+    """The model is sharded (FSDP2): a forward pass needs every rank, so evaluation runs on all of them."""
+    step_layout: dict | None = None
+    """What each optimizer step reads (e.g. ``{"samples_per_step": 8}``): a checkpoint resumes on another
+    number of processes only when it is the same."""
     callbacks: list = field(default_factory=list)
     """Every callback of the run (the checkpoint callback saves their ``state_dict``s)."""
 

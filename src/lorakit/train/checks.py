@@ -121,6 +121,29 @@ def train_args_problems(t: TrainArgs) -> list[str]:
     return e
 
 
+def distributed_problems(t: TrainArgs, device: str) -> list[str]:
+    """``train.distributed`` and the FSDP knobs against the device (several processes are checked by
+    ``lorakit validate --nproc-per-node``, see :mod:`lorakit.train.plan`)."""
+    e: list[str] = []
+    if t.distributed != "fsdp":
+        used = [k for k in ("fsdp_wrap", "fsdp_cpu_offload") if getattr(t, k)]
+        if used:
+            e.append(f"train.{used[0]} is an FSDP option but train.distributed={t.distributed!r}; set "
+                     "train.distributed: fsdp or drop it.")
+        return e
+    if t.fsdp_cpu_offload and device_kind(device) != "cuda":
+        e.append("train.fsdp_cpu_offload: true keeps GPU weights in CPU memory between uses; this run is on "
+                 f"model.device={device!r} (the weights are in CPU memory already); set it to false.")
+    if t.mixed_precision == "fp16":
+        e.append("train.mixed_precision='fp16' with train.distributed='fsdp': FSDP2 mixes precision without a loss "
+                 "scaler; use 'bf16' (gradients are reduced in fp32) or 'no'.")
+    if t.fsdp_wrap is not None and not all(isinstance(c, str) and c.isidentifier() for c in t.fsdp_wrap) \
+            or t.fsdp_wrap == []:
+        e.append(f"train.fsdp_wrap={t.fsdp_wrap!r}: expected block class names such as [LlamaDecoderLayer] "
+                 "(or null for the model's own _no_split_modules).")
+    return e
+
+
 def non_finite(data, where: str = "") -> list[str]:
     """Every NaN/Inf number in the raw config (YAML's .nan/.inf), with its key."""
     if isinstance(data, float) and not math.isfinite(data):

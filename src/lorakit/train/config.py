@@ -97,6 +97,16 @@ class TrainArgs:
     """Show the rich progress bar (rank 0 only)."""
     plot: bool = True
     """Draw loss.png (loss and learning rate by step) at the end of the run."""
+    distributed: Literal["ddp", "fsdp"] = "ddp"
+    """How several processes (``torchrun``) share the work: ``ddp`` (each holds the whole model) or ``fsdp``
+    (FSDP2: each holds 1/N of every weight, the 4-bit QLoRA base included; see docs/distributed.md).
+    One process ignores it."""
+    fsdp_wrap: list[str] | None = None
+    """FSDP units: block class names (default: the model's own ``_no_split_modules``, e.g. LlamaDecoderLayer)."""
+    fsdp_reshard_after_forward: bool = True
+    """Free each block's gathered weights after its forward (all-gather them again for backward)."""
+    fsdp_cpu_offload: bool = False
+    """Keep parameters, gradients and optimizer state in CPU memory between uses (CUDA only)."""
     keep_heap: bool = True
     """CPU runs on glibc: keep freed memory in the heap for the whole run, so steps stop page-faulting
     their buffers back in (``train/heap.py``: a median of 12.7–17 k faults per step to none on the

@@ -11,6 +11,7 @@ from pathlib import Path
 from ..formats._io import atomic_write
 from .callbacks import Callback, TrainState, run_callbacks
 from .checkpoint import list_checkpoints, prune, save_checkpoint
+from .fsdp import full_trainable
 
 
 class NonFiniteLossError(RuntimeError):
@@ -47,8 +48,8 @@ class Evaluator(Callback):
         self.last_step = -1
 
     def _run(self, state: TrainState) -> None:
-        if not state.is_main_process or self.last_step == state.step:
-            return
+        if not (state.is_main_process or state.sharded) or self.last_step == state.step:
+            return  # a sharded model needs every rank for a forward pass
         training = state.model.training
         metrics = self.evaluate(state.model)
         state.model.train(training)
@@ -182,7 +183,8 @@ class Checkpointer(Callback):
         self.saved_step = state.step
         if state.is_main_process:
             prune(self.run_dir, self.keep_last)
-        run_callbacks(state.callbacks, "on_save", state, directory)
+        with full_trainable(state.model):  # FSDP: rank 0's savers (e.g. kohya files) see whole adapters
+            run_callbacks(state.callbacks, "on_save", state, directory)
         return directory
 
     def on_control(self, state: TrainState, command: str) -> bool:

@@ -22,6 +22,7 @@ from torch import nn
 
 from .callbacks import Callback, TrainState, run_callbacks
 from .config import TrainArgs
+from .distributed import full_value, global_mean, skip_sync
 from .task import StepData
 
 
@@ -47,7 +48,8 @@ def model_loss(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
 class Trainer:
     """Runs ``total_steps`` optimizer steps of ``model`` on ``batches`` with ``callbacks``.
 
-    ``model`` may be wrapped in ``DistributedDataParallel``; ``state.model`` is always the bare model.
+    ``model`` may be wrapped in ``DistributedDataParallel`` or sharded by FSDP2 (in place);
+    ``state.model`` is always the bare model.
     ``loss_fn(model, batch) -> (loss, counts)`` defaults to :func:`model_loss`; ``train_modules``
     (default: the whole model) are the modules put in train mode.
     """
@@ -58,16 +60,17 @@ class Trainer:
         self.model, self.batches, self.args = model, batches, args
         self.device, self.loss_fn = device, loss_fn or model_loss
         bare = model.module if hasattr(model, "module") and isinstance(model, nn.parallel.DistributedDataParallel) else model
-        self.ddp = bare is not model
         self.train_modules = train_modules
         self.params = [p for p in bare.parameters() if p.requires_grad]
         self.accum = args.grad_accum
         spe = len(batches) // self.accum
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         self.state = TrainState(model=bare, optimizer=optimizer, scheduler=scheduler, total_steps=total_steps,
-                                run_dir=run_dir, is_main_process=not self.ddp or dist.get_rank() == 0,
+                                run_dir=run_dir, is_main_process=world == 1 or dist.get_rank() == 0,
                                 steps_per_epoch=spe, world_size=world, callbacks=list(callbacks or []),
-                                lr=optimizer.param_groups[0]["lr"])
+                                lr=optimizer.param_groups[0]["lr"], sharded=hasattr(bare, "set_requires_gradient_sync"),
+                                step_layout={**batches.step_layout(self.accum), "steps_per_epoch": spe}
+                                if hasattr(batches, "step_layout") else None)
         self.scaler = torch.amp.GradScaler(device.type) if args.mixed_precision == "fp16" else None
 
     @property
@@ -75,8 +78,7 @@ class Trainer:
         return self.state.callbacks
 
     def _micro_step(self, batch: dict, last: bool) -> torch.Tensor:
-        sync = contextlib.nullcontext() if (last or not self.ddp) else self.model.no_sync()
-        with sync:
+        with skip_sync(self.model, not last):
             with _autocast(self.device, self.args.mixed_precision):
                 loss, counts = self.loss_fn(self.model, _to(batch, self.device))
                 total = loss
@@ -90,18 +92,11 @@ class Trainer:
         self.state.tokens_seen += int(counts.get("tokens", 0)) * self.state.world_size
         return total.detach().float()  # the optimised objective, extra losses included
 
-    def _global_mean(self, value: torch.Tensor) -> float:
-        if self.ddp:  # every rank must see the same loss, so that all of them stop together on NaN
-            value = value.clone()
-            dist.all_reduce(value)
-            value /= self.state.world_size
-        return float(value)
-
     def _clip(self) -> float:
         if self.scaler is not None:
             self.scaler.unscale_(self.state.optimizer)
         limit = self.args.max_grad_norm if self.args.max_grad_norm is not None else math.inf
-        return float(torch.nn.utils.clip_grad_norm_(self.params, limit))
+        return float(full_value(torch.nn.utils.clip_grad_norm_(self.params, limit)))  # FSDP: a DTensor
 
     def _optimizer_step(self) -> None:
         st = self.state
@@ -130,7 +125,7 @@ class Trainer:
             micro = self.batches.epoch(st.epoch, offset * self.accum)
             for _ in range(offset, st.steps_per_epoch):
                 losses = [self._micro_step(next(micro), k == self.accum - 1) for k in range(self.accum)]
-                st.loss = self._global_mean(torch.stack(losses).mean())
+                st.loss = global_mean(torch.stack(losses).mean(), st.world_size)
                 st.grad_norm = self._clip()
                 st.skip_step = False
                 run_callbacks(self.callbacks, "on_before_optimizer_step", st)

@@ -37,6 +37,8 @@ SUPPORTED = ("lora", "loha", "lokr")
 class PeriodicLoRA(Callback):
     """Merge-and-restart every ``period`` steps (see module docstring)."""
 
+    whole_parameters = True  # changes parameters in place between steps: not under FSDP's shards
+
     def __init__(self, period: int, adapter_name: str = "default", momentum: float = 0.0,
                  reset_scheduler: bool = False):
         if not isinstance(period, int) or period <= 0:

@@ -8,8 +8,10 @@ Run directory::
     summary.json         params, size, speed, best eval (whole-run totals, kept across resumes)
     .lorakit-lock        while a run trains: one run per folder (train/lock.py)
 
-Under ``torchrun`` (``WORLD_SIZE`` > 1) it trains data-parallel with DDP (gloo on CPU, nccl on
-CUDA); every rank reads its own shard of each global batch and only rank 0 writes files.
+Under ``torchrun`` (``WORLD_SIZE`` > 1) it trains data-parallel (gloo on CPU, nccl on CUDA) with DDP, or
+with FSDP2 when ``train.distributed: fsdp`` (:mod:`lorakit.train.fsdp`); every rank reads its own shard of
+each global batch and only rank 0 writes files (FSDP checkpoints: every rank its shard). The process
+group's life is :mod:`lorakit.train.distributed`'s.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import yaml
 
 from ..formats._io import atomic_write, write_json
 from .callbacks import Callback
 from .checkpoint import list_checkpoints, load_checkpoint
 from .control import Control
+from .distributed import device_for, launch_env, setup
+from .fsdp import full_trainable
 from .heap import keep_heap
 from .hooks import (
     Checkpointer,
@@ -55,28 +58,6 @@ class RunResult:
     labels: list | None = None
 
 
-def _distributed(device_kind: str) -> tuple[int, int, bool]:
-    """(rank, world size, whether this call started the process group)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1 or not dist.is_available():
-        return 0, 1, False
-    started = not dist.is_initialized()
-    if started:
-        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size(), started
-
-
-def _device(spec: str, rank: int) -> torch.device:
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("model.device='cuda' but no CUDA device is available; use 'auto' or 'cpu'.")
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device(spec)
-
-
 def _say(main: bool, text: str) -> None:
     if main:
         from rich.console import Console
@@ -91,9 +72,11 @@ def run(cfg, callbacks: list[Callback] | None = None, resume: bool = False, quie
     ``callbacks`` (e.g. AdaLoRA's or PeriodicLoRA's) run after the NaN guard and before the task's own
     (evaluation, samples), logging and checkpointing. Raises ``NonFiniteLossError`` when the loss
     diverges (the last good checkpoint is kept), ``RunLockedError`` when another run holds the folder
-    (``train/lock.py``; rank 0 takes the lock, torchrun stops the other ranks when it fails).
+    (``train/lock.py``; rank 0 takes the lock, torchrun stops the other ranks when it fails), and
+    ``DistributedRunError`` when another process of a multi-process run stopped. Under FSDP the returned
+    model is sharded (usable while the process group lives).
     """
-    main = int(os.environ.get("RANK", "0")) == 0
+    main = int(launch_env(dict(os.environ)).get("RANK", "0")) == 0  # torchrun's RANK or srun's SLURM_PROCID
     with run_lock(cfg.train.output_dir) if main else contextlib.nullcontext():
         return _run(cfg, callbacks, resume, quiet)
 
@@ -102,12 +85,12 @@ def _run(cfg, callbacks: list[Callback] | None, resume: bool, quiet: bool) -> Ru
     task = get_task(getattr(cfg, "task", None))
     t = cfg.train
     kind = "cuda" if cfg.model.device == "cuda" or (cfg.model.device == "auto" and torch.cuda.is_available()) else "cpu"
-    rank, world, started = _distributed(kind)
+    d = setup(kind, t.distributed)
+    rank, world, main = d.rank, d.world, d.main
     share_cpu_threads(kind)  # under torchrun on CPU: cores / local processes (train/threads.py)
-    main = rank == 0
+    run_dir, live, ok = Path(t.output_dir), {}, False
     try:
-        device = _device(cfg.model.device, rank)
-        run_dir = Path(t.output_dir)
+        device = device_for(cfg.model.device, d)
         existing = list_checkpoints(run_dir)
         if existing and not resume:
             raise FileExistsError(f"{run_dir} already has checkpoints ({existing[-1].name}); pass --resume to "
@@ -115,22 +98,30 @@ def _run(cfg, callbacks: list[Callback] | None, resume: bool, quiet: bool) -> Ru
         if resume and not existing:
             raise FileNotFoundError(f"--resume: no checkpoint in {run_dir} (checkpoints need train.save_every or "
                                     "train.save_every_epochs).")
-        torch.manual_seed(t.seed + rank)
-        parts = task.build(cfg, device)
+        sharding = d.strategy == "fsdp" and world > 1  # built in CPU memory: only each rank's shards reach a GPU
+        whole = [type(cb).__name__ for cb in callbacks or [] if sharding and getattr(cb, "whole_parameters", False)]
+        if whole:
+            raise ValueError(f"{whole[0]} changes whole parameters between steps, which FSDP keeps sharded; train with "
+                             "train.distributed: ddp (or one process).")
+        # every rank builds the same adapter (FSDP2, unlike DDP, broadcasts nothing) and caches the same latents
+        torch.manual_seed(t.seed)
+        parts = task.build(cfg, torch.device("cpu") if sharding else device)
+        for helper in parts.extra.get("helpers", []) if sharding else []:
+            helper.to(device)  # frozen modules outside the sharded model (a VAE for the latent cache)
         data = task.data(cfg, parts, rank, world)
+        if rank:
+            torch.manual_seed(t.seed + rank)  # then each rank its own dropout; rank 0 goes on as one process does
         per_epoch, total, plan = task.step_plan(cfg, data, world)
         model = parts.model
+        report = _params(model)
+        # before the optimizer: FSDP2 swaps in sharded parameters
+        live["model"] = d.wrap(model, cfg, device, parts.extra.get("fsdp_policy"))
         optimizer = task.make_optimizer(task.param_groups(parts, cfg), cfg, device)
         scheduler = make_scheduler(optimizer, t, total)
-        report = _params(model)
         if not quiet:
             _say(main, f"[bold]{run_dir}[/]: {report[0]:,} trainable of {report[1]:,} params "
                        f"({100 * report[0] / report[1]:.3f}%), method {t.method}")
             _say(main, step_summary(plan, t, per_epoch, total, warmup_steps(t, total)))
-        wrapped = model
-        if world > 1:
-            wrapped = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None)
         cbs: list[Callback] = [NanGuard(check_grads=t.mixed_precision != "fp16"), *(callbacks or []),
                                *task.callbacks(cfg, parts, data, device)]
         cbs.append(MetricsLogger(run_dir / "metrics.jsonl", t.log_every))
@@ -140,8 +131,9 @@ def _run(cfg, callbacks: list[Callback] | None, resume: bool, quiet: bool) -> Ru
         keep = t.keep_last if t.keep_last is not None else 1 << 30  # None keeps every checkpoint
         cbs.append(Checkpointer(run_dir, t.save_every, t.save_every_epochs, keep, config_dict))
         cbs.append(Control(run_dir))  # last: a stop/save request right after a due checkpoint reuses it
-        trainer = Trainer(wrapped, data, t, optimizer, scheduler, total_steps=total, device=device,
-                          callbacks=cbs, run_dir=run_dir, loss_fn=task.loss, train_modules=parts.train_modules or None)
+        trainer = live["trainer"] = Trainer(live["model"], data, t, optimizer, scheduler, total_steps=total,
+                                            device=device, callbacks=cbs, run_dir=run_dir, loss_fn=task.loss,
+                                            train_modules=parts.train_modules or None)
         if main:
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write(run_dir / "config.yaml",
@@ -165,7 +157,8 @@ def _run(cfg, callbacks: list[Callback] | None, resume: bool, quiet: bool) -> Ru
                                      "with `lorakit train CONFIG --resume`")
             return RunResult(run_dir, {"stopped": True, "steps": state.step, "total_steps": state.total_steps},
                              model, parts.extra.get("tokenizer"), parts.extra.get("labels"))
-        saved = task.export(parts, cfg, run_dir, state) if main else run_dir
+        with full_trainable(model):  # FSDP: rank 0 sees the whole adapter, gathered from every shard
+            saved = task.export(parts, cfg, run_dir, state) if main else run_dir
         evaluator = next((c for c in cbs if isinstance(c, Evaluator)), None)
         summary = {"task": task.name, "method": t.method, "trainable_params": report[0], "total_params": report[1],
                    "trainable_percent": 100 * report[0] / report[1], "saved_path": str(saved),
@@ -188,10 +181,16 @@ def _run(cfg, callbacks: list[Callback] | None, resume: bool, quiet: bool) -> Ru
                 plot_metrics(run_dir / "metrics.jsonl", run_dir / "loss.png", f"{t.method}: loss")
             if not quiet:
                 _say(main, format_summary(summary))
+        ok = True
         return RunResult(run_dir, summary, model, parts.extra.get("tokenizer"), parts.extra.get("labels"))
+    except Exception as exc:
+        lost = d.lost_peer(exc, run_dir)
+        if lost is not None:
+            raise lost from exc
+        raise
     finally:
-        if started:
-            dist.destroy_process_group()
+        trainer = None  # noqa: F841  (with ``live``, the last references to the DDP wrapper go before the group)
+        d.close(live, ok)
 
 
 def _params(model) -> tuple[int, int]:

@@ -39,7 +39,10 @@ class Parts:
     model: nn.Module
     train_modules: list[nn.Module] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
-    """Task-private objects (tokenizer, VAE, scheduler, labels ...)."""
+    """Task-private objects (tokenizer, VAE, scheduler, labels ...). Two keys are read by ``run`` under FSDP
+    (which builds in CPU memory and shards ``model`` onto the device): ``helpers``, the frozen modules outside
+    ``model`` to move to the device afterwards (a VAE), and ``fsdp_policy``, a ``module -> bool`` choosing
+    the FSDP units (default: the model's ``_no_split_modules`` or ``train.fsdp_wrap``)."""
 
 
 class StepData(Protocol):

@@ -20,15 +20,23 @@ from typing import Literal
 from ...config import ConfigError
 from ...sd.sample_prompts import prompt_problems
 from ...sd.samplers import check_sampler
-from ...train.checks import adapter_not_model, blocking_file, device_kind, device_problems, nested
+from ...train.checks import (
+    adapter_not_model,
+    blocking_file,
+    device_kind,
+    device_problems,
+    distributed_problems,
+    nested,
+)
 from ...train.config import TrainArgs, parse_section, train_problems, unknown_sections
 from ...train.optim import optimizer_problems
 from .dataset import DatasetArgs
 from .dataset import problems as data_problems
 from .dataset.cache import default_cache_dir
 from .dataset.layout import dataset_dirs
+from .dit_config import DitNetworkArgs, FlowTrainArgs, family_problems, flow_problems
 
-FAMILIES = ("auto", "sd1", "sd2", "sd2-v", "sdxl")
+FAMILIES = ("auto", "sd1", "sd2", "sd2-v", "sdxl", "flux1", "sd3")
 BLOCK_PRESETS = ("cosine", "sine", "linear", "reverse_linear", "zeros")
 SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 
@@ -39,18 +47,21 @@ class SDModelArgs:
     """A local diffusers pipeline directory, or a single-file ``.safetensors`` checkpoint (then ``config``)."""
     config: str | None = None
     """Local diffusers config directory for a single-file checkpoint (nothing is downloaded)."""
-    family: Literal["auto", "sd1", "sd2", "sd2-v", "sdxl"] = "auto"
-    """``auto`` reads it from the U-Net config (text_time embeddings: SDXL; 1024-wide context: SD2)."""
+    family: Literal["auto", "sd1", "sd2", "sd2-v", "sdxl", "flux1", "sd3"] = "auto"
+    """``auto`` reads it from the model: FluxPipeline / StableDiffusion3Pipeline, else the U-Net config
+    (text_time embeddings: SDXL; 1024-wide context: SD2)."""
     prediction_type: Literal["auto", "epsilon", "v_prediction"] = "auto"
     """``auto``: the scheduler config's ``prediction_type`` (``sd2-v`` forces v_prediction)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Dtype of the frozen U-Net and text encoders; the VAE always runs in float32 (no NaN/black images)."""
     device: str = "auto"
     """``auto`` (cuda when available, else cpu), ``cpu`` or ``cuda``."""
+    drop_t5: bool = False
+    """SD3: do not load T5 (its states are zeros, as SD3 pipelines run without ``text_encoder_3``)."""
 
 
 @dataclass
-class NetworkArgs:
+class NetworkArgs(DitNetworkArgs):
     module: Literal["lora", "dora", "loha", "lokr"] = "lora"
     """``lora`` is written in kohya's format; ``dora``/``loha``/``lokr`` in LyCORIS's (A1111/ComfyUI load both)."""
     dim: int = 16
@@ -84,7 +95,7 @@ class NetworkArgs:
 
 
 @dataclass
-class SDTrainArgs(TrainArgs):
+class SDTrainArgs(FlowTrainArgs, TrainArgs):
     output_dir: str = "runs/sd"
     output_name: str = "lora"
     """Files are ``<output_name>-000001.safetensors`` per saved epoch and ``<output_name>.safetensors`` at the end."""
@@ -159,8 +170,9 @@ class SampleArgs:
     """Also sample every N optimizer steps; ``null``: off."""
     before_training: bool = False
     """Also sample once before the first step (the base model's images, for comparison)."""
-    sampler: str = "euler_a"
-    """kohya's names: ddim, euler, euler_a, dpmsolver++, ... (the prompt's ``--ss`` overrides it)."""
+    sampler: str | None = None
+    """kohya's names: ddim, euler, euler_a, dpmsolver++, ... (the prompt's ``--ss`` overrides it); None: euler_a
+    for SD, the flow-match Euler sampler for FLUX.1/SD3."""
 
 
 SECTIONS = {"model": SDModelArgs, "data": DatasetArgs, "network": NetworkArgs, "train": SDTrainArgs,
@@ -191,7 +203,10 @@ def _block_weights(name: str, value, e: list[str]) -> None:
 def problems(cfg: SDRunConfig, check_paths: bool = True) -> list[str]:
     """Every value problem of the config (the dataset folders and the model are checked by ``validate``)."""
     m, n, t, s = cfg.model, cfg.network, cfg.train, cfg.sample
-    e = data_problems(cfg.data) + train_problems(t) + device_problems(m.device)
+    e = (data_problems(cfg.data) + train_problems(t) + device_problems(m.device) + distributed_problems(t, m.device)
+         + flow_problems(cfg))
+    if m.family != "auto":
+        e += family_problems(cfg, m.family)
     if not m.path:
         e.append("model.path: missing; set it to a local diffusers directory (with model_index.json) or a "
                  "single-file .safetensors checkpoint plus model.config.")
@@ -251,6 +266,9 @@ def problems(cfg: SDRunConfig, check_paths: bool = True) -> list[str]:
         e.append(f"sample.prompts={s.prompts!r}: file not found.")
     elif s.prompts and check_paths:  # read as the trainer reads it: a file that passes here samples
         e += [f"sample.prompts: {p}" for p in prompt_problems(s.prompts)]
+    if s.prompts and t.distributed == "fsdp":
+        e.append("sample.prompts with train.distributed='fsdp': samples are drawn by rank 0 alone, which cannot run a "
+                 "sharded U-Net; sample the saved LoRA files with `lorakit sd generate`, or use distributed: ddp.")
     e += [f"sample.sampler={s.sampler!r}: {p}" for p in _sampler_problem(s.sampler)] if s.sampler else []
     for key in ("every_n_epochs", "every_n_steps"):
         if getattr(s, key) is not None and getattr(s, key) < 1:

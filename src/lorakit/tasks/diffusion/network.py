@@ -97,14 +97,16 @@ def _is_big_conv(module: nn.Module) -> bool:
 
 def add_network(parts: dict, net_args, text_parts: tuple[str, ...], lrs: dict[str, float]) -> dict[str, list[str]]:
     """Inject adapters into the U-Net and (unless U-Net only or lr 0) the text encoders; return the
-    adapted module paths per part. Every other parameter is frozen."""
+    adapted module paths per part. Every other parameter of every part is frozen (the VAE, a text encoder
+    that is not trained, the base weights): ``from_pretrained`` leaves them all trainable."""
     adapted: dict[str, list[str]] = {}
+    for part in parts.values():
+        if isinstance(part, nn.Module):
+            part.requires_grad_(False)
     weights = block_weights(net_args, parts["unet"])
     wanted = ["unet"] + ([] if net_args.train_unet_only else list(text_parts))
     for part in wanted:
         model = parts[part]
-        for p in model.parameters():
-            p.requires_grad_(False)
         if lrs[part] == 0:
             continue
         if part == "unet":
@@ -132,9 +134,10 @@ def add_network(parts: dict, net_args, text_parts: tuple[str, ...], lrs: dict[st
 
 def param_groups(parts: dict, net_args, lrs: dict[str, float], weight_decay: float = 0.0) -> list[dict]:
     """One group per (part, block weight, LoRA+ role): lr = part lr · block weight (· ratio for B factors)."""
-    weights = block_weights(net_args, parts["unet"])
+    weights = block_weights(net_args, parts["unet"]) if "unet" in parts else None
     ratio = net_args.loraplus_lr_ratio
     groups: dict[tuple, dict] = {}
+    seen: set[int] = set()  # a factor shared by several layers (a fused LoRA's down) is listed once
     for part, model in parts.items():
         if part not in lrs or not isinstance(model, nn.Module):
             continue
@@ -143,8 +146,9 @@ def param_groups(parts: dict, net_args, lrs: dict[str, float], weight_decay: flo
             for adapter in layer.adapters.values():
                 b_names = set(getattr(adapter, "loraplus_b_params", ("lora_B",)))
                 for pname, p in adapter.named_parameters():
-                    if not p.requires_grad:
+                    if not p.requires_grad or id(p) in seen:
                         continue
+                    seen.add(id(p))
                     boost = ratio if ratio and (pname in b_names or p.ndim == 1) else 1.0
                     lr = lrs[part] * w * boost
                     key = (part, lr)
@@ -168,8 +172,15 @@ def load_network_weights(parts: dict, path: str) -> int:
     live = {f"{part}.{p if part == 'unet' else canonical_te(p)}": layer.adapters[ADAPTER]
             for part in ("unet", "text_encoder", "text_encoder_2") if isinstance(parts.get(part), nn.Module)
             for p, layer in lora_layers(parts[part]) if ADAPTER in layer.adapters}
+    return fill_adapters(live, lf.modules, path)
+
+
+def fill_adapters(live: dict[str, nn.Module], modules: dict[str, dict], path: str) -> int:
+    """Copy a file's LoRA ``modules`` into the ``live`` adapters of the same keys: every module must find a
+    plain LoRA adapter of its rank (checked before anything changes); ``up`` is rescaled so the file's ΔW
+    is reproduced at the adapter's scale. Returns the number of modules loaded."""
     problems, plan = [], []
-    for key, tensors in lf.modules.items():
+    for key, tensors in modules.items():
         ad = live.get(key)
         if ad is None or not hasattr(ad, "lora_A") or set(tensors) - {"lora_down.weight", "lora_up.weight", "alpha"}:
             problems.append(f"{key}: no plain LoRA module of this network takes it")

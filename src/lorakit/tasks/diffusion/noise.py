@@ -115,7 +115,8 @@ def draw_timesteps(n: int, args, num_steps: int, device, generator=None) -> torc
 
 def elementwise_loss(pred: torch.Tensor, target: torch.Tensor, kind: str, huber_c: float) -> torch.Tensor:
     """Per-sample loss [B]: the mean over every non-batch dimension of l2, l1, huber or smooth-l1."""
-    pred, target = pred.float(), target.float()
+    dtype = torch.promote_types(torch.promote_types(pred.dtype, target.dtype), torch.float32)  # fp32, or fp64
+    pred, target = pred.to(dtype), target.to(dtype)
     if kind == "l2":
         loss = (pred - target) ** 2
     elif kind == "l1":
@@ -127,6 +128,12 @@ def elementwise_loss(pred: torch.Tensor, target: torch.Tensor, kind: str, huber_
     else:
         raise ValueError(f"loss_type={kind!r}: expected l2, l1, huber or smooth_l1.")
     return loss.mean(dim=tuple(range(1, loss.dim())))
+
+
+def sample_losses(pred: torch.Tensor, target: torch.Tensor, args, loss_weight: torch.Tensor | None) -> torch.Tensor:
+    """Per-sample loss [B] of ``args.loss_type`` times the samples' weights (regularization images)."""
+    loss = elementwise_loss(pred, target, args.loss_type, args.huber_c)
+    return loss if loss_weight is None else loss * loss_weight.to(loss.device, loss.dtype)
 
 
 def snr_weights(snr: torch.Tensor, prediction: str, min_snr_gamma: float | None, debiased: bool) -> torch.Tensor:

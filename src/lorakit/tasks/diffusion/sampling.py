@@ -100,9 +100,9 @@ class SampleImages(Callback):
                     path = self.dir / f"{name}_{label}_{i:02d}_{seed}.png"
                     try:
                         image = generate_images(self.parts.extra["components"]["pipe"], p.prompt, p.negative,
-                                                width=p.width, height=p.height, steps=p.steps, cfg_scale=p.cfg,
-                                                seed=seed, sampler=p.sampler or self.cfg.sample.sampler,
-                                                clip_skip=t.clip_skip)[0]
+                                                width=p.width, height=p.height, steps=p.steps, seed=seed,
+                                                sampler=p.sampler or self.cfg.sample.sampler,
+                                                **self._family_options(p))[0]
                         save_png(image, path, overwrite=True)
                         paths.append(str(path))
                     except Exception as exc:  # noqa: BLE001  (a sample must never end the training)
@@ -117,6 +117,13 @@ class SampleImages(Callback):
         self.columns.append((label, paths))
         self._sheet(label)
         return [Path(p) for p in paths if p]
+
+    def _family_options(self, p) -> dict:
+        """kohya's per-family defaults: SD CFG 7.5 with clip_skip; FLUX.1 CFG 1 (off) and distilled guidance
+        ``--g`` (3.5); SD3 the generator's CFG. None lets ``generate_images`` fill the family's default."""
+        if not self.parts.extra.get("dit"):
+            return {"cfg_scale": 7.5 if p.cfg is None else p.cfg, "clip_skip": self.cfg.train.clip_skip}
+        return {"cfg_scale": p.cfg, "guidance": p.guidance}
 
     def _report(self, prompt, step: int, exc: Exception) -> None:
         text = (str(exc).splitlines() or [""])[0][:300]

@@ -12,11 +12,13 @@ checkpoints and DDP see exactly those); the VAE and the tokenizers are kept outs
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
 from .family import Family, encode_prompts, unet_kwargs
-from .noise import Schedule, draw_noise, draw_timesteps, elementwise_loss, snr_weights
+from .noise import Schedule, draw_noise, draw_timesteps, sample_losses, snr_weights
 
 
 class SDNetwork(nn.Module):
@@ -78,20 +80,32 @@ class SDNetwork(nn.Module):
     def weigh(self, pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor,
               loss_weight: torch.Tensor | None) -> torch.Tensor:
         a = self.args
-        loss = elementwise_loss(pred, target, a.loss_type, a.huber_c)
-        if loss_weight is not None:
-            loss = loss * loss_weight.to(loss.device, loss.dtype)
+        loss = sample_losses(pred, target, a, loss_weight)
         if a.min_snr_gamma is not None or a.debiased_estimation_loss:
             loss = loss * snr_weights(self.schedule.snr(timesteps), self.prediction, a.min_snr_gamma,
                                       a.debiased_estimation_loss)
         return loss
 
     def forward(self, batch: dict) -> torch.Tensor:
-        """Mean loss of ``batch``; per-sample losses and timesteps are kept for the timestep plot."""
-        latents, cond = self.condition(batch)
-        noise = draw_noise(latents, self.args)
-        timesteps = draw_timesteps(latents.shape[0], self.args, self.schedule.num_steps, latents.device)
-        pred, target = self.predict(latents, cond, batch, noise, timesteps)
+        """Mean loss of ``batch``; per-sample losses and timesteps are kept for the timestep plot. Its random
+        draws (VAE sample, noise, timesteps, adapter dropout) come from the batch's ``rng_seed`` when it has one,
+        so they do not depend on which process takes the batch."""
+        with batch_rng(batch.get("rng_seed"), self.device):
+            latents, cond = self.condition(batch)
+            noise = draw_noise(latents, self.args)
+            timesteps = draw_timesteps(latents.shape[0], self.args, self.schedule.num_steps, latents.device)
+            pred, target = self.predict(latents, cond, batch, noise, timesteps)
         loss = self.weigh(pred, target, timesteps, batch.get("loss_weight"))
         self.timestep_log.append((timesteps.detach().cpu(), loss.detach().float().cpu()))
         return loss.mean()
+
+
+@contextlib.contextmanager
+def batch_rng(seed: int | None, device: torch.device):
+    """torch's RNG seeded with ``seed`` inside, restored after (nothing changes when ``seed`` is None)."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(int(seed))
+        yield

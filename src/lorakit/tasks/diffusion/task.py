@@ -11,9 +11,11 @@ import torch
 from ...train.activations import checkpoint_activations
 from ...train.optim import make_optimizer
 from ...train.task import Parts
+from . import dit_task
 from .callbacks import LoraSaver, TimestepLoss, sampler_callback
 from .config import SDRunConfig, from_dict
 from .dataset import build_dataset
+from .dit import DIT_FAMILIES, dit_family_of_dir
 from .export import save_network
 from .family import FAMILIES, Family, load_components, model_bucket_step
 from .network import add_network, load_network_weights, param_groups
@@ -21,6 +23,14 @@ from .step import SDNetwork
 from .validate import bucket_table
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def is_dit(cfg: SDRunConfig) -> bool:
+    """Whether the run trains a FLUX.1/SD3 transformer: the configured family, else the model's model_index.json."""
+    if cfg.model.family != "auto":
+        return cfg.model.family in DIT_FAMILIES
+    path = Path(cfg.model.path)
+    return dit_family_of_dir(Path(cfg.model.config) if path.is_file() and cfg.model.config else path) is not None
 
 
 def resolve_family(cfg: SDRunConfig, found: str) -> Family:
@@ -69,6 +79,8 @@ class DiffusionTask:
         return validate(data)
 
     def build(self, cfg: SDRunConfig, device: torch.device) -> Parts:
+        if is_dit(cfg):
+            return dit_task.build(cfg, device)
         t = cfg.train
         comps = load_components(cfg.model.path, cfg.model.config, DTYPES[cfg.model.dtype])
         family = resolve_family(cfg, comps["family"])
@@ -91,23 +103,15 @@ class DiffusionTask:
         adapters = [layer.adapters for m in (comps["unet"], *net.text_encoders.values())
                     for layer in m.modules() if hasattr(layer, "adapters")]
         return Parts(net, adapters, {"components": comps, "family": family, "prediction": prediction, "lrs": lrs,
-                                     "adapted": adapted})
+                                     "adapted": adapted, "helpers": [comps["vae"]]})
 
     def data(self, cfg: SDRunConfig, parts: Parts, rank: int, world: int):
-        net, comps, family = parts.model, parts.extra["components"], parts.extra["family"]
-        t = cfg.train
+        if parts.extra.get("dit"):
+            return dit_task.data(cfg, parts, rank, world)
+        comps, family, t = parts.extra["components"], parts.extra["family"], cfg.train
         te_frozen = all(parts.extra["lrs"][p] == 0 for p in family.text_parts)
-        text_key = weights_key(net.text_encoders, family.name, t.clip_skip, t.max_token_length) if te_frozen else None
-        batches = build_dataset(cfg.data, batch_size=t.batch_size, seed=t.seed, world=world, rank=rank,
-                                encode_latents=net.encode_latents, vae_key=weights_key(comps["vae"], net.scaling, net.shift),
-                                encode_text=_no_grad(net.encode_text) if te_frozen else None, text_key=text_key,
-                                bucket_step=model_bucket_step(comps["unet"].config, comps["vae"].config))
-        if batches.problems:
-            raise ValueError("the dataset has problems (run `lorakit validate` for the full report):\n  - "
-                             + "\n  - ".join(batches.problems[:30]))
-        batches.grad_accum = t.grad_accum
-        parts.extra["batches"] = batches
-        return batches
+        return task_batches(cfg, parts, rank, world, (family.name, t.clip_skip, t.max_token_length) if te_frozen
+                            else None, model_bucket_step(comps["unet"].config, comps["vae"].config))
 
     def step_plan(self, cfg: SDRunConfig, data, world: int) -> tuple[int, int, str]:
         t = cfg.train
@@ -132,6 +136,8 @@ class DiffusionTask:
         return model(batch), {"samples": len(batch["loss_weight"])}
 
     def callbacks(self, cfg: SDRunConfig, parts: Parts, data, device: torch.device) -> list:
+        if parts.extra.get("dit"):
+            return dit_task.callbacks(cfg, parts, device)
         save = lambda path, state: self._save(parts, cfg, path, state)  # noqa: E731
         cbs = [TimestepLoss(Path(cfg.train.output_dir), parts.model.schedule.num_steps),
                LoraSaver(Path(cfg.train.output_dir), cfg.train.output_name, cfg.train.keep_last, save)]
@@ -139,6 +145,8 @@ class DiffusionTask:
         return cbs + ([sampler] if sampler is not None else [])
 
     def _save(self, parts: Parts, cfg: SDRunConfig, path: Path, state) -> Path:
+        if parts.extra.get("dit"):
+            return dit_task.save(parts, cfg, path, state)
         meta = parts.extra["batches"].metadata() if "batches" in parts.extra else {}
         return save_network(path, parts.extra["components"], cfg, parts.extra["family"], parts.extra["prediction"],
                             meta, state)
@@ -148,10 +156,32 @@ class DiffusionTask:
 
     def summary(self, parts: Parts, cfg: SDRunConfig, device: torch.device) -> dict:
         sampler = parts.extra.get("sampler")
+        errors = {"sample_errors": sampler.errors} if sampler is not None and sampler.errors else {}
+        if parts.extra.get("dit"):
+            return {**dit_task.summary(parts, cfg), **errors}
         return {"family": parts.extra["family"].name, "prediction_type": parts.extra["prediction"],
                 "network_module": cfg.network.module,
                 "adapted_modules": {k: len(v) for k, v in parts.extra["adapted"].items()},
-                **({"sample_errors": sampler.errors} if sampler is not None and sampler.errors else {})}
+                **errors}
+
+
+def task_batches(cfg: SDRunConfig, parts: Parts, rank: int, world: int, text_settings: tuple | None,
+                 bucket_step: int):
+    """The run's batches, with the latent cache and (when the text encoders are frozen: ``text_settings``,
+    everything besides their weights that shapes their output) the text cache, keyed by content."""
+    net, comps, t = parts.model, parts.extra["components"], cfg.train
+    frozen = text_settings is not None
+    batches = build_dataset(cfg.data, batch_size=t.batch_size, seed=t.seed, world=world, rank=rank,
+                            encode_latents=net.encode_latents, vae_key=weights_key(comps["vae"], net.scaling, net.shift),
+                            encode_text=_no_grad(net.encode_text) if frozen else None,
+                            text_key=weights_key(net.text_encoders, *text_settings) if frozen else None,
+                            bucket_step=bucket_step)
+    if batches.problems:
+        raise ValueError("the dataset has problems (run `lorakit validate` for the full report):\n  - "
+                         + "\n  - ".join(batches.problems[:30]))
+    batches.grad_accum = t.grad_accum
+    parts.extra["batches"] = batches
+    return batches
 
 
 def _no_grad(fn):

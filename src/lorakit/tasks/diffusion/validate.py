@@ -9,11 +9,16 @@ import json
 import math
 from pathlib import Path
 
+from ...train.checks import device_kind
 from .config import parse
 from .dataset import build_dataset
+from .dit import DIT_FAMILIES, dit_family_of_dir
+from .dit import bucket_step as dit_bucket_step
+from .dit_config import family_problems
 from .family import FAMILIES, model_bucket_step
 
 WEIGHTS = ("*.safetensors", "*.bin")
+WEIGHTED = ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
 
 
 def model_problems(path: str, config: str | None) -> tuple[list[str], str | None]:
@@ -35,11 +40,16 @@ def model_problems(path: str, config: str | None) -> tuple[list[str], str | None
         folder = cfg_dir / part
         if not folder.is_dir():
             e.append(f"{cfg_dir}: model_index.json names {part!r} but there is no {part}/ folder.")
-        elif part in ("unet", "vae", "text_encoder", "text_encoder_2") and root.is_dir():
+        elif part in WEIGHTED and root.is_dir():
             if not (folder / "config.json").is_file():
                 e.append(f"{folder}: config.json is missing.")
             if not any(folder.glob(w) for w in WEIGHTS):
                 e.append(f"{folder}: no weights (*.safetensors); the model is incomplete.")
+    dit = dit_family_of_dir(cfg_dir)
+    if dit is not None:
+        if not (cfg_dir / "transformer" / "config.json").is_file():
+            e.append(f"{cfg_dir}: transformer/config.json is missing.")
+        return e, dit
     unet_cfg = cfg_dir / "unet" / "config.json"
     if not unet_cfg.is_file():
         return e + [f"{cfg_dir}: unet/config.json is missing; the family cannot be told."], None
@@ -64,7 +74,7 @@ def lora_family_problems(path: str, family: str) -> list[str]:
         lf = read_lora(path)
     except (KeyError, ValueError) as exc:
         return [f"network.network_weights={path}: {exc}"]
-    want, have = lf.family(), FAMILIES[family].lora_family
+    want, have = lf.family(), (DIT_FAMILIES.get(family) or FAMILIES[family]).lora_family
     if want is not None and want != have:
         return [f"network.network_weights={path} is a LoRA for {want.upper()} but the model is {have.upper()}; "
                 "LoRAs only continue on the family they were trained for."]
@@ -76,11 +86,13 @@ def bucket_step(path: str, config: str | None, family: str | None) -> int | None
     ``None`` when the model could not be read (then nothing that depends on it is checked)."""
     root = Path(path)
     cfg_dir = Path(config) if root.is_file() and config else root
+    dit = family in DIT_FAMILIES
     try:
-        unet, vae = (json.loads((cfg_dir / part / "config.json").read_text()) for part in ("unet", "vae"))
-        return model_bucket_step(unet, vae)
+        model, vae = (json.loads((cfg_dir / part / "config.json").read_text())
+                      for part in ("transformer" if dit else "unet", "vae"))
+        return dit_bucket_step(model, vae) if dit else model_bucket_step(model, vae)
     except (OSError, ValueError, KeyError, TypeError):
-        return FAMILIES[family].bucket_step if family else None
+        return 16 if dit else FAMILIES[family].bucket_step if family else None
 
 
 def validate(data: dict) -> tuple[list[str], str]:
@@ -96,6 +108,11 @@ def validate(data: dict) -> tuple[list[str], str]:
             errors.append(f"model.family={want!r} but {cfg.model.path} is an {family} model.")
         if family and want != "auto":
             family = want
+        if family and want == "auto":  # a configured family was checked while parsing
+            errors += family_problems(cfg, family)
+        if family in DIT_FAMILIES and cfg.train.blocks_to_swap and device_kind(cfg.model.device) != "cuda":
+            errors.append(f"train.blocks_to_swap={cfg.train.blocks_to_swap}: block swap moves blocks between CPU "
+                          "memory and a GPU, and this run has no CUDA device; remove it.")
         if family and cfg.network.network_weights and Path(cfg.network.network_weights).is_file():
             errors += lora_family_problems(cfg.network.network_weights, family)
     step = bucket_step(cfg.model.path, cfg.model.config, family)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from ...config import ConfigError, LoraConfig
-from ...train.checks import MAX_REPEATS, adapter_not_model, device_kind
+from ...train.checks import MAX_REPEATS, adapter_not_model, device_kind, distributed_problems
 from ...train.config import (
     TrainArgs,
     apply_overrides,
@@ -151,7 +151,7 @@ def problems(cfg: RunConfig, check_paths: bool = True) -> list[str]:
             e.append(f"data.{key}={getattr(d, key)}: expected an integer >= {lo}.")
     if d.repeats > MAX_REPEATS:
         e.append(f"data.repeats={d.repeats}: at most {MAX_REPEATS:,} are supported; lower it.")
-    e += train_problems(t)
+    e += train_problems(t) + distributed_problems(t, m.device)
     if t.loraplus_ratio is not None and t.lr_groups:
         e.append("train.loraplus_ratio and train.lr_groups both set the learning rates; use one of them.")
     if t.method == "lora" and cfg.lora is None:

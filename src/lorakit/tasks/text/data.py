@@ -187,6 +187,10 @@ class Batches:
         """Micro-batches per epoch."""
         return self.items // (self.batch_size * self.world)
 
+    def step_layout(self, accum: int) -> dict:
+        """Step s reads samples [s·n, (s+1)·n) of the epoch's order, n = batch x processes x accumulation."""
+        return {"samples_per_step": self.batch_size * self.world * accum}
+
     def order(self, epoch: int) -> list[int]:
         g = torch.Generator().manual_seed(self.seed + epoch)
         return [i % len(self.samples) for i in torch.randperm(self.items, generator=g).tolist()]

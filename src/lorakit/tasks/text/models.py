@@ -61,6 +61,8 @@ def select_trainable(model: nn.Module, cfg: RunConfig) -> nn.Module:
         import lorakit
 
         lorakit.inject(model, cfg.lora)
+        if cfg.lora.quantize != "none":
+            _release_checkpoint(model)
     elif method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
@@ -79,6 +81,21 @@ def select_trainable(model: nn.Module, cfg: RunConfig) -> nn.Module:
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()
     return model
+
+
+@torch.no_grad()
+def _release_checkpoint(model: nn.Module) -> None:
+    """After QLoRA quantisation the frozen tensors left dense (embeddings, norms, the head) are still views of the
+    memory-mapped checkpoint, which keeps every page quantisation read resident (the whole fp32 model, in RSS):
+    copy them, so that the mapping goes."""
+    from ...quant import Linear4bit
+
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            continue
+        for p in module._parameters.values():
+            if p is not None and not p.requires_grad:
+                p.data = p.data.clone()
 
 
 @torch.no_grad()

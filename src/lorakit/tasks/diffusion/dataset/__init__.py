@@ -50,7 +50,7 @@ def build_dataset(args: DatasetArgs, *, batch_size: int, seed: int, world: int =
         w, h = spec.resolution
         if spec.enable_bucket and spec.bucket_reso_steps % bucket_step:
             errors.append(f"bucket_reso_steps={spec.bucket_reso_steps} is not a multiple of {bucket_step}, which "
-                          "this model family needs (64 for SD1/SD2, 32 for SDXL).")
+                          "this model family needs (64 for SD1/SD2, 32 for SDXL, 16 for FLUX.1/SD3).")
         if not spec.enable_bucket and (w % bucket_step or h % bucket_step):
             errors.append(f"resolution {w}x{h}: with enable_bucket off every image is cropped to it, and this model "
                           f"needs sides that are multiples of {bucket_step}; use {w - w % bucket_step or bucket_step}x"

@@ -5,7 +5,8 @@ batches of ``batch_size`` (the last may be partial) and shuffles the batch order
 sum over buckets of ceil(n / batch_size). Each sample's flip, crop and caption draw use an RNG seeded
 by (seed, epoch, batch position, slot), so a resumed run (``offset``) reproduces them without state.
 With several processes, rank r takes global batches r, r + world, ... (wrapping to the start so every
-rank takes the same number of steps, as accelerate does).
+rank takes the same number of steps, as accelerate does). Each batch also carries ``rng_seed``, a function
+of (seed, epoch, global batch number), which seeds its noise: N processes train as one does.
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ class DiffusionBatches:
         """Micro-batches per epoch for this rank."""
         return math.ceil(self.total_batches / self.world)
 
+    def step_layout(self, accum: int) -> dict:
+        """Step s reads the epoch's global batches [s·n, (s+1)·n), n = processes x accumulation; the batches
+        themselves depend on each dataset's batch size."""
+        return {"batch_sizes": [d.spec.batch_size for d in self.datasets], "batches_per_step": self.world * accum}
+
     def plan(self, epoch: int) -> list[tuple[int, list[int]]]:
         """The epoch's global batches: (dataset index, item indices)."""
         rng = random.Random(f"{self.seed}:{epoch}:order")
@@ -76,8 +82,12 @@ class DiffusionBatches:
         for i in range(offset, len(self)):
             position = (i * self.world + self.rank) % len(plan)
             d, members = plan[position]
-            yield self.collate(d, members, epoch=epoch, position=position,
-                               step=(epoch * len(self) + i) // self.grad_accum)
+            batch = self.collate(d, members, epoch=epoch, position=position,
+                                 step=(epoch * len(self) + i) // self.grad_accum)
+            # the noise, timesteps and dropout of this batch (lorakit.tasks.diffusion.step): the same draw
+            # whichever process (of however many) takes the batch, and after any resume
+            batch["rng_seed"] = random.Random(f"{self.seed}:{epoch}:{i * self.world + self.rank}:noise").getrandbits(63)
+            yield batch
 
     def collate(self, d: int, members: list[int], *, epoch: int, position: int, step: int) -> dict:
         ds, cache = self.datasets[d], self.latent_caches[d] if self.latent_caches else None

@@ -148,8 +148,8 @@ def run(page, expect, url, ws, files, images, shots):
     page.goto(f"{url}/configs")
     submit("#new-config", name="rings", preset="sdworld", dataset="rings")
     page.wait_for_url(f"{url}/configs/rings")
-    for key, value in (("train.max_steps", "6"), ("train.save_every_n_steps", "2"), ("train.save_every_n_epochs", ""),
-                       ("sample.every_n_epochs", ""), ("sample.every_n_steps", "2"), ("train.batch_size", "2"),
+    for key, value in (("train.max_steps", "12"), ("train.save_every_n_steps", "4"), ("train.save_every_n_epochs", ""),
+                       ("sample.every_n_epochs", ""), ("sample.every_n_steps", "4"), ("train.batch_size", "2"),
                        ("sample.prompts", "configs/rings-prompts.txt"), ("network.conv_dim", ""), ("network.dim", "4")):
         field = page.locator(f"[name='{key}']")
         field.evaluate("el => el.closest('details').open = true")
@@ -162,7 +162,7 @@ def run(page, expect, url, ws, files, images, shots):
     page.click("#save-prompts")
     expect(page.locator("#toast")).to_contain_text("saved configs/rings-prompts.txt")
     page.click("#validate")
-    expect(page.locator("#report")).to_contain_text("optimizer steps: 6 (train.max_steps)")
+    expect(page.locator("#report")).to_contain_text("optimizer steps: 12 (train.max_steps)")
     assert page.locator("#problems").is_hidden()
     shot("config", top=True)
     # the bucket preview with this config's settings
@@ -182,13 +182,13 @@ def run(page, expect, url, ws, files, images, shots):
     page.click("button[data-act=stop]")
     expect(page.locator("#state")).to_have_text("stopped")
     stopped_at = int(sorted((ws / "runs/rings").glob("checkpoint-*"))[-1].name.split("-")[1])
-    assert stopped_at < 6 and not (ws / "runs/rings/summary.json").exists()
+    assert stopped_at < 12 and not (ws / "runs/rings/summary.json").exists()
     page.goto(f"{url}/jobs")
     shot("queue")
     page.goto(f"{url}/jobs/1")
     page.click("button[data-act=resume]")
     expect(page.locator("#state")).to_have_text("completed")
-    expect(page.locator("#samples th")).to_have_count(1 + 3 + 1)  # samplings at steps 2, 4, 6 and a row label
+    expect(page.locator("#samples th")).to_have_count(1 + 3 + 1)  # samplings at steps 4, 8, 12 and a row label
     shot("job-completed")
     assert "resumed from runs/rings/checkpoint" in (ws / "runs/rings/train.log").read_text()
     assert (ws / "runs/rings/sks_ring.safetensors").is_file()

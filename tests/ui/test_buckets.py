@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 from lorakit.cli import app as cli
 from lorakit.cli import commands  # noqa: F401  (registers the commands)
 
-DATA = {"resolution": 32, "min_bucket_reso": 16, "max_bucket_reso": 64, "bucket_reso_steps": 8}
+DATA = {"resolution": 32, "enable_bucket": True, "min_bucket_reso": 16, "max_bucket_reso": 64, "bucket_reso_steps": 8}
 
 
 def config(ws_root, **train):
@@ -55,7 +55,8 @@ def test_crops_and_small_bucket_warning(client, ws_root):
 
 
 def test_settings_override_and_bad_values(client, ws_root):
-    r = client.post("/api/datasets/d1/buckets", json={"data": {"resolution": 32, "min_bucket_reso": 16, "bucket_reso_steps": 8}})
+    r = client.post("/api/datasets/d1/buckets", json={"data": {"resolution": 32, "enable_bucket": True, "min_bucket_reso": 16,
+                                                                  "bucket_reso_steps": 8}})
     # no config, so no model: SD1's bucket step (64) applies, and the 8 px step is reported
     assert r.status_code == 200 and r.json()["buckets"] == [] and "not a multiple of 64" in r.json()["problems"][0]
     config(ws_root)

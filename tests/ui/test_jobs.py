@@ -177,3 +177,16 @@ def test_a_resumed_training_continues_with_resume(setup):
     wait_for(lambda: store.get(job)["state"] != "running")
     assert "['train', 'runs/t/launch.yaml', '--resume']" in Path(store.get(job)["log"]).read_text()
     assert not list((ws.runs / "t" / "control").iterdir())  # the old stop request was cleared before the start
+
+
+def test_log_tail_shows_each_progress_bar_once_without_terminal_codes(tmp_path):
+    """tqdm redraws a line with carriage returns and moves between bars with ANSI codes; the job page shows
+    what a terminal would: each bar's last drawing, no escape codes."""
+    from lorakit.ui.jobs import log_tail
+
+    log = tmp_path / "train.log"
+    log.write_bytes(b"start\nLoading:   0%|  | 0/5\rLoading:  40%|# | 2/5\rLoading: 100%|##| 5/5\n"
+                    b"\x1b[A\x1b[2Kweights: 100%|##| 52/52\x1b[0m\r\nstep 3 loss 0.5\rstep 4 loss 0.4")
+    assert log_tail(log).splitlines() == ["start", "Loading: 100%|##| 5/5", "weights: 100%|##| 52/52",
+                                          "step 4 loss 0.4"]
+    assert log_tail(log, 2).splitlines() == ["weights: 100%|##| 52/52", "step 4 loss 0.4"]

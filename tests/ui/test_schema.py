@@ -80,7 +80,7 @@ def test_an_edit_writes_that_key_only_and_parses_as_train_reads_it(tmp_path):
     new, errors = schema.apply_form(data, {"train.lr": "3e-4", "network.dim": "8", "data.flip_aug": "true",
                                            "train.mixed_precision": "no", "train.max_token_length": "150",
                                            "train.output_name": "1e5", "data.resolution": "768,512",
-                                           "network.conv_dim": "", "train.optimizer_args": "{d_coef: 2}"})
+                                           "network.conv_dim": "", "train.optimizer_args": "{amsgrad: true}"})
     assert errors == []
     changed = {(s, k) for s in new for k in (new[s] if isinstance(new[s], dict) else {})
                if not isinstance(data.get(s), dict) or data[s].get(k, object()) != new[s][k]}

@@ -16,7 +16,9 @@ stays "running" or "stopping" after a crash, a kill -9 or a restart of the UI.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -36,6 +38,9 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS jobs (
     resume INTEGER NOT NULL DEFAULT 0)"""
 
 
+ANSI_CODE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
 def log_tail(path: str | Path, lines: int = 30, max_bytes: int = 64 << 10) -> str:
     """The last ``lines`` lines of a log (reads at most ``max_bytes`` from its end)."""
     try:
@@ -46,8 +51,10 @@ def log_tail(path: str | Path, lines: int = 30, max_bytes: int = 64 << 10) -> st
             data = f.read()
     except OSError:
         return ""
-    text = data.decode("utf-8", errors="replace").replace("\r", "\n")
-    return "\n".join([line for line in text.split("\n") if line.strip()][-lines:])
+    # a progress bar redraws its line with \r and moves with ANSI codes: keep each line's last drawing, no codes
+    text = ANSI_CODE.sub("", data.decode("utf-8", errors="replace"))
+    drawn = (line.rstrip("\r").rsplit("\r", 1)[-1] for line in text.split("\n"))
+    return "\n".join([line for line in drawn if line.strip()][-lines:])
 
 
 class JobStore:
@@ -152,6 +159,11 @@ class JobStore:
                 code = child.poll() if child is not None else None  # reaps our own children
                 if processes.alive(job["pid"], job["ident"]):
                     continue
+                if child is not None and code is None:  # dead (a zombie) between poll() and alive(): reap it
+                    try:
+                        code = child.wait(timeout=5)
+                    except subprocess.TimeoutExpired:
+                        pass
                 self.children.pop(job["id"], None)
                 self.update(job["id"], **settle(job, code))
 

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, write_images
+from ui_helpers import ROOT, write_images
 
 from lorakit.ui import processes
 from lorakit.ui.jobs import JobStore, log_tail
@@ -149,7 +149,7 @@ def run(page, expect, url, ws, files, images, shots):
     submit("#new-config", name="rings", preset="sdworld", dataset="rings")
     page.wait_for_url(f"{url}/configs/rings")
     for key, value in (("train.max_steps", "12"), ("train.save_every_n_steps", "4"), ("train.save_every_n_epochs", ""),
-                       ("sample.every_n_epochs", ""), ("sample.every_n_steps", "4"), ("train.batch_size", "2"),
+                       ("sample.every_n_epochs", ""), ("sample.every_n_steps", "2"), ("train.batch_size", "2"),
                        ("sample.prompts", "configs/rings-prompts.txt"), ("network.conv_dim", ""), ("network.dim", "4")):
         field = page.locator(f"[name='{key}']")
         field.evaluate("el => el.closest('details').open = true")
@@ -176,11 +176,12 @@ def run(page, expect, url, ws, files, images, shots):
     page.click("#launch")
     page.wait_for_url(f"{url}/jobs/*")
     page.wait_for_function("rows.filter(r => typeof r.lr === 'number').length >= 2")
-    expect(page.locator("#samples img").first).to_be_visible()
+    expect(page.locator("#samples img").first).to_be_visible()  # the sampling at step 2
     expect(page.locator("#state")).to_have_text("running")
-    shot("job")
+    # stop at once (ten steps and five samplings are left, seconds of work), then picture the page
     page.click("button[data-act=stop]")
     expect(page.locator("#state")).to_have_text("stopped")
+    shot("job")
     stopped_at = int(sorted((ws / "runs/rings").glob("checkpoint-*"))[-1].name.split("-")[1])
     assert stopped_at < 12 and not (ws / "runs/rings/summary.json").exists()
     page.goto(f"{url}/jobs")
@@ -188,7 +189,7 @@ def run(page, expect, url, ws, files, images, shots):
     page.goto(f"{url}/jobs/1")
     page.click("button[data-act=resume]")
     expect(page.locator("#state")).to_have_text("completed")
-    expect(page.locator("#samples th")).to_have_count(1 + 3 + 1)  # samplings at steps 4, 8, 12 and a row label
+    expect(page.locator("#samples th")).to_have_count(1 + 6 + 1)  # samplings at steps 2, 4, ..., 12 and a row label
     shot("job-completed")
     assert "resumed from runs/rings/checkpoint" in (ws / "runs/rings/train.log").read_text()
     assert (ws / "runs/rings/sks_ring.safetensors").is_file()

@@ -1,8 +1,8 @@
 """The bucket preview shows the numbers ``lorakit validate`` prints, and the crop the trainer takes."""
 
 import yaml
-from conftest import BASE, write_images
 from typer.testing import CliRunner
+from ui_helpers import BASE, write_images
 
 from lorakit.cli import app as cli
 from lorakit.cli import commands  # noqa: F401  (registers the commands)

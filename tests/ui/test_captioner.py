@@ -5,9 +5,9 @@ import json
 
 import pytest
 import torch
-from conftest import write_images
 from PIL import Image
 from typer.testing import CliRunner
+from ui_helpers import write_images
 
 from lorakit.cli import app as cli
 from lorakit.cli import commands  # noqa: F401  (registers the commands)

@@ -4,7 +4,7 @@ import json
 import os
 
 import yaml
-from conftest import BASE
+from ui_helpers import BASE
 
 from lorakit.sd.xyz import Axis
 

@@ -1,6 +1,6 @@
 """Configs: create from presets, save (form and YAML) with conflict checks, validate, launch refusals."""
 
-from conftest import BASE, snapshot
+from ui_helpers import BASE, snapshot
 
 C = "/api/configs"
 

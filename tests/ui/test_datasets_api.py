@@ -2,7 +2,7 @@
 
 import time
 
-from conftest import snapshot, write_images
+from ui_helpers import snapshot, write_images
 
 D = "/api/datasets"
 

@@ -3,8 +3,8 @@
 import os
 
 import pytest
-from conftest import HOST, snapshot
 from fastapi.testclient import TestClient
+from ui_helpers import HOST, snapshot
 
 from lorakit.ui.app import create_app
 

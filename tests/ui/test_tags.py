@@ -2,7 +2,7 @@
 captions over 75 tokens with the model's tokenizer."""
 
 import pytest
-from conftest import BASE, snapshot
+from ui_helpers import BASE, snapshot
 
 from lorakit.ui import tags
 

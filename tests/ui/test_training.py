@@ -14,8 +14,8 @@ import time
 
 import pytest
 import yaml
-from conftest import BASE, HOST
 from fastapi.testclient import TestClient
+from ui_helpers import BASE, HOST
 
 from lorakit.train.checkpoint import list_checkpoints
 from lorakit.train.control import read_status

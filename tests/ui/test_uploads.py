@@ -6,8 +6,8 @@ import os
 import stat
 import zipfile
 
-from conftest import png_bytes, snapshot
 from PIL import Image
+from ui_helpers import png_bytes, snapshot
 
 from lorakit.ui.uploads import Limits
 

@@ -78,7 +78,9 @@ def test_activation_peak_equals_the_real_steps(tmp_path, sd1_dir):
     batch = _fake_batch(parts.model, parts.extra["components"]["vae"], cfg, size, False)
     parts.model.train()
     assert est.activation_bytes == pytest.approx(step_peak(lambda: parts.model(batch)), rel=0.15)
-    assert est.held_bytes["latent cache (4 images)"] == 4 * 4 * (64 // 8) ** 2 * 4  # 4 images, 4 x 8 x 8 fp32
+    vae = parts.extra["components"]["vae"].config
+    side = 64 // 2 ** (len(vae.block_out_channels) - 1)  # 64-pixel images through the VAE's downsampling
+    assert est.held_bytes["latent cache (4 images)"] == 4 * vae.latent_channels * side * side * 4  # fp32
 
 
 @pytest.mark.parametrize("kind", ["sd1", "flux"])

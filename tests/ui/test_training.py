@@ -52,7 +52,8 @@ def wait(what, fn, job_log=None, timeout=TIMEOUT):
 
 
 @pytest.fixture
-def launched(ws_root):
+def launched(ws_root, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the jobs' own: no thread pools competing on the shared machine
     (ws_root / "configs").mkdir(exist_ok=True)
     (ws_root / "configs/x.yaml").write_text(yaml.safe_dump(CONFIG, sort_keys=False))
     (ws_root / "configs/p.txt").write_text("a red sks shape on a blue background --w 32 --h 24 --s 3 --l 3 --d 7\n")

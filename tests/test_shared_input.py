@@ -30,10 +30,10 @@ class Block(nn.Module):
         return att.sum(-1) + torch.tanh(self.mlp(h)).sum(-1)
 
 
-def pair(tied: bool = False, variant: str = "lora", seed: int = 0):
+def pair(tied: bool = False, variant: str = "lora", seed: int = 0, alpha: float = 2):
     """(plain, grouped) copies of one adapted Block with random non-zero factors, in float64."""
     torch.manual_seed(seed)
-    model = lorakit.inject(Block().double(), lorakit.LoraConfig(r=4, alpha=2, target_modules=NAMES, variant=variant))
+    model = lorakit.inject(Block().double(), lorakit.LoraConfig(r=4, alpha=alpha, target_modules=NAMES, variant=variant))
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for p in model.parameters():
@@ -78,9 +78,9 @@ def assert_same(a, b):
 
 
 @pytest.mark.parametrize("tied", [False, True], ids=["own-downs", "tied-down"])
-@pytest.mark.parametrize("strength", [1.0, 0.7])
-def test_grouped_outputs_and_gradients_equal_the_plain_layers(monkeypatch, tied, strength):
-    plain, grouped = pair(tied)
+@pytest.mark.parametrize(("alpha", "strength"), [(4, 1.0), (2, 0.7)], ids=["scale-1", "scale-0.35"])
+def test_grouped_outputs_and_gradients_equal_the_plain_layers(monkeypatch, tied, alpha, strength):
+    plain, grouped = pair(tied, alpha=alpha)
     for m in (plain, grouped):
         lorakit.set_active_adapters(m, {"default": strength})
     x = torch.randn(2, 7, 64, dtype=torch.float64)

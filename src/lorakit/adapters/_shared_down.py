@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from ._fused import _scaled
+
 
 class SharedDownFunction(torch.autograd.Function):
     """(u_1, ..., u_m) = column blocks of x [A_1; ...; A_m]ᵀ for m distinct factors."""
@@ -71,10 +73,6 @@ class LoraUpFunction(torch.autograd.Function):
         du = _scaled(torch.mm(dy2, lora_b), s) if need_u else None
         dbb = _scaled(torch.mm(dy2.t(), u), s) if need_bb else None
         return dx, dw, db, du, dbb, None
-
-
-def _scaled(t: torch.Tensor, s: float) -> torch.Tensor:
-    return t if s == 1.0 else t.mul_(s)
 
 
 def lora_up(x, weight, bias, u, lora_b, scale: float):

@@ -4,14 +4,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lorakit-installed
 
-.PHONY: test demo demo-sd sdworld-assets ditworld-assets bench lint clean fuzz docs
+.PHONY: test demo demo-sd sdworld-assets ditworld-assets bench lint clean fuzz docs ui
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,hf,quickstart]'
+	$(PY) -m pip install -q -e '.[dev,hf,quickstart,ui]'
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -29,6 +29,11 @@ demo: $(STAMP)
 # The SD demo: a LoRA learns a new shape on the shipped toy base model (assets/), with the real trainer.
 demo-sd: $(STAMP)
 	$(PY) -m lorakit.demos.sdworld.demo --out runs/sdworld-demo --replace
+
+# The web UI on a workspace holding the sdworld example (dataset, prompts, config on the shipped base): press Train.
+UI_WORKSPACE ?= ui-workspace
+ui: $(STAMP)
+	$(PY) -m lorakit ui $(UI_WORKSPACE) --example
 
 # Rebuild assets/sdworld-base and the probe from scratch (about 33 min on 2 CPU cores).
 sdworld-assets: $(STAMP)

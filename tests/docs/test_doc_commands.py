@@ -148,6 +148,12 @@ SERVE = {
 }
 # command as shown -> (the test that runs it, how)
 ELSEWHERE = {
+    "make ui": ("tests/docs/test_doc_commands.py::test_make_ui_recipe",
+                "checks the recipe runs `lorakit ui ... --example`, which test_ui_cli.py runs on a temporary workspace"),
+    "lorakit ui my-workspace": ("tests/cli/test_ui_cli.py::test_serves_and_stops",
+                                "the same command on a temporary workspace and a free port, stopped with Ctrl-C"),
+    "lorakit ui my-workspace --example": ("tests/cli/test_ui_cli.py::test_example_workspace_has_the_train_button",
+                                          "the same command on a temporary workspace and a free port"),
     "lorakit validate run.yaml --nproc-per-node 2": (
         "tests/train/test_estimate.py::test_validate_checks_the_processes_and_prints_the_memory_table",
         "on a tiny Llama config with --nproc-per-node 2 (and --nnodes 8, refused for too small a global batch)"),
@@ -246,6 +252,10 @@ def test_make_demo_runs_the_quickstart(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     results = json.loads((tmp_path / "results.json").read_text())
     assert {"head", "lora", "full"} <= set(json.dumps(results).replace('"', " ").split()), results
+
+
+def test_make_ui_recipe():
+    assert _recipe("ui") == "$(PY) -m lorakit ui $(UI_WORKSPACE) --example"
 
 
 def test_make_demo_sd_recipe():

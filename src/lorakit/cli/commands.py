@@ -4,4 +4,5 @@ from . import (
     sd,  # noqa: F401  (sd generate, sd grid)
     serve,  # noqa: F401  (serve: the OpenAI-compatible multi-adapter server)
     train,  # noqa: F401  (train, validate, predict, generate, merge, quickstart)
+    ui,  # noqa: F401  (control: stop/save/sample a running training; ui: the local web UI)
 )

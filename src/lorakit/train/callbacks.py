@@ -14,6 +14,7 @@ optimizer state) needs no user code between ``backward`` and ``step``. A callbac
 ``state.skip_step`` in ``on_before_optimizer_step`` vetoes that step (the NaN guard does, then stops).
 ``on_evaluate`` follows every evaluation and ``on_save(state, directory)`` every checkpoint;
 ``state_dict``/``load_state_dict`` go into checkpoints (tensors allowed), so ``--resume`` is exact.
+``on_control(state, command)`` answers a request made while training (``lorakit control``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class TrainState:
     skip_step: bool = False
     """Set in ``on_before_optimizer_step`` to skip this optimizer step (e.g. non-finite loss)."""
     stop_reason: str | None = None
+    interrupted: bool = False
+    """Stopped on request (:mod:`lorakit.train.control`) after a checkpoint: resumable, nothing is exported."""
     samples_seen: int = 0
     tokens_seen: int = 0
     train_seconds: float = 0.0
@@ -81,6 +84,10 @@ class Callback:
     def on_evaluate(self, state: TrainState, metrics: dict) -> None: ...
 
     def on_save(self, state: TrainState, directory) -> None: ...
+
+    def on_control(self, state: TrainState, command: str) -> bool:
+        """A request from outside (``save``, ``sample``; :mod:`lorakit.train.control`); True when handled."""
+        return False
 
     def on_train_end(self, state: TrainState) -> None: ...
 

@@ -26,8 +26,9 @@ class _Loader(yaml.SafeLoader):
     """Safe YAML that reads ``2e-4`` as the number it means (YAML 1.2); YAML 1.1 makes it a string."""
 
 
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-                              list("-+0123456789"))
+#: floats YAML 1.1 reads as strings (``2e-4``); a writer must quote strings of this shape (lorakit.ui.schema)
+YAML12_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", YAML12_FLOAT, list("-+0123456789"))
 
 
 def read_yaml(text: str):

@@ -65,7 +65,7 @@ class Evaluator(Callback):
             self._run(state)
 
     def on_train_end(self, state: TrainState) -> None:
-        if not state.should_stop or state.stop_reason is None:
+        if not state.interrupted and (not state.should_stop or state.stop_reason is None):
             self._run(state)
 
     def state_dict(self) -> dict:
@@ -167,6 +167,7 @@ class Checkpointer(Callback):
                  config: dict | None = None):
         self.run_dir, self.every, self.every_epochs = Path(run_dir), every, every_epochs
         self.keep_last, self.config = keep_last, config
+        self.saved_step: int | None = None
 
     def due(self, state: TrainState) -> bool:
         by_steps = self.every and state.step % self.every == 0
@@ -174,13 +175,25 @@ class Checkpointer(Callback):
         return bool(by_steps or by_epochs)
 
     def on_step_end(self, state: TrainState) -> None:
-        if not self.due(state):
-            return
+        if self.due(state):
+            self.save(state)
+
+    def save(self, state: TrainState) -> Path:
         directory = save_checkpoint(state, self.run_dir / f"checkpoint-{state.step:06d}", self.config)
+        self.saved_step = state.step
         if state.is_main_process:
             prune(self.run_dir, self.keep_last)
         with full_trainable(state.model):  # FSDP: rank 0's savers (e.g. kohya files) see whole adapters
             run_callbacks(state.callbacks, "on_save", state, directory)
+        return directory
+
+    def on_control(self, state: TrainState, command: str) -> bool:
+        """``save`` (also what ``stop`` asks for): a checkpoint now, unless this step already has one."""
+        if command != "save":
+            return False
+        if self.saved_step != state.step:
+            self.save(state)
+        return True
 
     def latest(self) -> Path | None:
         found = list_checkpoints(self.run_dir)

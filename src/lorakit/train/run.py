@@ -28,6 +28,7 @@ import yaml
 from ..formats._io import atomic_write, write_json
 from .callbacks import Callback
 from .checkpoint import list_checkpoints, load_checkpoint
+from .control import Control
 from .distributed import device_for, launch_env, setup
 from .fsdp import full_trainable
 from .heap import keep_heap
@@ -129,6 +130,7 @@ def _run(cfg, callbacks: list[Callback] | None, resume: bool, quiet: bool) -> Ru
         config_dict = cfg.to_dict()
         keep = t.keep_last if t.keep_last is not None else 1 << 30  # None keeps every checkpoint
         cbs.append(Checkpointer(run_dir, t.save_every, t.save_every_epochs, keep, config_dict))
+        cbs.append(Control(run_dir))  # last: a stop/save request right after a due checkpoint reuses it
         trainer = live["trainer"] = Trainer(live["model"], data, t, optimizer, scheduler, total_steps=total,
                                             device=device, callbacks=cbs, run_dir=run_dir, loss_fn=task.loss,
                                             train_modules=parts.train_modules or None)
@@ -150,6 +152,11 @@ def _run(cfg, callbacks: list[Callback] | None, resume: bool, quiet: bool) -> Ru
             last = list_checkpoints(run_dir)
             keep = f"The last good checkpoint is {last[-1]}." if last else "No checkpoint was written before it."
             raise NonFiniteLossError(f"training stopped: {state.stop_reason} {keep}")
+        if state.interrupted:  # lorakit control stop: the checkpoint is written; no export, no summary
+            _say(main and not quiet, f"stopped at step {state.step} of {state.total_steps} on request; continue "
+                                     "with `lorakit train CONFIG --resume`")
+            return RunResult(run_dir, {"stopped": True, "steps": state.step, "total_steps": state.total_steps},
+                             model, parts.extra.get("tokenizer"), parts.extra.get("labels"))
         with full_trainable(model):  # FSDP: rank 0 sees the whole adapter, gathered from every shard
             saved = task.export(parts, cfg, run_dir, state) if main else run_dir
         evaluator = next((c for c in cbs if isinstance(c, Evaluator)), None)

@@ -73,6 +73,12 @@ class SampleImages(Callback):
             print(f"warning: {len(self.errors)} sample image(s) failed during training (listed above and in "
                   "summary.json as sample_errors); the training itself was not affected.", file=sys.stderr)
 
+    def on_control(self, state: TrainState, command: str) -> bool:
+        if command != "sample":
+            return False
+        self.sample(state)
+        return True
+
     def sample(self, state: TrainState) -> list[Path]:
         """Draw every prompt now; returns the image paths (rank 0 only draws). A prompt that fails is
         reported and skipped (its cell of the contact sheet stays grey)."""

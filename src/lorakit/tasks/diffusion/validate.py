@@ -81,7 +81,7 @@ def lora_family_problems(path: str, family: str) -> list[str]:
     return []
 
 
-def _bucket_step(path: str, config: str | None, family: str | None) -> int | None:
+def bucket_step(path: str, config: str | None, family: str | None) -> int | None:
     """The model's bucket step from its unet/vae configs (see ``model_bucket_step``), else the family's;
     ``None`` when the model could not be read (then nothing that depends on it is checked)."""
     root = Path(path)
@@ -115,7 +115,7 @@ def validate(data: dict) -> tuple[list[str], str]:
                           "memory and a GPU, and this run has no CUDA device; remove it.")
         if family and cfg.network.network_weights and Path(cfg.network.network_weights).is_file():
             errors += lora_family_problems(cfg.network.network_weights, family)
-    step = _bucket_step(cfg.model.path, cfg.model.config, family)
+    step = bucket_step(cfg.model.path, cfg.model.config, family)
     t = cfg.train
     batches = build_dataset(cfg.data, batch_size=t.batch_size, seed=t.seed, bucket_step=step, scan_only=True)
     errors += [p for p in batches.problems if p not in errors]
@@ -125,11 +125,15 @@ def validate(data: dict) -> tuple[list[str], str]:
         report.append(f"model: {cfg.model.path or '(not set)'} could not be read (see the problems), so the bucket "
                       "settings were not checked against it.")
     if batches.datasets and not batches.problems:
-        report.append(bucket_table(batches))
-        report.append(batches.explain_steps())
-        per_epoch = len(batches) // max(t.grad_accum, 1)
-        total = t.max_steps if t.max_steps is not None else max(1, math.ceil(t.epochs * per_epoch))
-        report.append(f"optimizer steps: {per_epoch} per epoch x {t.epochs:g} epochs = {total}"
-                      if t.max_steps is None else f"optimizer steps: {total} (train.max_steps)")
-        report += [f"note: {n}" for n in batches.notes]
+        report += dataset_report(batches, t)
     return errors, "\n".join(report)
+
+
+def dataset_report(batches, t) -> list[str]:
+    """The bucket table, how the steps per epoch come about, the optimizer steps and notes (``t``: the
+    ``train`` section; ``lorakit ui``'s bucket preview shows the same lines)."""
+    per_epoch = len(batches) // max(t.grad_accum, 1)
+    total = t.max_steps if t.max_steps is not None else max(1, math.ceil(t.epochs * per_epoch))
+    steps = (f"optimizer steps: {per_epoch} per epoch x {t.epochs:g} epochs = {total}"
+             if t.max_steps is None else f"optimizer steps: {total} (train.max_steps)")
+    return [bucket_table(batches), batches.explain_steps(), steps] + [f"note: {n}" for n in batches.notes]

@@ -1,0 +1,1 @@
+"""``lorakit ui``: the local web UI (see :mod:`lorakit.ui.app`); imports nothing heavy at package level."""

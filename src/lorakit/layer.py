@@ -28,7 +28,6 @@ class LoraLayer(nn.Module):
         self.merged: dict[str, float] = {}  # adapter -> strength it was merged with
         self.disabled = False
         self.rows = None  # a lorakit.multi.RowMap inside ``per_row``: each row its own adapter
-        self.shared = None  # a lorakit.shared_input.SharedInput: one down GEMM with layers reading the same x
 
     # -- forward ----------------------------------------------------------------------------------
     def forward(self, x, *args, **kwargs):
@@ -39,9 +38,7 @@ class LoraLayer(nn.Module):
         live = [(n, s) for n, s in self.active.items() if n not in self.merged]
         if len(live) == 1 and not args and not kwargs:  # one live adapter: its own kernel, if it has one
             name, strength = live[0]
-            out = None if self.shared is None else self.shared.forward(self, x)
-            if out is None:
-                out = self.adapters[name].fused_forward(x, self.base_layer, strength)
+            out = self.adapters[name].fused_forward(x, self.base_layer, strength)
             if out is not None:
                 return out
         result = self.base_layer(x, *args, **kwargs)

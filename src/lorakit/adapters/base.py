@@ -139,10 +139,6 @@ class Adapter(nn.Module):
         """The layer's output from a single-adapter kernel, or None to take the generic path."""
         return None
 
-    def shares_down(self, x: torch.Tensor, base: nn.Module) -> bool:
-        """Whether this adapter may take its down-projection from a group GEMM (``lorakit.shared_input``)."""
-        return False
-
     def merge(self, weight: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
         return weight + strength * self.delta_weight().to(weight.dtype)
 

@@ -104,9 +104,6 @@ class DoraAdapter(LoraAdapter):
     def _scale_vector(self, weight: torch.Tensor) -> torch.Tensor:
         return self.magnitude / self.weight_norm(weight).to(self.magnitude.dtype)
 
-    def shares_down(self, x: torch.Tensor, base: nn.Module) -> bool:
-        return False  # the column norms need the whole update, not one shared down GEMM
-
     def fused_forward(self, x: torch.Tensor, base: nn.Module, strength: float):
         """One-GEMM path for a Linear/Conv1D base at strength 1, or None where it does not apply."""
         if strength != 1.0 or self.spec.kind != "linear" or not self.fusable_on(x, base):

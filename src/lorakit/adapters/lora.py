@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._fused import dense_is_cheaper, lora_linear
+from ._fused import lora_linear
 from ._fused_conv import delta, lora_conv
 from .base import Adapter, BaseSpec, conv_nd, scaling, to_weight_layout
 
@@ -104,13 +104,6 @@ class LoraAdapter(Adapter):
                 and not (self.training and self.dropout > 0)
                 and x.dtype == weight.dtype == self.lora_A.dtype
                 and not torch.is_autocast_enabled(x.device.type))
-
-    def shares_down(self, x: torch.Tensor, base: nn.Module) -> bool:
-        """Where the fused Linear kernel would run in its factored form (``_fused``), for an (out, in) weight."""
-        spec = self.spec
-        return (spec.kind == "linear" and not spec.fan_in_fan_out and self.fusable_on(x, base)
-                and not dense_is_cheaper(x.numel() // spec.in_features, spec.in_features, spec.out_features, self.r,
-                                         x.dtype))
 
     def fused_forward(self, x: torch.Tensor, base: nn.Module, strength: float):
         if not self.fusable_on(x, base):

@@ -26,7 +26,6 @@ from torch import nn
 from ...config import LoraConfig
 from ...inject import inject
 from ...model import lora_layers
-from ...shared_input import share_input
 from .dit_config import parse_blocks
 from .dropout import add_dropouts
 from .network import ADAPTER, TE_CLASSES, kohya_targets
@@ -132,8 +131,6 @@ def add_dit_network(parts: dict, family, net_args, lrs: dict[str, float], comput
         inject(model, config, ADAPTER)
         if part == "transformer" and not net_args.split_qkv:
             tie_fused(model, names)
-        if part == "transformer":  # the parts of one original Linear read one input: one down GEMM for all
-            share_input(model, fused_groups(names))
         if net_args.rank_dropout or net_args.module_dropout:
             add_dropouts([layer.adapters[ADAPTER] for _, layer in lora_layers(model)], net_args.rank_dropout,
                          net_args.module_dropout)

@@ -24,9 +24,6 @@ class KohyaDropoutLora(LoraAdapter):
     def _active(self) -> bool:
         return self.training and (self.rank_dropout > 0 or self.module_dropout > 0)
 
-    def shares_down(self, x, base):
-        return not self._active() and super().shares_down(x, base)
-
     def fused_forward(self, x, base, strength):
         return None if self._active() else super().fused_forward(x, base, strength)
 

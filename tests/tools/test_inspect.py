@@ -91,3 +91,20 @@ def test_inspect_cli_on_a_peft_llm_directory(tmp_path):
     assert {m["key"] for m in data["module_list"]} == {"lm_head", "model.layers.0.self_attn.q_proj",
                                                      "model.layers.1.self_attn.q_proj"}
     assert len(data["notes"]) == 1 and data["modules"] == {"lm_head": 1, "q_proj": 2}
+
+
+def test_convert_and_resize_of_a_peft_llm_directory_say_what_to_do_instead(tmp_path):
+    """The file tools read image-model LoRAs; a text model's PEFT adapter is refused naming the model and the
+    commands that do take it (it used to list every module as "expected a unet module")."""
+    from typer.testing import CliRunner
+
+    from lorakit.cli import app, commands  # noqa: F401  (registers the commands)
+
+    _peft_llama(tmp_path / "ad", ["q_proj"], r=4)
+    for args in (["convert", str(tmp_path / "ad"), str(tmp_path / "out.safetensors"), "--to", "kohya"],
+                 ["resize", str(tmp_path / "ad"), "-o", str(tmp_path / "small.safetensors"), "--rank", "2"]):
+        res = CliRunner().invoke(app, args)
+        out = " ".join(res.output.split())
+        assert res.exit_code == 1 and "PEFT adapter of a transformers model" in out, out
+        assert "expected a unet module" not in out and "lorakit merge BASE DIR" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ad"]

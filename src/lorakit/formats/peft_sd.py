@@ -23,7 +23,7 @@ from ._io import atomic_dir, read_json, read_safetensors, write_json, write_safe
 from .errors import LoraFileError, LoraKeyError
 from .lorafile import LoraFile, Naming, alpha_of, rank_of
 from .sd_keys import UnetLayout
-from .validate import check_peft_config
+from .validate import ROOTS, check_peft_config
 
 PARTS = ("unet", "text_encoder", "text_encoder_2")
 #: diffusers/PEFT tensor suffix -> kohya suffix (longest first when matching)
@@ -187,6 +187,8 @@ def read_peft_dir(path, allow_pickle: bool = False) -> LoraFile:
             raise LoraFileError(d, f"peft_type={config.get('peft_type')!r}, use_dora={config.get('use_dora')}; "
                                 "lorakit converts plain LoRA PEFT adapters (peft_type LORA) to kohya files.")
         guess = part or ("text_encoder" if any(".text_model." in k for k in tensors) else "unet")
+        if part is None and guess == "unet":
+            _refuse_text_model(d, tensors, config)
         lf = from_state_dict(tensors, meta, guess, config, source=str(weights))
         if merged is None:
             merged = lf
@@ -194,6 +196,20 @@ def read_peft_dir(path, allow_pickle: bool = False) -> LoraFile:
             merged.modules.update(lf.modules)
     merged.source = "peft"
     return merged
+
+
+def _refuse_text_model(d: Path, tensors: dict, config: dict) -> None:
+    """A PEFT adapter of a transformers text model (LLM, BERT...) is not an image-model LoRA: say what to do."""
+    paths = {re.sub(r"\.lora_[AB]\.weight$", "", re.sub(r"^(base_model\.model\.)+", "", k)) for k in tensors}
+    if any(p.split(".")[0] in ROOTS["unet"] for p in paths):
+        return
+    base = config.get("base_model_name_or_path") or "its base model"
+    raise LoraFileError(d, f"is a PEFT adapter of a transformers model ({base}, task_type "
+                        f"{config.get('task_type')}, modules such as {sorted(paths)[0]!r}), not a Stable Diffusion "
+                        "LoRA; the file tools (convert, merge-loras, resize, extract) work on SD/FLUX.1/SD3 LoRAs. A "
+                        "text-model adapter is already in PEFT's format: use it with `lorakit generate`/`predict "
+                        "BASE -a DIR`, bake it in with `lorakit merge BASE DIR -o OUT`, or list it with `lorakit "
+                        "inspect DIR`.")
 
 
 def write_peft(lf: LoraFile, directory) -> Path:

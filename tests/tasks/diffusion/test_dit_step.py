@@ -92,6 +92,16 @@ def assert_same_grads(model, ref, groups=None):
                                    msg=lambda m, p=path: f"{p}: {m}")
 
 
+def network_and_sigmas(fam, comps, case, latents):
+    """The step module for ``case`` (sampler, weighting, prediction) and its σ draw (seed 3)."""
+    sampler, weighting, prediction = case
+    args = SDTrainArgs(timestep_sampling=sampler, weighting_scheme=weighting, discrete_flow_shift=2.0,
+                       t5xxl_max_token_length=T5_TOKENS, guidance_scale=2.5)
+    net = DitNetwork(fam, comps, args, prediction, T5_TOKENS)
+    torch.manual_seed(3)
+    return net, net.draw_sigmas(latents).double()
+
+
 CASES = [  # every sampler once per family, the three weightings and both prediction types across them
     ("sigma", "none", "raw"), ("uniform", "sigma_sqrt", "raw"), ("sigmoid", "cosmap", "sigma_scaled"),
     ("shift", "none", "sigma_scaled"), ("flux_shift", "cosmap", "raw"), ("logit_normal", "none", "raw"),
@@ -120,18 +130,13 @@ def test_step_loss_and_grads_equal_the_diffusers_peft_recipe(tmp_path, family, s
     assert (len(shared) == len(adapted)) == split and len(adapted) > 10
     # SD3's last block drops the text stream: its text query gets no gradient (kohya's fused qkv row slice too)
     unused = {f"transformer_blocks.{len(model.transformer_blocks) - 1}.attn.add_q_proj"} if family == "sd3" else set()
-    latents = torch.randn(2, 16, 8, 12, generator=g, dtype=torch.float64)
-    noise = torch.randn(latents.shape, generator=g, dtype=torch.float64)
+    latents, noise = (torch.randn(2, 16, 8, 12, generator=g, dtype=torch.float64) for _ in range(2))
     text = reference_text(family, comps)
     cond = None
     for sampler, weighting, prediction in CASES:
         model.zero_grad(set_to_none=True)
         ref.zero_grad(set_to_none=True)
-        args = SDTrainArgs(timestep_sampling=sampler, weighting_scheme=weighting, discrete_flow_shift=2.0,
-                           t5xxl_max_token_length=T5_TOKENS, guidance_scale=2.5)
-        net = DitNetwork(fam, comps, args, prediction, T5_TOKENS)
-        torch.manual_seed(3)
-        sigma = net.draw_sigmas(latents).double()
+        net, sigma = network_and_sigmas(fam, comps, (sampler, weighting, prediction), latents)
         assert sigma.shape == (2,) and bool(((sigma > 0) & (sigma <= 1)).all())
         if cond is None:  # the text states do not depend on σ: encode once
             lat, cond = net.condition({"latents": latents, "captions": CAPTIONS})
@@ -171,17 +176,12 @@ def test_text_encoder_lora_grads_equal_the_diffusers_peft_recipe(family):
         refs[part].double()
         same_factors(comps[part], refs[part], g)
         assert len(list(lora_layers(comps[part]))) == len(names) > 10
-    latents = torch.randn(2, 16, 8, 12, generator=g, dtype=torch.float64)
-    noise = torch.randn(latents.shape, generator=g, dtype=torch.float64)
+    latents, noise = (torch.randn(2, 16, 8, 12, generator=g, dtype=torch.float64) for _ in range(2))
     for sampler, weighting, prediction in CASES[2:4]:  # both prediction types
         for module in (*comps.values(), *refs.values()):
             if isinstance(module, torch.nn.Module):
                 module.zero_grad(set_to_none=True)
-        args = SDTrainArgs(timestep_sampling=sampler, weighting_scheme=weighting, discrete_flow_shift=2.0,
-                           t5xxl_max_token_length=T5_TOKENS, guidance_scale=2.5)
-        net = DitNetwork(fam, comps, args, prediction, T5_TOKENS)
-        torch.manual_seed(3)
-        sigma = net.draw_sigmas(latents).double()
+        net, sigma = network_and_sigmas(fam, comps, (sampler, weighting, prediction), latents)
         lat, cond = net.condition({"latents": latents, "captions": CAPTIONS})  # the encoders run: no cached te_*
         loss = net.weigh(*net.predict(lat, cond, noise, sigma), sigma, None).mean()
         loss.backward()

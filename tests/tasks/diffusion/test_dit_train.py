@@ -72,24 +72,26 @@ RESUME = {  # FLUX.1: cached text states, the transformer alone; SD3: its two CL
     "sd3": {"train": {"timestep_sampling": "mode", "weighting_scheme": "sigma_sqrt", "ip_noise_gamma": 0.1,
                       "text_encoder_lr": 5e-4},
             "network": {"dropout": 0.1, "rank_dropout": 0.1}, "data": {"caption_dropout_rate": 0.3}}}
+PLAN = {"flux1": (2, 2, (3, 5), 8), "sd3": (1, 1, (1, 3), 4)}  # epochs, save every n steps, stops, steps in all
 
 
 @pytest.mark.parametrize("family", list(RESUME))
 def test_resume_twice_equals_an_uninterrupted_run(tmp_path, dirs, family):
     model, images = dirs[0 if family == "flux1" else 1], dirs[2]
     extra = {k: dict(v) for k, v in RESUME[family].items()}
-    extra["train"].update(save_every_n_steps=2, save_every_n_epochs=None)
+    epochs, every, stops, total = PLAN[family]
+    extra["train"].update(epochs=epochs, save_every_n_steps=every, save_every_n_epochs=None)
     whole = run(from_dict(dit_config(tmp_path / "a", model, images, **extra)), quiet=True)
     cfg = from_dict(dit_config(tmp_path / "b", model, images, **extra))
-    run(cfg, [StopAt(3)], quiet=True)
-    run(cfg, [StopAt(5)], resume=True, quiet=True)
+    run(cfg, [StopAt(stops[0])], quiet=True)
+    run(cfg, [StopAt(stops[1])], resume=True, quiet=True)
     resumed = run(cfg, resume=True, quiet=True)
-    assert resumed.summary["steps"] == whole.summary["steps"] == 8
+    assert resumed.summary["steps"] == whole.summary["steps"] == total
     a, b = load_file(tmp_path / "a/run/tiny.safetensors"), load_file(tmp_path / "b/run/tiny.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert any(k.startswith(("lora_te1_", "lora_te2_")) for k in a) == (family == "sd3")
     steps = [json.loads(r)["step"] for r in (tmp_path / "b/run/metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 9))
+    assert steps == list(range(1, total + 1))
 
 
 def test_sd3_run_with_cached_text_states_writes_diffusers_keys(tmp_path, dirs):

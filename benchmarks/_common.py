@@ -87,6 +87,31 @@ def run_exact_rss(script: str, *args: str) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
+def training_peaks(marks: dict, base: int):
+    """A lorakit callback that writes into ``marks``, above ``base`` (the RSS once the runtime is imported):
+    ``load``, the peak until training begins, and ``train``, the peak from the first step on (VmHWM is reset
+    to VmRSS when training begins, after the heap is trimmed)."""
+    import ctypes
+
+    from lorakit.train import Callback
+
+    libc = ctypes.CDLL("libc.so.6")
+
+    class Peaks(Callback):
+        def on_train_begin(self, state):
+            marks["load"] = _status("VmHWM") - base
+            libc.malloc_trim(0)
+            marks["begin"] = _status("VmRSS") - base
+            marks["file"], marks["anon"] = _status("RssFile"), _status("RssAnon")
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # VmHWM := VmRSS: the training peak starts here
+
+        def on_train_end(self, state):
+            marks["train"] = _status("VmHWM") - base
+
+    return Peaks()
+
+
 def peak_in_subprocess(script: str, *args: str) -> int:
     """Peak RSS growth (bytes) reported by ``script --peak-of ARGS`` (see ``run_exact_rss``)."""
     return int(run_exact_rss(script, "--peak-of", *args))

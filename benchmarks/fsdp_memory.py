@@ -15,7 +15,6 @@ training (VmHWM reset when training begins).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import socket
 import subprocess
@@ -23,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import EXACT_RSS_ENV, _status, env_without_heap_policy
+from _common import EXACT_RSS_ENV, _status, env_without_heap_policy, training_peaks
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # benchmark the tree this file is in
@@ -70,27 +69,13 @@ def rank_main(name: str, steps: int, out: str, layers: int) -> None:
     import transformers.models.llama.modeling_llama  # noqa: F401  (the baseline is the runtime: imports, group)
 
     import lorakit.tasks.text.task  # noqa: F401
-    from lorakit.train import Callback, run
+    from lorakit.train import run
 
     dist.init_process_group("gloo")  # run() uses it and leaves it to us
 
-    libc = ctypes.CDLL("libc.so.6")
-    base = _status("VmRSS")
     marks = {}
-
-    class Probe(Callback):
-        def on_train_begin(self, state):
-            marks["load"] = _status("VmHWM") - base
-            libc.malloc_trim(0)
-            marks["begin"] = _status("VmRSS") - base
-            marks["file"] = _status("RssFile")
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # VmHWM := VmRSS: the training peak starts here
-
-        def on_train_end(self, state):
-            marks["train"] = _status("VmHWM") - base
-
-    run(config(name, steps, Path(out), layers), [Probe()], quiet=True)
+    probe = training_peaks(marks, _status("VmRSS"))
+    run(config(name, steps, Path(out), layers), [probe], quiet=True)
     dist.destroy_process_group()
     print(json.dumps(marks), flush=True)
 

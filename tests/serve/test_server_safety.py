@@ -6,6 +6,7 @@ and trainer run folders."""
 from __future__ import annotations
 
 import shutil
+import statistics
 import threading
 import time
 
@@ -164,7 +165,10 @@ def test_health_answers_while_a_big_prompt_is_tokenized(serve_dirs, monkeypatch)
         # too long for the model's 64 positions: refused after tokenizing, which is what took the time
         assert result["r"].status_code == 400 and "context" in result["r"].json()["error"]["message"]
         assert result["seconds"] >= 2.0
-        assert len(latencies) >= 5 and max(latencies) < 1.0, (max(latencies), result["seconds"])
+        # on the event loop the 2 s sleep would hold every /health answer until it ends: one or two answers in
+        # all; off it, answers keep coming while the prompt is tokenized (the median ignores a loaded machine's
+        # stray slow one)
+        assert len(latencies) >= 5 and statistics.median(latencies) < 0.5, (latencies, result["seconds"])
 
 
 def test_pinned_adapters_may_not_take_every_slot(serve_dirs):

@@ -84,3 +84,27 @@ def test_validate_checks_the_processes_and_prints_the_memory_table(tmp_path, lla
     assert result.exit_code == 1
     assert "fewer than one optimizer step needs (batch 2 x accumulation 1 x 16 processes = 32)" in \
         " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("device", ["cuda", "auto"])
+def test_device_check_one_gpu_per_process(monkeypatch, device):
+    """validate's check that each process of a node gets its own GPU (LOCAL_RANK picks it)."""
+    from lorakit.train.plan import device_problems
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert device_problems(device, 2) == ([], [])
+    assert device_problems(device, 1) == ([], [])
+    problems, notes = device_problems(device, 4)
+    assert problems == ["4 processes per node but this machine has 2 CUDA device(s); each process takes GPU "
+                        "LOCAL_RANK of its node: use --nproc-per-node 2 (torchrun's too)."] and notes == []
+
+
+def test_device_check_cpu_processes_beyond_cores(monkeypatch):
+    from lorakit.train.plan import device_problems
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    assert device_problems("auto", 2) == ([], [])
+    assert device_problems("auto", 3) == ([], ["3 CPU processes share 2 cores: each gets one thread and they wait "
+                                               "on each other."])

@@ -64,7 +64,7 @@ def validate(config: Annotated[Path, typer.Argument(help="Run config (YAML).")],
                  "--nnodes", min=1, help="Nodes it will run on (default: WORLD_SIZE / processes per node).")] = None):
     """Check CONFIG without training: every problem at once, each with its key and a fix (for SD configs
     also the dataset, the model files, the bucket table and the step count), then the run's processes
-    (GPUs per node, global batch, steps) and, for text models, the memory each process needs.
+    (GPUs per node, global batch, steps) and the memory each process needs (text and diffusion runs).
 
     A quickstart config (one with a ``quickstart`` section) is checked for every method it runs."""
     from ..config import ConfigError

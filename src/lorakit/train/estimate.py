@@ -32,6 +32,17 @@ OPTIMIZER_BYTES = {"adamw": 8, "adamw8bit": 2, "lion": 4, "adafactor": 4, "prodi
 
 
 @dataclass
+class Part:
+    """One model of a pipeline: its parameters (a 4-bit weight counts as its number of weights), the
+    adapter's trainable parameters in it and its frozen storage by kind."""
+
+    name: str
+    params: int
+    trainable: int
+    frozen_bytes: dict[str, int]
+
+
+@dataclass
 class Estimate:
     params: int
     """Parameters of the base model (a 4-bit weight counts as its number of weights)."""
@@ -48,6 +59,10 @@ class Estimate:
     """The largest FSDP unit's parameter bytes (gathered whole while it runs)."""
     root_bytes: int = 0
     """Parameters outside every unit (embeddings, head): FSDP's root unit."""
+    held_bytes: dict[str, int] = field(default_factory=dict)
+    """What every process holds whole, never sharded (a VAE outside the trained module, latent caches)."""
+    parts: list[Part] = field(default_factory=list)
+    """Per model part (U-Net, each text encoder, VAE): the calculator prints one row each."""
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -62,6 +77,7 @@ class Estimate:
         if strategy == "fsdp" and world > 1:
             out = {k: math.ceil(v / world) for k, v in out.items()}
             out["gathered (root + 2 blocks)"] = self.root_bytes + 2 * self.block_bytes
+        out.update(self.held_bytes)
         out["activations"] = (self.activation_bytes or 0) + self.transient_bytes
         return out
 
@@ -186,17 +202,25 @@ def human(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-def format_estimate(est: Estimate, world: int, strategy: str, batch: int, seq: int | None) -> str:
-    """The calculator's table: one process, and each of ``world`` processes under DDP and FSDP."""
-    base = ", ".join(f"{human(v)} {k}" for k, v in est.frozen_bytes.items())
-    lines = [f"model: {est.params:,} parameters ({base}), trainable {est.trainable:,} "
+def _storage(frozen: dict[str, int]) -> str:
+    return ", ".join(f"{human(v)} {k}" for k, v in frozen.items())
+
+
+def format_estimate(est: Estimate, world: int, strategy: str, what: str) -> str:
+    """The calculator's table: one process, and each of ``world`` processes under DDP and FSDP; ``what``
+    names the micro-batch the activations are for ("batch 2 x 512 tokens")."""
+    lines = [f"model: {est.params:,} parameters ({_storage(est.frozen_bytes)}), trainable {est.trainable:,} "
              f"({100 * est.trainable / max(est.params, 1):.3f}%)"
              + (f", {est.blocks} FSDP units" if est.blocks else "")]
+    if est.parts:
+        width = max(len(p.name) for p in est.parts) + 2
+        lines.append(f"{'part':<{width}}{'parameters':>14}{'trainable':>12}   frozen storage")
+        lines += [f"{p.name:<{width}}{p.params:>14,}{p.trainable:>12,}   {_storage(p.frozen_bytes)}" for p in est.parts]
     columns = [("1 process", "ddp", 1)]
     if world > 1:
         columns += [(f"DDP x{world}, each", "ddp", world), (f"FSDP x{world}, each", "fsdp", world)]
     rows: dict[str, dict[str, int]] = {}
-    for title, kind, w in columns:
+    for title, kind, w in reversed(columns):  # the widest column (FSDP's) first: its rows' order
         for item, value in est.per_process(kind, w).items():
             rows.setdefault(item, {})[title] = value
     rows["total (estimate)"] = {t: sum(est.per_process(kind, w).values()) for t, kind, w in columns}
@@ -205,7 +229,6 @@ def format_estimate(est: Estimate, world: int, strategy: str, batch: int, seq: i
     for item, values in rows.items():
         lines.append(f"{item:<{width}}" + "".join(f"{human(values[t]) if t in values else '-':>{col}}"
                                                    for t, _, _ in columns))
-    what = f"batch {batch}" + (f" x {seq} tokens" if seq else "")
     lines.append(f"activations: {what} per micro-batch" + ("" if est.activation_bytes is not None else
                                                           " (not estimated for this architecture)")
                  + f"; this run uses {strategy if world > 1 else 'one process'}."

@@ -56,13 +56,14 @@ def _text_steps(cfg, world: int) -> tuple[list[str], str, int]:
     return [], f"{text}: {per_epoch} steps per epoch, {total} in all", seq
 
 
-def _diffusion_steps(cfg, world: int) -> tuple[list[str], str]:
+def _diffusion_steps(cfg, world: int) -> tuple[list[str], str, object]:
+    """(problems, the step arithmetic, the scanned dataset)."""
     from ..tasks.diffusion.dataset import build_dataset
 
     t = cfg.train
     data = build_dataset(cfg.data, batch_size=t.batch_size, seed=t.seed, world=world, scan_only=True)
     if data.problems:
-        return [], ""  # validate reports them
+        return [], "", None  # validate reports them
     per_epoch = len(data) // t.grad_accum
     text = (f"global batch: {t.batch_size} per process x {t.grad_accum} accumulation x {world} processes; "
             f"{data.total_batches} batches per epoch, ceil({data.total_batches}/{world}) = {len(data)} per process")
@@ -70,8 +71,8 @@ def _diffusion_steps(cfg, world: int) -> tuple[list[str], str]:
         text += f" (the last {world - data.total_batches % world} process(es) wrap to the epoch's first batches)"
     if per_epoch < 1:
         return [f"{len(data)} micro-batches per process per epoch, fewer than train.grad_accum={t.grad_accum}: lower "
-                "grad_accum or the number of processes, or add images/repeats."], text
-    return [], f"{text}: {per_epoch} steps per epoch"
+                "grad_accum or the number of processes, or add images/repeats."], text, data
+    return [], f"{text}: {per_epoch} steps per epoch", data
 
 
 def plan(task_name: str, cfg, world: int, per_node: int) -> tuple[list[str], str]:
@@ -88,12 +89,18 @@ def plan(task_name: str, cfg, world: int, per_node: int) -> tuple[list[str], str
         problems += more
         lines.append(steps)
         try:
-            lines.append(format_estimate(text_estimate(cfg, seq), world, t.distributed, t.batch_size, seq))
+            lines.append(format_estimate(text_estimate(cfg, seq), world, t.distributed, f"batch {t.batch_size} x {seq} tokens"))
         except (OSError, ValueError) as exc:
             notes.append(f"memory estimate unavailable: {exc}")
     else:
-        more, steps = _diffusion_steps(cfg, world)
+        from ..tasks.diffusion.estimate import diffusion_estimate
+
+        more, steps, data = _diffusion_steps(cfg, world)
         problems += more
         lines += [steps] if steps else []
-        notes.append("memory estimate: not available for the diffusion task yet (text models only).")
+        try:
+            est = diffusion_estimate(cfg, data)
+            lines.append(format_estimate(est, world, t.distributed, f"batch {t.batch_size} images"))
+        except (OSError, ValueError, KeyError, AttributeError) as exc:
+            notes.append(f"memory estimate unavailable: {type(exc).__name__}: {exc}")
     return problems, "\n".join(lines + notes)

@@ -73,8 +73,9 @@ def _to_device(comps: dict, device: torch.device, swapped) -> None:
                 p.data = p.data.to(device, torch.float32)
 
 
-def build(cfg, device: torch.device, comps: dict | None = None) -> Parts:
-    """The trainable network of a FLUX.1/SD3 run (``comps`` skips loading: the tests' in-memory models)."""
+def build(cfg, device: torch.device, comps: dict | None = None, check_save: bool = True) -> Parts:
+    """The trainable network of a FLUX.1/SD3 run (``comps`` skips loading: the tests' in-memory models;
+    ``check_save``: convert the new network to the save format once, see ``check_savable``)."""
     t, m = cfg.train, cfg.model
     if comps is None:
         comps = load_dit_components(m.path, m.config, DTYPES[m.dtype], m.drop_t5)
@@ -91,7 +92,8 @@ def build(cfg, device: torch.device, comps: dict | None = None) -> Parts:
         raise ConfigError(problems, "diffusion training config")
     lrs = part_lrs(cfg, family, comps)
     adapted = add_dit_network(comps, family, cfg.network, lrs, compute_dtype=m.dtype)
-    check_savable(comps, family, cfg)
+    if check_save:
+        check_savable(comps, family, cfg)
     if cfg.network.network_weights:
         from .dit_export import load_dit_weights
 

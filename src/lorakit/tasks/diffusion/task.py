@@ -78,11 +78,15 @@ class DiffusionTask:
 
         return validate(data)
 
-    def build(self, cfg: SDRunConfig, device: torch.device) -> Parts:
+    def build(self, cfg: SDRunConfig, device: torch.device, comps: dict | None = None,
+              check_save: bool = True) -> Parts:
+        """The trainable network (``comps`` skips loading: the memory calculator's fake models; it passes
+        ``check_save=False``, as fake weights cannot go through a trial save)."""
         if is_dit(cfg):
-            return dit_task.build(cfg, device)
+            return dit_task.build(cfg, device, comps, check_save)
         t = cfg.train
-        comps = load_components(cfg.model.path, cfg.model.config, DTYPES[cfg.model.dtype])
+        if comps is None:
+            comps = load_components(cfg.model.path, cfg.model.config, DTYPES[cfg.model.dtype])
         family = resolve_family(cfg, comps["family"])
         prediction = prediction_type(cfg, family, comps["scheduler_config"])
         lrs = part_lrs(cfg, family)

@@ -14,7 +14,8 @@ from lorakit.adapters._fused import dense_is_cheaper, lora_linear
 @pytest.mark.parametrize("form", ["factored", "dense"])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("fifo", [False, True])
-def test_fused_linear_matches_autograd(bias, fifo, form, monkeypatch):
+@pytest.mark.parametrize("s", [0.7, 1.0])  # 1.0: alpha = r, where the backward skips the scaling pass
+def test_fused_linear_matches_autograd(bias, fifo, form, s, monkeypatch):
     monkeypatch.setattr(_fused, "THIN_GEMM_COST", 0.0 if form == "factored" else 1e9)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 5, 12, generator=g, requires_grad=True)
@@ -23,7 +24,6 @@ def test_fused_linear_matches_autograd(bias, fifo, form, monkeypatch):
     b = torch.randn(7, generator=g, requires_grad=True) if bias else None
     a = torch.randn(4, 12, generator=g, requires_grad=True)
     bb = torch.randn(7, 4, generator=g, requires_grad=True)
-    s = 0.7
     dy = torch.randn(3, 5, 7, generator=g)
 
     y = lora_linear(x, w, b, a, bb, s, fifo)

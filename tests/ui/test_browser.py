@@ -48,7 +48,8 @@ def free_port() -> int:
 def server(tmp_path):
     ws, port = tmp_path / "ws", free_port()
     log = tmp_path / "ui.log"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}  # its jobs too: no thread pools competing on the shared test machine
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "lorakit", "ui", str(ws), "--port", str(port)], stdout=out,
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)

@@ -1,10 +1,33 @@
 """The dataset API with good and bad input: datasets and folders, pages, thumbnails, captions, trash."""
 
+import os
+import sys
 import time
+from contextlib import contextmanager
 
-from ui_helpers import snapshot, write_images
+from ui_helpers import png_bytes, snapshot, write_images
 
 D = "/api/datasets"
+_OPENS: list[str] | None = None  # while recording: every file the process opens (audit event "open")
+
+
+def _audit(event, args):
+    if event == "open" and _OPENS is not None and isinstance(args[0], (str, bytes, os.PathLike)):
+        _OPENS.append(os.fsdecode(args[0]))
+
+
+sys.addaudithook(_audit)  # cannot be removed; it costs a comparison per event while nothing records
+
+
+@contextmanager
+def opened():
+    """The paths opened meanwhile, by any thread (the app serves files from a worker thread)."""
+    global _OPENS
+    _OPENS = []
+    try:
+        yield _OPENS
+    finally:
+        _OPENS = None
 
 
 def test_list_and_create(client, ws_root):
@@ -61,6 +84,40 @@ def test_thumbnails_are_cached_and_paths_confined(client, ws_root):
     (ws_root / "datasets/d1/img/2_sks shape/bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     r = client.get(f"{D}/d1/thumb", params={"path": "img/2_sks shape/bad.png"})
     assert r.status_code == 400 and "unreadable or corrupt image" in r.json()["error"]
+
+
+def test_full_images_are_served_and_nothing_outside_is_read(client, ws_root, tmp_path):
+    """``/api/datasets/{name}/image`` (the grid's full-size link): the image with its type; ``..``, absolute
+    paths, symlinks out, other files and missing ones are refused, and no file outside the workspace is opened."""
+    folder = ws_root / "datasets/d1/img/2_sks shape"
+    from PIL import Image
+
+    Image.new("RGB", (40, 24), (10, 200, 10)).save(folder / "photo.jpg")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.png").write_bytes(png_bytes(colour=(1, 2, 3)))
+    os.symlink(outside / "secret.png", folder / "link.png")
+    for rel, kind in (("img/2_sks shape/0001.png", "image/png"), ("img/2_sks shape/photo.jpg", "image/jpeg"),
+                      ("reg/1_shape/0000.png", "image/png")):
+        with opened() as paths:
+            r = client.get(f"{D}/d1/image", params={"path": rel})
+        assert r.status_code == 200 and r.headers["content-type"] == kind, (rel, r.status_code)
+        assert r.content == (ws_root / "datasets/d1" / rel).read_bytes()
+        assert str(ws_root / "datasets/d1" / rel) in paths  # the recorder sees the app's reads
+    secret = str(outside / "secret.png")
+    bad = (("../../../outside/secret.png", 400, "'..' is not allowed"), (secret, 404, "not found"),
+           ("img/2_sks shape/link.png", 400, "leads outside the workspace"),
+           ("img/2_sks shape/0001.txt", 400, "is not an image of dataset 'd1'"),
+           ("img/2_sks shape/none.png", 404, "not found"), ("", 400, "is not an image"),
+           ("img/2_sks shape/0001.png\x00", 400, "NUL"))
+    with opened() as paths:
+        for rel, status, text in bad:
+            r = client.get(f"{D}/d1/image", params={"path": rel})
+            assert r.status_code == status and text in r.json()["error"], (rel, r.status_code, r.text)
+        for name in ("..", "nope", ".lorakit"):
+            r = client.get(f"{D}/{name.replace('.', '%2E')}/image", params={"path": "img/2_sks shape/0001.png"})
+            assert r.status_code in (400, 404) and r.json()["error"], (name, r.status_code)
+    assert not [p for p in paths if p.startswith(str(outside))], paths
 
 
 def test_caption_save_conflict_and_undo(client, ws_root):

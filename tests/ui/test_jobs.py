@@ -8,13 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
+from ui_helpers import SLEEP, kill_jobs
 
 from lorakit.ui import processes
 from lorakit.ui.jobs import JobStore
 from lorakit.ui.runner import Runner
 from lorakit.ui.workspace import Workspace
-
-SLEEP = [sys.executable, "-c", "import time; print('child up', flush=True); time.sleep(60)"]
 
 
 def leave(files: dict, code: int = 0) -> list[str]:
@@ -33,11 +32,7 @@ def setup(tmp_path):
     store = JobStore(ws.state / "jobs.sqlite3")
     runner = Runner(ws, store)
     yield ws, store, runner
-    for job in store.active():  # never leave a child behind
-        processes.signal_group(job["pid"], job["ident"], signal.SIGKILL)
-    for child in store.children.values():
-        child.kill()
-        child.wait(timeout=10)
+    kill_jobs(store)  # never leave a child behind
 
 
 def wait_for(fn, timeout=30.0):

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import io
 import random
+import signal
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "assets" / "sdworld-base"
 HOST = "http://127.0.0.1:7870"
+SLEEP = [sys.executable, "-c", "import time; print('child up', flush=True); time.sleep(60)"]  # a stand-in job
 
 
 def png_bytes(size=(48, 32), colour=(200, 30, 30)) -> bytes:
@@ -41,3 +44,14 @@ def snapshot(root: Path) -> dict[str, bytes]:
     """Every file under ``root`` (but the UI's own state) with its bytes: 'nothing written' checks compare two."""
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
             if p.is_file() and ".lorakit" not in p.relative_to(root).parts}
+
+
+def kill_jobs(store) -> None:
+    """Kill every job process of ``store`` still running and reap this process's children (a test's cleanup)."""
+    from lorakit.ui import processes
+
+    for job in store.active():
+        processes.signal_group(job["pid"], job["ident"], signal.SIGKILL)
+    for child in list(store.children.values()):
+        child.kill()
+        child.wait(timeout=10)

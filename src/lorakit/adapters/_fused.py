@@ -94,15 +94,19 @@ class LoraLinearFunction(torch.autograd.Function):
                 dx.addmm_(g, lora_a, alpha=s)
                 dx = dx.view(ctx.in_shape)
             if need_a:
-                da = torch.mm(g.t(), x2).mul_(s)
+                da = _scaled(torch.mm(g.t(), x2), s)
             if need_bb:
-                dbb = torch.mm(dy2.t(), u).mul_(s)
+                dbb = _scaled(torch.mm(dy2.t(), u), s)
             if need_w:
                 dw = torch.mm(dy2.t(), x2)
                 dw = dw.t() if ctx.fifo else dw
         if need_b:
             db = dy2.sum(0)
         return dx, (dw if need_w else None), db, (da if need_a else None), (dbb if need_bb else None), None, None
+
+
+def _scaled(t: torch.Tensor, s: float) -> torch.Tensor:
+    return t if s == 1.0 else t.mul_(s)  # alpha = r: no pass over the gradient
 
 
 def lora_linear(x, weight, bias, lora_a, lora_b, scale: float, fan_in_fan_out: bool = False):

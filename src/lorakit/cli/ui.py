@@ -84,6 +84,7 @@ def ui_cmd(workspace: Annotated[Path, typer.Argument(help="Workspace directory (
                                                                     "config) into the workspace.")] = False):
     """Serve the web UI for WORKSPACE: datasets and captions, training with live loss and samples, a job
     queue, epoch x strength comparisons. Jobs keep running when the UI exits."""
+    import os
     import socket
 
     try:
@@ -109,6 +110,8 @@ def ui_cmd(workspace: Annotated[Path, typer.Argument(help="Workspace directory (
         made = seed_example(ws)
         console.print(f"example: {', '.join(made) if made else 'already in the workspace'}")
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        if os.name != "nt":  # as uvicorn binds: connections of a UI that just ended (TIME_WAIT) do not hold the port
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:

@@ -10,6 +10,7 @@ Errors are one line of JSON, ``{"error": "...", "code": "..."}``, with the statu
 
 from __future__ import annotations
 
+import html
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,7 +102,10 @@ def build(workspace: str | Path, limits: Limits | None = None, start_runner: boo
             message = f"internal error ({type(exc).__name__}: {message}); this is a lorakit bug, please report it."
         if request.url.path.startswith("/api/"):
             return JSONResponse({"error": message, "code": code}, status)
-        return templates.TemplateResponse(request, "error.html", {"status": status, "message": message}, status)
+        try:
+            return pages.render(request, "error.html", status, status=status, message=message)  # with the header
+        except Exception:  # noqa: BLE001  (the job table itself failing: a bare page still says what happened)
+            return HTMLResponse(f"<h1>{status}</h1><p>{html.escape(message)}</p>", status)
 
     for kind in {k for k, _, _ in ERRORS} | {Exception}:  # Exception: a bug, answered 500 (and logged)
         app.add_exception_handler(kind, on_error)

@@ -14,11 +14,12 @@ from .configs import EXAMPLE, parse, text_version
 router = APIRouter()
 
 
-def render(request: Request, template: str, **context) -> HTMLResponse:
+def render(request: Request, template: str, status_code: int = 200, **context) -> HTMLResponse:
+    """A page with what every page's header shows (the workspace, the running jobs)."""
     s = request.app.state.ui
     jobs = s.store.all()
     active = [j for j in jobs if j["state"] in ("running", "stopping")]
-    return s.templates.TemplateResponse(request, template, {"ws": s.ws, "active": active, **context})
+    return s.templates.TemplateResponse(request, template, {"ws": s.ws, "active": active, **context}, status_code)
 
 
 @router.get("/", response_class=HTMLResponse)

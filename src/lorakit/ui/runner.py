@@ -115,14 +115,14 @@ class Runner:
         job = self.store.get(job_id)
         if job["state"] != "running":
             raise ValueError(f"job {job_id} is {job['state']}; {command} needs a running job.")
+        if job["kind"] != "train" and command != "stop":
+            raise ValueError(f"{command} is for trainings; job {job_id} is a {job['kind']} job.")
+        if command == "stop":  # first: a job that ends at once is then settled as stopped, not failed
+            self.store.update(job_id, state="stopping")
         if job["kind"] != "train":
-            if command != "stop":
-                raise ValueError(f"{command} is for trainings; job {job_id} is a {job['kind']} job.")
             processes.signal_group(job["pid"], job["ident"], signal.SIGTERM)
         else:
             request(job["run_dir"], command)
-        if command == "stop":
-            self.store.update(job_id, state="stopping")
         self.wake()
 
     def kill(self, job_id: int) -> None:

@@ -139,3 +139,31 @@ def test_a_failed_grid_leaves_nothing_behind(model, tmp_path):
     assert (tmp_path / "grid-cells" / "00000-cell0-0-0.png").read_bytes() != b"earlier run"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grid-cells", "grid.png"]
 
+
+
+SYNTAX = "a [red:blue:0.5] [cat|dog] AND sks house:0.7"  # prompt editing, alternation, composable AND
+
+
+def test_grid_cells_with_a1111_prompt_syntax_equal_generate_images(model, tmp_path):
+    """Each cell of ``sd grid`` (a Prompt S/R axis editing inside the brackets) is the image ``generate_images``
+    gives for the cell's prompt and seed, and the syntax took effect (the cell differs from the plain prompt)."""
+    import numpy as np
+
+    from lorakit.sd.generate import generate_images
+    from lorakit.sd.pipeline import load_pipeline
+
+    path, _ = model
+    out = tmp_path / "grid.png"
+    res = _run("sd", "grid", path, SYNTAX, "--x", "Prompt S/R: blue, green", "--seed", 3, "--steps", 3, "-o", out,
+               "--size", "32x32", "--device", "cpu")
+    assert res.exit_code == 0, res.text
+    cells = {p.name[6:-4]: np.asarray(Image.open(p)) for p in (tmp_path / "grid-cells").iterdir()}
+    assert sorted(cells) == ["cell0-0-0", "cell1-0-0"]
+    pipe = load_pipeline(str(path))[0]
+    for ix, colour in enumerate(["blue", "green"]):
+        prompt = SYNTAX.replace("blue", colour)
+        want = generate_images(pipe, prompt, width=32, height=32, steps=3, seed=3)[0]
+        assert (cells[f"cell{ix}-0-0"] == np.asarray(want)).all(), prompt
+        assert parse_infotext(want.info["parameters"])["Prompt"] == prompt
+    plain = generate_images(pipe, "a blue cat", width=32, height=32, steps=3, seed=3)[0]
+    assert not (cells["cell0-0-0"] == np.asarray(plain)).all()

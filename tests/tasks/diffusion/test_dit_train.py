@@ -1,7 +1,8 @@
 """FLUX.1 / SD3 training end to end through the shared loop, on tiny pipeline directories: the run
 directory kohya users expect (kohya file with the flow metadata, samples through lorakit's generation
 code, loss by timestep), resume twice equals an uninterrupted run bit for bit, SD3 with cached text
-states and diffusers-key output."""
+states and diffusers-key output; the 16-channel VAE's shift and scale in training's latents (cached and not)
+and generation's decoding, as diffusers' Flux/SD3 training scripts and pipelines apply them."""
 
 import json
 
@@ -65,21 +66,32 @@ def test_flux_run_writes_a_kohya_file_with_flow_metadata_and_samples(tmp_path, d
     assert result.summary["adapted_modules"]["transformer"] > 10
 
 
-def test_resume_twice_equals_an_uninterrupted_run(tmp_path, dirs):
-    flux, _, images = dirs
-    extra = {"train": {"save_every_n_steps": 2, "save_every_n_epochs": None, "noise_offset": 0.05,
-                       "timestep_sampling": "logit_normal", "weighting_scheme": "cosmap"},
-             "network": {"dropout": 0.1, "train_unet_only": True}, "data": {"cache_text_encoder_outputs": True}}
-    whole = run(from_dict(dit_config(tmp_path / "a", flux, images, **extra)), quiet=True)
-    cfg = from_dict(dit_config(tmp_path / "b", flux, images, **extra))
-    run(cfg, [StopAt(3)], quiet=True)
-    run(cfg, [StopAt(5)], resume=True, quiet=True)
+RESUME = {  # FLUX.1: cached text states, the transformer alone; SD3: its two CLIPs trained (encoded every step)
+    "flux1": {"train": {"noise_offset": 0.05, "timestep_sampling": "logit_normal", "weighting_scheme": "cosmap"},
+              "network": {"dropout": 0.1, "train_unet_only": True}, "data": {"cache_text_encoder_outputs": True}},
+    "sd3": {"train": {"timestep_sampling": "mode", "weighting_scheme": "sigma_sqrt", "ip_noise_gamma": 0.1,
+                      "text_encoder_lr": 5e-4},
+            "network": {"dropout": 0.1, "rank_dropout": 0.1}, "data": {"caption_dropout_rate": 0.3}}}
+PLAN = {"flux1": (2, 2, (3, 5), 8), "sd3": (1, 1, (1, 3), 4)}  # epochs, save every n steps, stops, steps in all
+
+
+@pytest.mark.parametrize("family", list(RESUME))
+def test_resume_twice_equals_an_uninterrupted_run(tmp_path, dirs, family):
+    model, images = dirs[0 if family == "flux1" else 1], dirs[2]
+    extra = {k: dict(v) for k, v in RESUME[family].items()}
+    epochs, every, stops, total = PLAN[family]
+    extra["train"].update(epochs=epochs, save_every_n_steps=every, save_every_n_epochs=None)
+    whole = run(from_dict(dit_config(tmp_path / "a", model, images, **extra)), quiet=True)
+    cfg = from_dict(dit_config(tmp_path / "b", model, images, **extra))
+    run(cfg, [StopAt(stops[0])], quiet=True)
+    run(cfg, [StopAt(stops[1])], resume=True, quiet=True)
     resumed = run(cfg, resume=True, quiet=True)
-    assert resumed.summary["steps"] == whole.summary["steps"] == 8
+    assert resumed.summary["steps"] == whole.summary["steps"] == total
     a, b = load_file(tmp_path / "a/run/tiny.safetensors"), load_file(tmp_path / "b/run/tiny.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(k.startswith(("lora_te1_", "lora_te2_")) for k in a) == (family == "sd3")
     steps = [json.loads(r)["step"] for r in (tmp_path / "b/run/metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 9))
+    assert steps == list(range(1, total + 1))
 
 
 def test_sd3_run_with_cached_text_states_writes_diffusers_keys(tmp_path, dirs):
@@ -94,3 +106,74 @@ def test_sd3_run_with_cached_text_states_writes_diffusers_keys(tmp_path, dirs):
     assert json.loads(meta["lora_adapter_metadata"])["transformer.r"] == 4
     assert meta["ss_model_prediction_type"] == "sigma_scaled" and meta["ss_weighting_scheme"] == "sigma_sqrt"
     assert result.summary["family"] == "sd3" and result.summary["prediction_type"] == "sigma_scaled"
+
+
+
+def _first_step_latents(tmp, model, images, cached: bool, sharp: bool, monkeypatch):
+    """(the first batch, the latents its training step gives the transformer, the VAE) of a run on ``model``;
+    ``sharp``: the VAE's posterior log-variance is −30 everywhere (σ = e^-15: every sample is the mode)."""
+    from lorakit.tasks.diffusion import dit_task
+
+    cfg = from_dict(dit_config(tmp, model, images, data={"cache_latents": cached}, network={"train_unet_only": True}))
+    comps = dit_task.load_dit_components(str(model), None, torch.float32)
+    vae = comps["vae"]
+    if sharp:
+        with torch.no_grad():
+            vae.quant_conv.weight[vae.config.latent_channels:].zero_()
+            vae.quant_conv.bias[vae.config.latent_channels:].fill_(-30.0)
+    parts = dit_task.build(cfg, torch.device("cpu"), comps)
+    net, seen = parts.model, []
+    real = net.predict
+
+    def spy(latents, *args):
+        seen.append(latents.detach().clone())
+        return real(latents, *args)
+
+    monkeypatch.setattr(net, "predict", spy)
+    batch = next(iter(dit_task.data(cfg, parts, 0, 1).epoch(0)))
+    net(batch)
+    return batch, seen[0], vae
+
+
+@pytest.mark.parametrize("family", ["flux1", "sd3"])
+def test_latents_are_the_vae_sample_shifted_then_scaled_and_generation_inverts_it(tmp_path, dirs, family,
+                                                                                  monkeypatch):
+    """diffusers' train_dreambooth_lora_flux/sd3.py: latents = (vae.encode(x).latent_dist.sample() − shift_factor)
+    · scaling_factor (the tiny VAE: shift 0.1, scale 0.5, so scaling before shifting would be 0.05 off).
+    Uncached: the batch's own sample (drawn from its ``rng_seed``); cached: with a sharp posterior, the mode.
+    Generation hands the VAE the final latents / scaling_factor + shift_factor (the pipelines' decoding)."""
+    import diffusers
+
+    from lorakit.sd import dit as sd_dit
+    from lorakit.sd.generate import generate_images
+    from lorakit.sd.pipeline import load_pipeline
+    from lorakit.tasks.diffusion.step import batch_rng
+
+    model, images = dirs[0 if family == "flux1" else 1], dirs[2]
+    batch, used, vae = _first_step_latents(tmp_path / "a", model, images, False, False, monkeypatch)
+    shift, scale = vae.config.shift_factor, vae.config.scaling_factor
+    assert (shift, scale) == (0.1, 0.5)
+    with torch.no_grad(), batch_rng(batch["rng_seed"], torch.device("cpu")):
+        want = (vae.encode(batch["pixels"]).latent_dist.sample() - shift) * scale
+    torch.testing.assert_close(used, want, rtol=0, atol=1e-6)
+    pixels = batch["pixels"]
+    for cached in (False, True):  # the same first batch (images, crops) from the cache as from the pixels
+        batch, used, vae = _first_step_latents(tmp_path / f"sharp-{cached}", model, images, cached, True, monkeypatch)
+        with torch.no_grad():
+            want = (vae.encode(pixels).latent_dist.mode() - shift) * scale
+        torch.testing.assert_close(used, want, rtol=0, atol=1e-5)
+        assert ("latents" in batch) == cached
+
+    pipe = load_pipeline(str(model))[0]
+    monkeypatch.setattr(sd_dit, "T5_MIN_LENGTH", 16)  # Forge's 256 T5 tokens cost seconds here
+    steps, decoded = [], []
+    real_step, real_decode = diffusers.FlowMatchEulerDiscreteScheduler.step, pipe.vae.decode
+    monkeypatch.setattr(diffusers.FlowMatchEulerDiscreteScheduler, "step",
+                        lambda self, *a, **k: steps.append(real_step(self, *a, **k)) or steps[-1])
+    monkeypatch.setattr(pipe.vae, "decode", lambda z, *a, **k: decoded.append(z.clone()) or real_decode(z, *a, **k))
+    generate_images(pipe, "sks dog", width=32, height=32, steps=2, seed=1)
+    last = steps[-1][0]
+    if family == "flux1":
+        last = pipe._unpack_latents(last, 32, 32, pipe.vae_scale_factor)
+    assert len(steps) == 2 and len(decoded) == 1
+    torch.testing.assert_close(decoded[0], last / scale + shift, rtol=0, atol=1e-6)

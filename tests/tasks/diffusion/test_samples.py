@@ -66,3 +66,33 @@ def test_a_failing_sample_never_costs_the_training(tmp_path, sd1_dir, monkeypatc
     assert (run_dir / "sample" / "tiny_sheet_e000001.png").is_file()
     assert result.summary["steps"] == 4 and len(result.summary["sample_errors"]) == 1
     assert json.loads((run_dir / "summary.json").read_text())["sample_errors"][0].startswith(f"{tmp_path / 'p.txt'}:2")
+
+
+def test_training_samples_with_a1111_prompt_syntax_equal_generate_images(tmp_path, sd1_dir):
+    """A sample prompt with prompt editing, alternation and AND is drawn as ``generate_images`` draws it for the
+    same prompt and seed: before training on the base model, after step 2 with that step's LoRA file."""
+    import numpy as np
+    from PIL import Image
+
+    from lorakit.sd.generate import generate_images
+    from lorakit.sd.pipeline import load_pipeline
+
+    model, data = sd1_dir
+    prompt = "a [red:blue:0.5] [cat|dog] AND sks house:0.7"
+    (tmp_path / "p.txt").write_text(f"{prompt} --n green --w 32 --h 32 --s 3 --d 5 --l 6\n")
+    cfg = from_dict(sd_pipes.sd_config(tmp_path, model, data, network={"train_unet_only": True},
+                                      data={"resolution": 32, "min_bucket_reso": 32, "max_bucket_reso": 64},
+                                      sample={"prompts": str(tmp_path / "p.txt"), "before_training": True,
+                                              "every_n_steps": 2, "every_n_epochs": None},
+                                      train={"max_steps": 2, "save_every_n_steps": 2, "save_every_n_epochs": None,
+                                             "lr": 1e-2}))
+    run(cfg, quiet=True)
+    sample = tmp_path / "run" / "sample"
+    pipe = load_pipeline(str(model))[0]
+    kwargs = {"width": 32, "height": 32, "steps": 3, "seed": 5, "cfg_scale": 6}
+    before = np.asarray(generate_images(pipe, prompt, "green", **kwargs)[0])
+    after = np.asarray(generate_images(pipe, prompt, "green", loras=[tmp_path / "run" / "tiny.safetensors"],
+                                       **kwargs)[0])
+    got_before, got_after = (np.asarray(Image.open(sample / f"tiny_{n}_00_5.png")) for n in ("e000000", "000002"))
+    assert (got_before == before).all() and (got_after == after).all()
+    assert (got_after != before).any()  # the LoRA of step 2 is live in the second sample

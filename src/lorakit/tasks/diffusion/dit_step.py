@@ -20,7 +20,7 @@ from torch import nn
 from .dit import DitFamily, encode_prompts, image_tokens, run_transformer
 from .flow import draw_sigmas, loss_weights, noisy_input, prediction_and_target
 from .noise import draw_noise, sample_losses
-from .step import SDNetwork
+from .step import SDNetwork, batch_rng
 
 NUM_STEPS = 1000  # σ·1000 is logged as the timestep (the loss-by-timestep plot reads 0-999)
 
@@ -83,10 +83,13 @@ class DitNetwork(nn.Module):
         return loss * loss_weights(self.args.weighting_scheme, sigma).to(loss.device)
 
     def forward(self, batch: dict) -> torch.Tensor:
-        latents, cond = self.condition(batch)
-        noise = draw_noise(latents, self.args)
-        sigma = self.draw_sigmas(latents)
-        pred, target = self.predict(latents, cond, noise, sigma)
+        """Mean loss of ``batch``; its random draws (VAE sample, noise, σ, adapter dropout) come from the batch's
+        ``rng_seed`` when it has one, so they do not depend on which process takes the batch."""
+        with batch_rng(batch.get("rng_seed"), self.device):
+            latents, cond = self.condition(batch)
+            noise = draw_noise(latents, self.args)
+            sigma = self.draw_sigmas(latents)
+            pred, target = self.predict(latents, cond, noise, sigma)
         loss = self.weigh(pred, target, sigma, batch.get("loss_weight"))
         steps = (sigma.detach().cpu() * NUM_STEPS).long().clamp(0, NUM_STEPS - 1)
         self.timestep_log.append((steps, loss.detach().float().cpu()))

@@ -109,7 +109,8 @@ def build(cfg, device: torch.device, comps: dict | None = None, check_save: bool
     net = DitNetwork(family, comps, t, prediction_type(cfg, family), tokens)
     adapters = [layer.adapters for part in adapted for layer in comps[part].modules() if hasattr(layer, "adapters")]
     return Parts(net, adapters, {"components": comps, "family": family, "prediction": net.prediction, "lrs": lrs,
-                                 "adapted": adapted, "swap": swapped, "dit": True})
+                                 "adapted": adapted, "swap": swapped, "dit": True,
+                                 "helpers": [comps["vae"]]})
 
 
 def data(cfg, parts: Parts, rank: int, world: int):

@@ -135,20 +135,21 @@ def test_a_killed_ui_leaves_the_training_running_and_a_restarted_ui_settles_it(t
     output to a file, no pipe to the dead UI); ``lorakit ui`` started again on the same workspace and port
     shows the job running, then completed once the training ends, with its LoRA file.
 
-    The training is paused (SIGSTOP) while the second UI starts, so that it cannot end before the second UI
-    looks at it on a fast machine; it runs again (SIGCONT) right after. Every wait fails the test after
-    ``TIMEOUT`` seconds with the UIs' and the training's logs; every process is killed at the end."""
+    The training is held (SIGSTOP) whenever the test looks at it, so that it cannot end early on a fast machine
+    (sixty steps take 2 s there): while the UI is killed, from the moment it is seen to go on writing, and while
+    the second UI starts; it runs again (SIGCONT) after each. Every wait fails the test after ``TIMEOUT`` seconds
+    with the UIs' and the training's logs; every process is killed at the end."""
     ws, port, token = tmp_path / "ws", free_port(), "s3cret-token"
     api = f"http://127.0.0.1:{port}/api"
     uis, training = [], None
     run = ws / "runs" / "k"
 
-    def wait(what, fn):
+    def wait(what, fn, poll=0.2):
         deadline = time.monotonic() + TIMEOUT
         while not (value := fn()):
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out after {TIMEOUT:.0f} s waiting for {what}")
-            time.sleep(0.2)
+            time.sleep(poll)
         return value
 
     def grown(files: dict) -> bool:
@@ -165,17 +166,19 @@ def test_a_killed_ui_leaves_the_training_running_and_a_restarted_ui_settles_it(t
         job = body["job"]
         j = wait("the training to start", lambda: (x := call(f"{api}/jobs/{job}", token)[1])["pid"] and x)
         training = (j["pid"], j["ident"])
-        wait("step 1", lambda: (read_status(run) or {}).get("step", 0) >= 1)
+        wait("step 1", lambda: (read_status(run) or {}).get("step", 0) >= 1, poll=0.005)
+        os.killpg(training[0], signal.SIGSTOP)
 
         proc.kill()  # SIGKILL: no shutdown code of the UI runs
         assert proc.wait(timeout=20) == -signal.SIGKILL
         assert processes.alive(*training), "the training died with the UI"
         files = {run / name: (run / name).stat().st_size for name in ("train.log", "metrics.jsonl")}
         step = read_status(run)["step"]
-        wait("the training to go on writing", lambda: grown(files) and read_status(run)["step"] > step)
+        os.killpg(training[0], signal.SIGCONT)
+        wait("the training to go on writing", lambda: grown(files) and read_status(run)["step"] > step, poll=0.005)
+        os.killpg(training[0], signal.SIGSTOP)
         assert processes.alive(*training) and not (run / "summary.json").exists(), "ended too soon to test the restart"
 
-        os.killpg(training[0], signal.SIGSTOP)
         proc, _ = start(tmp_path, "--port", str(port), "--token", token, log_name="ui2.log")  # the same port
         uis.append(proc)
         status, j = call(f"{api}/jobs/{job}", token)

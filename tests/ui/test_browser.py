@@ -102,6 +102,23 @@ def test_dataset_to_trained_lora_in_the_browser(server, tmp_path):
     assert errors == [], errors
 
 
+def pause_after_first_sample(ws: Path, timeout: float = 300) -> dict:
+    """SIGSTOP the training once its step-2 sample and two loss rows are written; its job row."""
+    store, deadline, run = JobStore(ws / ".lorakit/jobs.sqlite3"), time.monotonic() + timeout, ws / "runs/rings"
+
+    def ready() -> bool:
+        rows = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").exists() else []
+        return len([r for r in rows if '"lr"' in r]) >= 2 and any((run / "sample").glob("*_000002_*.png"))
+
+    while not ready():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no step-2 sample and two metrics rows within {timeout:.0f} s")
+        time.sleep(0.005)
+    job = next(j for j in store.all() if j["kind"] == "train")
+    processes.signal_group(job["pid"], job["ident"], signal.SIGSTOP)
+    return job
+
+
 def run(page, expect, url, ws, files, images, shots):
     def shot(name, top=False):
         page.wait_for_function("[...document.images].every(i => i.complete)")
@@ -176,11 +193,15 @@ def run(page, expect, url, ws, files, images, shots):
     page.fill("#run-name", "rings")
     page.click("#launch")
     page.wait_for_url(f"{url}/jobs/*")
+    # hold the training (SIGSTOP) once its step-2 sample exists, so that the stop button is pressed mid-run
+    # however fast the machine trains (twelve steps can pass while the browser notices one sample)
+    job = pause_after_first_sample(ws)
     page.wait_for_function("rows.filter(r => typeof r.lr === 'number').length >= 2")
     expect(page.locator("#samples img").first).to_be_visible()  # the sampling at step 2
     expect(page.locator("#state")).to_have_text("running")
-    # stop at once (ten steps and five samplings are left, seconds of work), then picture the page
     page.click("button[data-act=stop]")
+    expect(page.locator("#toast")).to_contain_text("stopping at the next step")  # the request is on disk
+    processes.signal_group(job["pid"], job["ident"], signal.SIGCONT)
     expect(page.locator("#state")).to_have_text("stopped")
     shot("job")
     stopped_at = int(sorted((ws / "runs/rings").glob("checkpoint-*"))[-1].name.split("-")[1])

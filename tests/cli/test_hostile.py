@@ -3,6 +3,7 @@ naming the culprit, no traceback, and no file written (the directory tree is unc
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -118,13 +119,27 @@ def test_output_paths_are_checked_before_any_work(tmp_path, good):
     assert res.exit_code == 0 and (tmp_path / "exists.safetensors").read_bytes() != b"keep me"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+DROP_DAC = ["setpriv", "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search"]
+
+
 def test_read_only_output_location(tmp_path, good):
+    """A directory the user cannot write: refused before any work. Root writes anywhere through its
+    CAP_DAC_OVERRIDE, so under root the command runs in a fresh interpreter without it (util-linux's setpriv)."""
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o500)
+    args = ["resize", good, "-o", ro / "o.safetensors", "--rank", "1"]
     try:
-        hostile(tmp_path, ["resize", good, "-o", ro / "o.safetensors", "--rank", "1"], "ro", "not writable")
+        if os.geteuid() != 0:
+            hostile(tmp_path, args, "ro", "not writable")
+            return
+        before = _tree(tmp_path)
+        res = subprocess.run(DROP_DAC + [sys.executable, "-m", "lorakit", *map(str, args)], capture_output=True,
+                             text=True, timeout=300)
+        err = " ".join(res.stderr.split())
+        assert res.returncode == 1 and err.startswith("error:") and "Traceback" not in err, (res.stdout, res.stderr)
+        assert "ro" in err and "not writable" in err and not res.stdout.strip(), err
+        assert _tree(tmp_path) == before, "a file was written or changed"
     finally:
         ro.chmod(0o700)
 

@@ -96,6 +96,8 @@ def test_resume_twice_equals_an_uninterrupted_run(tmp_path, sd1_dir):
         assert sorted(p.name for p in run_dir.glob("tiny-*")) == ["tiny-000001.safetensors",  # step 4 ends epoch 1
                                                                   "tiny-step00000006.safetensors"]
         assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-000006", "checkpoint-000008"]
+        # train.plot false (sd_config's default): the numbers, no picture
+        assert (run_dir / "loss_by_timestep.json").is_file() and not list(run_dir.glob("*.png"))
 
 
 def test_config_errors_are_collected(tmp_path, sd1_dir):

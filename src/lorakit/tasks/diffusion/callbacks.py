@@ -31,10 +31,10 @@ class LoraSaver(Callback):
 
 class TimestepLoss(Callback):
     """Mean loss per tenth of the timestep range over the whole run (resumes keep the sums):
-    ``loss_by_timestep.json`` and ``loss_by_timestep.png``."""
+    ``loss_by_timestep.json``, and ``loss_by_timestep.png`` when ``plot`` (``train.plot``)."""
 
-    def __init__(self, run_dir: Path, num_steps: int, buckets: int = 10):
-        self.run_dir, self.num_steps, self.buckets = run_dir, num_steps, buckets
+    def __init__(self, run_dir: Path, num_steps: int, plot: bool = True, buckets: int = 10):
+        self.run_dir, self.num_steps, self.plot, self.buckets = run_dir, num_steps, plot, buckets
         self.sums, self.counts = torch.zeros(buckets, dtype=torch.float64), torch.zeros(buckets, dtype=torch.float64)
 
     def on_step_end(self, state: TrainState) -> None:
@@ -60,6 +60,8 @@ class TimestepLoss(Callback):
         rows = self.rows()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.run_dir / "loss_by_timestep.json", rows)
+        if not self.plot:
+            return
         try:
             import matplotlib
         except ImportError:  # the JSON has the numbers

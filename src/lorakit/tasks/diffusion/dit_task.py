@@ -127,7 +127,7 @@ def callbacks(cfg, parts: Parts, device: torch.device) -> list:
     from .callbacks import LoraSaver, TimestepLoss, sampler_callback
 
     run_dir = Path(cfg.train.output_dir)
-    cbs = [TimestepLoss(run_dir, NUM_STEPS),
+    cbs = [TimestepLoss(run_dir, NUM_STEPS, cfg.train.plot),
            LoraSaver(run_dir, cfg.train.output_name, cfg.train.keep_last, lambda path, state: save(parts, cfg, path, state))]
     sampler = parts.extra["sampler"] = sampler_callback(cfg, parts, device)
     return cbs + ([sampler] if sampler is not None else [])

@@ -143,7 +143,7 @@ class DiffusionTask:
         if parts.extra.get("dit"):
             return dit_task.callbacks(cfg, parts, device)
         save = lambda path, state: self._save(parts, cfg, path, state)  # noqa: E731
-        cbs = [TimestepLoss(Path(cfg.train.output_dir), parts.model.schedule.num_steps),
+        cbs = [TimestepLoss(Path(cfg.train.output_dir), parts.model.schedule.num_steps, cfg.train.plot),
                LoraSaver(Path(cfg.train.output_dir), cfg.train.output_name, cfg.train.keep_last, save)]
         sampler = parts.extra["sampler"] = sampler_callback(cfg, parts, device)
         return cbs + ([sampler] if sampler is not None else [])

@@ -162,8 +162,8 @@ def test_resume_queues_a_failed_training_first(client, ui):
 
 def test_unknown_action_and_unknown_job(client, ui):
     job = add(ui, "t")
-    refused(client, job, "explode", 400, f"action 'explode': expected one of {', '.join(ACTIONS)}.")
-    refused(client, job, "UP", 400, "expected one of up, down, top")
+    refused(client, job, "explode", 404, f"action 'explode': no such job action; expected one of {', '.join(ACTIONS)}.")
+    refused(client, job, "UP", 404, "expected one of up, down, top")
     refused(client, 999, "up", 404, "job 999: no such job.")
     refused(client, 999, "kill", 404, "no such job")
     assert client.get(f"/api/jobs/{job}/up").status_code == 405  # an action is a POST: a link cannot trigger it

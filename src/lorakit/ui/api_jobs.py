@@ -132,7 +132,7 @@ def job(job_id: int, request: Request):
 def job_action(job_id: int, action: str, request: Request):
     s = ui(request)
     if action not in ACTIONS:
-        raise ValueError(f"action {action!r}: expected one of {', '.join(ACTIONS)}.")
+        raise LookupError(f"action {action!r}: no such job action; expected one of {', '.join(ACTIONS)}.")  # 404
     if action in ("up", "down", "top"):
         s.store.move(job_id, action)
     elif action == "run-now":

@@ -16,6 +16,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from lorakit.cli import app, commands  # noqa: F401  (registers the commands)
+from lorakit.cli._quiet import DROPPED
 from lorakit.train.control import read_status
 from lorakit.ui import processes
 from lorakit.ui.jobs import JobStore, log_tail
@@ -189,6 +190,9 @@ def test_a_killed_ui_leaves_the_training_running_and_a_restarted_ui_settles_it(t
         assert j["state"] == "completed" and j["error"] is None and j["returncode"] is None, j  # not its child: no code
         assert (run / "sks_ring.safetensors").is_file() and (run / "summary.json").is_file()
         assert not processes.alive(*training)
+        log = (run / "train.log").read_text()  # what the job page's log panel shows: lorakit's lines, no noise
+        for noise in (*DROPPED.values(), "Loading pipeline components", "Loading weights", "kept in float32"):
+            assert noise not in log, noise
     except AssertionError as exc:
         logs = "\n".join(f"--- {p.name}:\n{log_tail(p, 30)}" for p in (tmp_path / "ui.log", tmp_path / "ui2.log",
                                                                        run / "train.log"))

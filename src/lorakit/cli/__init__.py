@@ -23,5 +23,8 @@ def _root(ctx: typer.Context,
 
 def main() -> None:
     from . import commands  # noqa: F401  (registers the commands)
+    from ._quiet import quiet_third_party
+
+    quiet_third_party()
 
     app()

@@ -11,6 +11,8 @@ scheduler come from ``config``.
 from __future__ import annotations
 
 import json
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -91,12 +93,39 @@ def is_lora_file(path) -> bool:
     return is_kohya(keys) or (is_diffusers(keys) and any("lora" in k for k in keys))
 
 
+@contextmanager
+def _bars_on_a_terminal_only():
+    """diffusers' and transformers' loading bars while stderr is a terminal; in a log file (a training the web UI
+    launched) they are carriage-return noise. Each library's setting is restored after."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    libs = [] if sys.stderr.isatty() else [lib for lib in (diffusers_logging, transformers_logging)
+                                           if lib.is_progress_bar_enabled()]
+    for lib in libs:
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib in libs:
+            lib.enable_progress_bar()
+
+
 def load_pipeline(path, *, config=None, family: str = "auto", dtype=torch.float32, device="cpu"):
     """(pipeline, family) for a local diffusers dir or single-file checkpoint; see the module docstring.
 
     The safety checker is not loaded, as in A1111.
     """
     path = Path(path)
+    with _bars_on_a_terminal_only():
+        pipe, found = _load(path, config, family, dtype)
+    pipe.set_progress_bar_config(disable=True)
+    pipe = pipe.to(device)
+    pipe._lorakit_source = path
+    return pipe, found
+
+
+def _load(path: Path, config, family: str, dtype):
     if not path.exists():
         raise FileNotFoundError(f"model {path} does not exist; expected a diffusers directory or a .safetensors "
                                 "checkpoint.")
@@ -129,9 +158,6 @@ def load_pipeline(path, *, config=None, family: str = "auto", dtype=torch.float3
             pipe = cls.from_pretrained(config, transformer=transformer, dtype=dtype, local_files_only=True)
         else:
             pipe = cls.from_single_file(str(path), config=str(config), dtype=dtype, local_files_only=True, **extra)
-    pipe.set_progress_bar_config(disable=True)
-    pipe = pipe.to(device)
-    pipe._lorakit_source = path
     return pipe, found
 
 

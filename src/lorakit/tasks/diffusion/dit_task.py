@@ -34,7 +34,7 @@ def load_dit_components(path: str, config: str | None, dtype: torch.dtype, drop_
     names = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3",
              "tokenizer_3")
     parts = {k: getattr(pipe, k) for k in names if getattr(pipe, k, None) is not None}
-    parts["vae"] = parts["vae"].to(torch.float32)
+    parts["vae"] = parts["vae"].float()
     parts.update(scheduler_config=dict(pipe.scheduler.config), family=family, pipe=pipe)
     return parts
 

@@ -65,7 +65,8 @@ def load_components(path: str, config: str | None = None, dtype: torch.dtype = t
     parts = {k: getattr(pipe, k, None) for k in ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer",
                                                   "tokenizer_2")}
     parts = {k: v for k, v in parts.items() if v is not None}
-    parts["vae"] = parts["vae"].to(torch.float32)  # fp16 VAEs give NaN latents and black images (sd-scripts #952)
+    # fp16 VAEs give NaN latents and black images (sd-scripts #952); float(), as diffusers' to(dtype) warns
+    parts["vae"] = parts["vae"].float()
     parts.update(scheduler_config=dict(pipe.scheduler.config), family=family, pipe=pipe)
     return parts
 

@@ -31,14 +31,22 @@ def _tree(root: Path) -> dict:
     return {p: p.stat().st_mtime_ns for p in root.rglob("*")}
 
 
-def hostile(root: Path, args: list, *culprits: str, code: int = 1):
-    """Run ``lorakit ARGS``; check the contract and that every culprit string is in the message."""
+def hostile(root: Path, args: list, *culprits: str, code: int = 1, prefix: list | None = None):
+    """Run ``lorakit ARGS`` (in this process, or in a fresh one after the command ``prefix``); check the contract
+    and that every culprit string is in the message."""
     before = _tree(root)
-    res = runner.invoke(app, [str(a) for a in args])
-    err = " ".join(res.stderr.split())
-    assert res.exit_code == code, (args, res.output)
-    assert "Traceback" not in res.output and "Traceback" not in res.stderr
-    assert err.startswith("error:") and not res.stdout.strip(), (res.stdout, res.stderr)
+    args = [str(a) for a in args]
+    if prefix is None:
+        res = runner.invoke(app, args)
+        exit_code, stdout, stderr = res.exit_code, res.stdout, res.stderr
+    else:
+        res = subprocess.run([*prefix, sys.executable, "-m", "lorakit", *args], capture_output=True, text=True,
+                             timeout=300)
+        exit_code, stdout, stderr = res.returncode, res.stdout, res.stderr
+    err = " ".join(stderr.split())
+    assert exit_code == code, (args, stdout, stderr)
+    assert "Traceback" not in stdout and "Traceback" not in stderr
+    assert err.startswith("error:") and not stdout.strip(), (stdout, stderr)
     for c in culprits:
         assert c in err, f"{c!r} not in: {err}"
     assert _tree(root) == before, "a file was written or changed from bad input"
@@ -128,18 +136,9 @@ def test_read_only_output_location(tmp_path, good):
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o500)
-    args = ["resize", good, "-o", ro / "o.safetensors", "--rank", "1"]
     try:
-        if os.geteuid() != 0:
-            hostile(tmp_path, args, "ro", "not writable")
-            return
-        before = _tree(tmp_path)
-        res = subprocess.run(DROP_DAC + [sys.executable, "-m", "lorakit", *map(str, args)], capture_output=True,
-                             text=True, timeout=300)
-        err = " ".join(res.stderr.split())
-        assert res.returncode == 1 and err.startswith("error:") and "Traceback" not in err, (res.stdout, res.stderr)
-        assert "ro" in err and "not writable" in err and not res.stdout.strip(), err
-        assert _tree(tmp_path) == before, "a file was written or changed"
+        hostile(tmp_path, ["resize", good, "-o", ro / "o.safetensors", "--rank", "1"], "ro", "not writable",
+                prefix=DROP_DAC if os.geteuid() == 0 else None)
     finally:
         ro.chmod(0o700)
 
